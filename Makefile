@@ -1,0 +1,40 @@
+# ft_pipeline: the README's interface. `make run` and `make test` create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export FT_PIPELINE_HOME ?= $(CURDIR)/.ft_pipeline
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
+HOST ?= 127.0.0.1
+
+.PHONY: run test test-fast ui bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the local CPU wheel; an unpinned torch would pull GBs of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)
+	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET))
+
+test: $(VENV)/.installed  ## fast and slow tiers (gpu tests skip without CUDA)
+	$(PY) -m pytest -m "not gpu and not browser" $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow and not gpu and not browser" $(PYTEST_ARGS)
+
+ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the same stores as `make run`
+	@eval "$$($(PY) -m ft_pipeline.cli env)"; \
+	$(VENV)/bin/mlflow server --backend-store-uri "$$MLFLOW_BACKEND" --default-artifact-root "$$MLFLOW_ARTIFACTS" \
+	  --host $(HOST) --port $(MLFLOW_PORT) & mlflow_pid=$$!; \
+	trap "kill $$mlflow_pid" EXIT INT TERM; \
+	echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)   Dagster UI: http://$(HOST):$(DAGSTER_PORT)"; \
+	DAGSTER_HOME="$$DAGSTER_HOME" $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+bench: $(VENV)/.installed  ## every benchmark under bench/, one BENCH line per figure
+	@for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:  ## remove everything the pipeline wrote (not the venv)
+	rm -rf "$(FT_PIPELINE_HOME)"

@@ -1,0 +1,144 @@
+"""`ft-pipeline`: the main job (ingest every drop, train, evaluate, register) through Dagster on the persistent
+instance, and small helpers for the Makefile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ft_pipeline import settings
+
+
+def prepare_instance_home() -> Path:
+    """DAGSTER_HOME = $FT_PIPELINE_HOME/dagster, holding a copy of the repo's dagster.yaml."""
+    dagster_home = settings.home() / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    src = settings.REPO_ROOT / "dagster.yaml"
+    dst = dagster_home / "dagster.yaml"
+    if not dst.exists() or dst.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, dst)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+def _failure_message(result) -> str:
+    msgs = []
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            err = ev.step_failure_data.error
+            user = ev.step_failure_data.user_failure_data
+            msgs.append(f"{ev.step_key}: {user.description if user and user.description else err.message.strip()}")
+        elif ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = ev.event_specific_data
+            if not data.passed:
+                msgs.append(f"check {data.check_name} failed: {data.description or ''}".strip())
+    return "; ".join(msgs) or "run failed (see the Dagster UI)"
+
+
+def _run_config(preset: dict, job) -> dict:
+    """The part of a preset's `ops:` that belongs to `job`, with console logs at INFO (the DEBUG event stream
+    stays in the Dagster UI)."""
+    names = {n.name for n in job.graph.node_defs}
+    ops = {k: v for k, v in preset.get("ops", {}).items() if k in names}
+    return {"ops": ops, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def run_main(preset_path: str | None) -> int:
+    prepare_instance_home()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import dagster as dg
+    import yaml
+
+    from ft_pipeline.core import formats
+    from ft_pipeline.definitions import defs
+    from ft_pipeline.defs.partitions import drops
+
+    preset = yaml.safe_load(Path(preset_path).read_text()) if preset_path else {}
+    instance = dg.DagsterInstance.get()
+    raw_dir = settings.raw_dir()
+    t0 = time.monotonic()
+    found, bad_names = {}, []
+    for p in sorted(raw_dir.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in formats.SUPPORTED_SUFFIXES:
+            try:
+                found[formats.drop_name(p)] = p
+            except formats.DropError as e:
+                bad_names.append(str(e))
+    known = set(instance.get_dynamic_partitions(drops.name))
+    if new := sorted(set(found) - known):
+        instance.add_dynamic_partitions(drops.name, new)
+    print(f"ft_pipeline home: {settings.home()}\nraw drops in {raw_dir}: {len(found)}")
+    for msg in bad_names:
+        print(f"  skipped: {msg}")
+
+    ingest = defs.resolve_job_def("ingest_drop")
+    failed = {}
+    for drop in sorted(found):
+        res = ingest.execute_in_process(partition_key=drop, instance=instance, raise_on_error=False,
+                                        run_config=_run_config(preset, ingest))
+        if not res.success:
+            failed[drop] = _failure_message(res)
+    home = settings.home()
+    print("\nper drop:                               rows in   kept  quarantined  duplicates")
+    for drop in sorted(found):
+        stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
+        if drop in failed:
+            print(f"  {drop:36s} FAILED: {failed[drop]}")
+        else:
+            s = json.loads(stats_path.read_text())
+            print(f"  {drop:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
+
+    train = defs.resolve_job_def("train_and_register")
+    res = train.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(preset, train))
+    print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
+    report_path = home / "reports" / "evaluation.json"
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        metrics = report["metrics"]
+        print(f"holdout ({report['holdout_examples']} examples)   " + "  ".join(f"{n:>9s}" for n in metrics))
+        for k in ("json_valid", "field_accuracy", "exact_match", "holdout_loss"):
+            print(f"  {k:28s}" + "  ".join(f"{metrics[n][k]:9.3f}" for n in metrics))
+        print(f"report: {home / 'reports' / 'evaluation.md'}")
+    if res.success:
+        mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
+        md = {k: v.value for k, v in mat.metadata.items()}
+        print(f"registered: {md['registered_model']} version {md['version']} (alias champion; "
+              f"previous champion: {md['previous_champion']})\nload it: mlflow.pyfunc.load_model('{md['model_uri']}')")
+    else:
+        print(f"not registered: {_failure_message(res)}")
+    if failed:
+        print(f"\n{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
+    print(f"\nDagster UI and MLflow UI: make ui   (wall time {time.monotonic() - t0:.0f}s)")
+    return 0 if res.success else 1
+
+
+def prepare_ui() -> int:
+    """Print the env lines the Makefile's `ui` target needs, after preparing DAGSTER_HOME."""
+    h = prepare_instance_home()
+    print(f"DAGSTER_HOME={h}")
+    print(f"MLFLOW_BACKEND={settings.mlflow_tracking_uri()}")
+    print(f"MLFLOW_ARTIFACTS={settings.mlflow_artifact_root().as_uri()}")
+    settings.mlflow_artifact_root().mkdir(parents=True, exist_ok=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
+    run.add_argument("--preset", help="a YAML preset from configs/ (Dagster run config under `ops:`)")
+    sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        return run_main(args.preset)
+    return prepare_ui()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

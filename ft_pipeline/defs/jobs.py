@@ -1,0 +1,14 @@
+import dagster as dg
+
+from ft_pipeline.defs.partitions import drops
+
+ingest_drop_job = dg.define_asset_job(
+    "ingest_drop", selection=dg.AssetSelection.assets("raw_examples", "cleaned_examples"), partitions_def=drops,
+    description="Parse, canonicalize and clean one raw drop (one partition).")
+
+train_and_register_job = dg.define_asset_job(
+    "train_and_register",
+    selection=dg.AssetSelection.assets("train_set", "holdout_set", "base_model", "lora_adapter",
+                                       "evaluation_report", "registered_model"),
+    description="Split all cleaned drops, train the adapter, evaluate it and register it if it passes the gate.",
+    tags={"ft_pipeline/gpu": "true"})

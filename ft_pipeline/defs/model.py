@@ -1,0 +1,109 @@
+"""Model assets: the base model as a local directory, and the LoRA adapter trained on the train set."""
+
+
+import json
+
+import dagster as dg
+
+from ft_pipeline.core import base_models, formats
+from ft_pipeline.core.training import TrainOptions
+from ft_pipeline.jsonl import read_jsonl
+from ft_pipeline.resources import MlflowTracking, PipelineHome
+
+OWNERS = ["team:ml-platform"]
+_TRAIN_DEFAULTS = TrainOptions()
+
+
+class BaseModelConfig(dg.Config):
+    base_model: str = base_models.BUILTIN_TINY
+    """builtin:tiny, an absolute local model directory, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct[@rev]."""
+    seed: int = 0
+    """Seed of builtin:tiny's random init."""
+
+
+@dg.asset(group_name="model", code_version="base-v1", kinds={"pytorch", "huggingface"}, owners=OWNERS)
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome) -> dg.MaterializeResult:
+    """The base model as a local directory of safetensors weights and tokenizer, with its content hash."""
+    info = base_models.resolve_base_model(config.base_model, home.models_dir / "base", seed=config.seed)
+    home.base_info.write_text(json.dumps(info.to_json(), indent=2))
+    cfg = json.loads((info.path / "config.json").read_text())
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(info.content_sha256[:16]),
+        metadata={"spec": info.spec, "source": info.source, "path": dg.MetadataValue.path(str(info.path)),
+                  "revision": info.revision or "", "content_sha256": info.content_sha256,
+                  "architecture": ",".join(cfg.get("architectures", [])),
+                  "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers")})
+
+
+class TrainConfig(dg.Config):
+    """Training hyperparameters; the defaults are the CPU run on builtin:tiny (see configs/ for presets)."""
+
+    max_steps: int = _TRAIN_DEFAULTS.max_steps
+    per_device_train_batch_size: int = _TRAIN_DEFAULTS.per_device_train_batch_size
+    gradient_accumulation_steps: int = _TRAIN_DEFAULTS.gradient_accumulation_steps
+    learning_rate: float = _TRAIN_DEFAULTS.learning_rate
+    lr_scheduler_type: str = _TRAIN_DEFAULTS.lr_scheduler_type
+    warmup_steps: int = _TRAIN_DEFAULTS.warmup_steps
+    lora_r: int = _TRAIN_DEFAULTS.lora_r
+    lora_alpha: int = _TRAIN_DEFAULTS.lora_alpha
+    lora_dropout: float = _TRAIN_DEFAULTS.lora_dropout
+    target_modules: str = "all-linear"
+    modules_to_save: list[str] = _TRAIN_DEFAULTS.modules_to_save
+    max_length: int = _TRAIN_DEFAULTS.max_length
+    seed: int = _TRAIN_DEFAULTS.seed
+    save_steps: int = _TRAIN_DEFAULTS.save_steps
+    logging_steps: int = _TRAIN_DEFAULTS.logging_steps
+    gradient_checkpointing: bool = _TRAIN_DEFAULTS.gradient_checkpointing
+    packing: bool = _TRAIN_DEFAULTS.packing
+    precision: str = _TRAIN_DEFAULTS.precision
+    trust_remote_code: bool = False
+
+    def options(self) -> TrainOptions:
+        return TrainOptions(**self.model_dump())
+
+
+@dg.asset(deps=["train_set", base_model], group_name="model", code_version="train-v1", pool="gpu",
+          kinds={"pytorch", "mlflow"}, owners=OWNERS)
+def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: PipelineHome,
+                 mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """A LoRA adapter trained with TRL's SFTTrainer on the train set (loss on assistant tokens only)."""
+    import mlflow
+    import pandas as pd
+
+    from ft_pipeline.core import registry, training
+
+    base = json.loads(home.base_info.read_text())
+    manifest = json.loads((home.split_dir / "manifest.json").read_text())
+    train_path = home.split_dir / "train.jsonl"
+    train = read_jsonl(train_path)
+    opts = config.options()
+    # Checkpoints are keyed by what is trained on what, so a resume never mixes data or settings.
+    key = f"{formats.sha256_file(train_path)[:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
+    log = lambda d: context.log.info(  # noqa: E731
+        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
+    with mlflow_tracking.start_run(context, "train", "lora_adapter",
+                                   tags={"data.train_sha256": manifest["train_sha256"][:16],
+                                         "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
+        mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
+        df = pd.DataFrame({"id": [r["id"] for r in train], "drop": [r["drop"] for r in train],
+                           "line": [r["line"] for r in train],
+                           "messages": [json.dumps(r["messages"], ensure_ascii=False) for r in train]})
+        mlflow.log_input(mlflow.data.from_pandas(df, source=str(train_path), name="train_set",
+                                                 digest=manifest["train_sha256"][:16]), context="training")
+        result = training.train_adapter(base["path"], train,
+                                        home.checkpoints(key), home.adapter_dir, opts,
+                                        run_name=f"sft-{key}", on_log=log)
+        mlflow.log_metrics({"final_train_loss": result.train_loss, "train_tokens": result.train_tokens,
+                            "train_runtime_s": result.train_runtime_s})
+        info = registry.log_adapter_model(home.adapter_dir, base)
+    adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
+               "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
+               "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],
+               "global_step": result.global_step, "train_loss": result.train_loss}
+    home.adapter_info.write_text(json.dumps(adapter, indent=2))
+    return dg.MaterializeResult(metadata={
+        "adapter_dir": dg.MetadataValue.path(str(home.adapter_dir)), "model_uri": info.model_uri,
+        "train_loss": result.train_loss, "global_step": result.global_step, "train_tokens": result.train_tokens,
+        "train_runtime_s": round(result.train_runtime_s, 1), "resumed_from": result.resumed_from or "",
+        "train_config": dg.MetadataValue.json(opts.to_params()),
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})

@@ -1,0 +1,38 @@
+"""Registry: an MLflow Model Registry version of the adapter, promoted to `champion` after the gate passes."""
+
+
+import json
+
+import dagster as dg
+
+from ft_pipeline.resources import MlflowTracking, PipelineHome
+
+
+@dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v1", kinds={"mlflow"},
+          owners=["team:ml-platform"])
+def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
+                     mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The adapter as a Model Registry version; runs only when the evaluation gate passed, and moves `champion`."""
+    from ft_pipeline.core import registry
+
+    exp_id = mlflow_tracking.setup()
+    adapter = json.loads(home.adapter_info.read_text())
+    report = json.loads((home.reports_dir / "evaluation.json").read_text())
+    if report["training_run_id"] != adapter["training_run_id"]:
+        raise dg.Failure("the evaluation report is for another training run; re-materialize evaluation_report")
+    name = mlflow_tracking.registered_model_name
+    tags = {"data_versions": json.dumps(adapter["data_versions"], sort_keys=True),
+            "train_sha256": adapter["train_sha256"][:16], "base_model": adapter["base"]["spec"],
+            "base_model_sha256": adapter["base"]["content_sha256"][:16], "dagster_run_id": context.run_id,
+            **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"]["tuned"].items()}}
+    previous = registry.champion(name)
+    mv, created = registry.register(adapter["model_uri"], name, adapter["training_run_id"], tags)
+    registry.set_champion(name, mv.version)
+    context.log.info("%s version %s of %s; champion: %s -> %s", "registered" if created else "reused",
+                     mv.version, name, previous.version if previous else "none", mv.version)
+    return dg.MaterializeResult(metadata={
+        "registered_model": name, "version": int(mv.version), "alias": "champion",
+        "previous_champion": previous.version if previous else "none", "newly_registered": created,
+        "model_uri": f"models:/{name}@champion", "training_run_id": adapter["training_run_id"],
+        "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, adapter["training_run_id"]))})

@@ -1,0 +1,67 @@
+"""The raw-drop sensor: registers a partition for each new file in the raw folder and ingests new or changed
+drops; a drop whose file disappeared is reported in the sensor's log and tick."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from ft_pipeline.core import formats
+from ft_pipeline.defs.jobs import ingest_drop_job
+from ft_pipeline.defs.partitions import drops
+from ft_pipeline.resources import PipelineHome
+
+
+def scan_drops(raw_dir: Path, previous: dict) -> tuple[dict, list[str]]:
+    """{drop: {"sha256", "mtime_ns", "size"}} for every valid drop file; the hash is reused when the file's
+    size and mtime did not change. Also returns messages for files whose names cannot be drop names."""
+    current, problems = {}, []
+    for p in sorted(raw_dir.iterdir()) if raw_dir.exists() else []:
+        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in formats.SUPPORTED_SUFFIXES:
+            continue
+        try:
+            name = formats.drop_name(p)
+        except formats.DropError as e:
+            problems.append(str(e))
+            continue
+        st = p.stat()
+        old = previous.get(name)
+        if old and old["mtime_ns"] == st.st_mtime_ns and old["size"] == st.st_size:
+            current[name] = old
+        else:
+            current[name] = {"sha256": formats.sha256_file(p), "mtime_ns": st.st_mtime_ns, "size": st.st_size}
+    return current, problems
+
+
+def last_ingested_version(instance: dg.DagsterInstance, drop: str) -> str | None:
+    """The data version (file hash prefix) of the drop's latest raw_examples materialization."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_examples"), asset_partitions=[drop]), limit=1).records
+    if not records:
+        return None
+    return records[0].asset_materialization.tags.get("dagster/data_version")
+
+
+@dg.sensor(job=ingest_drop_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the raw data folder: new drops get a partition and are ingested; changed drops "
+                       "(new content hash) are re-ingested; removed drops are reported.")
+def raw_drops_sensor(context: dg.SensorEvaluationContext, home: PipelineHome) -> dg.SensorResult:
+    previous = json.loads(context.cursor) if context.cursor else {}
+    current, problems = scan_drops(Path(home.raw_dir), previous)
+    for msg in problems:
+        context.log.warning(msg)
+    known = set(context.instance.get_dynamic_partitions(drops.name))
+    new = sorted(set(current) - known)
+    changed = sorted(d for d in current if d not in new
+                     and last_ingested_version(context.instance, d) != current[d]["sha256"][:16])
+    removed = sorted(d for d in known if d not in current)
+    for d in removed:
+        context.log.warning(f"drop {d} is registered but its file is gone from {home.raw_dir}; "
+                            "the split skips it until it comes back")
+    requests = [dg.RunRequest(run_key=f"{d}:{current[d]['sha256'][:16]}", partition_key=d,
+                              tags={"ft_pipeline/drop_sha256": current[d]["sha256"][:16]}) for d in new + changed]
+    return dg.SensorResult(
+        run_requests=requests, cursor=json.dumps(current, sort_keys=True),
+        dynamic_partitions_requests=[drops.build_add_request(new)] if new else [],
+        skip_reason=None if requests else f"no new or changed drops ({len(current)} watched, {len(removed)} removed)")

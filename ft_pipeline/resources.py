@@ -1,0 +1,115 @@
+"""Resources: where files live (PipelineHome) and where runs are tracked (MlflowTracking)."""
+
+
+import contextlib
+from pathlib import Path
+
+import dagster as dg
+
+from ft_pipeline import settings
+
+
+class PipelineHome(dg.ConfigurableResource):
+    """Every file the pipeline reads or writes, as an absolute path under `home` (and `raw_dir` for drops)."""
+
+    home: str
+    raw_dir: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home)
+
+    def raw_file(self, drop: str) -> Path:
+        from ft_pipeline.core.formats import check_drop_key
+
+        # Partition keys can be added by hand in the UI: never let one point outside the raw folder.
+        return Path(self.raw_dir) / check_drop_key(drop, "partition key")
+
+    def data(self, stage: str, drop: str | None = None, suffix: str = ".jsonl") -> Path:
+        """home/data/<stage>/<drop>.jsonl, e.g. data('cleaned', drop) or data('quarantine', drop)."""
+        d = self.root / "data" / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{drop}{suffix}" if drop else d
+
+    @property
+    def split_dir(self) -> Path:
+        return self.data("split")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def base_info(self) -> Path:
+        return self.models_dir / "base_model.json"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.models_dir / "adapter"
+
+    @property
+    def adapter_info(self) -> Path:
+        return self.models_dir / "adapter.json"
+
+    def checkpoints(self, key: str) -> Path:
+        return self.root / "checkpoints" / key
+
+    @property
+    def reports_dir(self) -> Path:
+        d = self.root / "reports"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """The MLflow tracking store and registry: SQLite and a local artifact folder by default, or a server."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = "ft_pipeline"
+    registered_model_name: str = "ft-pipeline-adapter"
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def setup(self) -> str:
+        """Point mlflow at the store and return the experiment id (creating it with our artifact root)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is None:
+            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+            exp_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
+        else:
+            exp_id = exp.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+        return exp_id
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    @contextlib.contextmanager
+    def start_run(self, context: dg.AssetExecutionContext | dg.OpExecutionContext, run_name: str,
+                  asset_key: str, parent_run_id: str | None = None, tags: dict | None = None):
+        """An MLflow run tagged with the Dagster run, asset, partition and code version of this step."""
+        import mlflow
+
+        exp_id = self.setup()
+        code_version = None
+        if isinstance(context, dg.AssetExecutionContext):
+            code_version = context.assets_def.code_versions_by_key.get(dg.AssetKey.from_user_string(asset_key))
+        all_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset_key,
+                    "dagster.job": context.job_name, "dagster.code_version": code_version or "",
+                    "dagster.partition": context.partition_key if context.has_partition_key else "",
+                    **(tags or {})}
+        with mlflow.start_run(run_name=run_name, tags=all_tags, parent_run_id=parent_run_id,
+                              nested=parent_run_id is not None) as run:
+            yield run, exp_id
+
+
+def default_resources() -> dict:
+    h = settings.home()
+    return {
+        "home": PipelineHome(home=str(h), raw_dir=str(settings.raw_dir())),
+        "mlflow_tracking": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri(h),
+                                          artifact_root=str(settings.mlflow_artifact_root(h))),
+    }

@@ -1,0 +1,80 @@
+"""Cleaning: normalization, redaction, quarantine with reasons, dedup, and exact row accounting."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from ft_pipeline.core.cleaning import CleaningOptions, canonicalize, clean_records, normalize_text, redact
+from ft_pipeline.core.formats import read_drop
+
+
+# (text, expected after redaction, kinds counted) — one line a case.
+REDACT = [
+    ("mail jo.smith+x@example.com now", "mail [EMAIL] now", {"EMAIL": 1}),
+    ("call +1 415-555-0132 or (212) 555-0187", "call [PHONE] or [PHONE]", {"PHONE": 2}),
+    ("card 4111 1111 1111 1111 please", "card [CARD] please", {"CARD": 1}),  # Luhn-valid
+    ("card 4111 1111 1111 1112 please", "card 4111 1111 1111 1112 please", {}),  # fails Luhn: not a card
+    ("iban DE89 3704 0044 0532 0130 00 ok", "iban [IBAN] ok", {"IBAN": 1}),  # IBAN first, not read as a card
+    ("order ORD-482913 is late", "order ORD-482913 is late", {}),  # order ids are task data, kept
+]
+
+
+@pytest.mark.parametrize("text,expected,kinds", REDACT)
+def test_redact(text, expected, kinds):
+    counts = Counter()
+    assert redact(text, counts) == expected
+    assert dict(counts) == kinds
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("  a   b \r\n c\t \n", "a b\n c"),  # spaces collapse, CRLF becomes LF, outer whitespace goes
+    ("e\u0301", "\u00e9"),  # NFC
+])
+def test_normalize(text, expected):
+    assert normalize_text(text) == expected
+
+
+def _drop(tmp_path, rows: list[str]):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(rows) + "\n")
+    return canonicalize(read_drop(p), "openai_chat")
+
+
+def chat(user, assistant="{}"):
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+
+
+def test_every_row_is_kept_quarantined_or_a_duplicate(tmp_path):
+    rows = [chat("Where is my order?"), chat("Where is my order?"), chat("where is my  order"),
+            chat("x" * 50), '{"messages": [', chat("hello", "  "), chat("a different one")]
+    out = clean_records(_drop(tmp_path, rows), CleaningOptions(max_chars=40))
+    assert out.rows_in == 7 == len(out.kept) + len(out.quarantined) + len(out.duplicates)
+    assert [r["line"] for r in out.kept] == [1, 7]
+    assert [(d["line"], d["kind"], d["duplicate_of"]["line"]) for d in out.duplicates] == [(2, "exact", 1), (3, "near", 1)]
+    assert {q["line"]: q["code"] for q in out.quarantined} == {4: "too_long", 5: "malformed_json", 6: "empty_turn"}
+    q4 = next(q for q in out.quarantined if q["line"] == 4)
+    assert q4["raw"] == rows[3] and "52 characters, the limit is 40" in q4["reason"]  # original text kept
+
+
+def test_redaction_can_be_turned_off(tmp_path):
+    recs = _drop(tmp_path, [chat("write to a@example.com")])
+    assert "[EMAIL]" in clean_records(recs).kept[0]["messages"][0]["content"]
+    assert "a@example.com" in clean_records(recs, CleaningOptions(redact_pii=False)).kept[0]["messages"][0]["content"]
+
+
+def test_demo_drops_account_for_every_row():
+    from ft_pipeline.core.formats import detect_format, list_drops
+    from ft_pipeline.settings import REPO_ROOT
+
+    drops = list_drops(REPO_ROOT / "data" / "raw")
+    assert len(drops) >= 3
+    formats_seen = set()
+    for name, path in drops.items():
+        parsed = read_drop(path)
+        fmt = detect_format(parsed.rows, path)
+        formats_seen.add(fmt)
+        out = clean_records(canonicalize(parsed, fmt))
+        assert out.rows_in == len(out.kept) + len(out.quarantined) + len(out.duplicates), name
+        assert out.quarantined and out.duplicates and out.pii_counts, name  # the demo data is messy on purpose
+    assert formats_seen == {"openai_chat", "alpaca", "prompt_completion"}

@@ -1,0 +1,122 @@
+"""Format detection and conversion to canonical chat messages, and file-level failures."""
+
+import json
+
+import pytest
+
+from ft_pipeline.core.formats import DropError, RowError, check_drop_key, detect_format, read_drop, to_messages
+
+U, A = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}
+
+# (format, row, expected messages or the RowError code) — one line a case.
+CASES = [
+    ("openai_chat", {"messages": [U, A]}, [U, A]),  # the plain case
+    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, U, A]}, [{"role": "system", "content": "s"}, U, A]),
+    ("openai_chat", {"messages": [U, {**A, "weight": 0}, U, A]}, [U, {**A, "weight": 0}, U, A]),  # weights kept
+    ("openai_chat", {"msgs": [U, A]}, "missing_messages"),  # OpenAI check: missing messages list
+    ("openai_chat", {"messages": [{"role": "user"}, A]}, "missing_key"),  # message missing key
+    ("openai_chat", {"messages": [{**U, "foo": 1}, A]}, "unrecognized_key"),  # unrecognized key
+    ("openai_chat", {"messages": [{"role": "human", "content": "hi"}, A]}, "unrecognized_role"),
+    ("openai_chat", {"messages": [{"role": "user", "content": None}, A]}, "missing_content"),
+    ("openai_chat", {"messages": [U]}, "no_assistant_message"),
+    ("openai_chat", {"messages": "hi"}, "wrong_data_type"),  # wrong data type
+    ("openai_chat", {"messages": [{"role": "user", "content": 3}, A]}, "wrong_data_type"),
+    ("openai_chat", {"messages": [A, U]}, "assistant_not_last"),
+    ("openai_chat", {"messages": [U, {"role": "assistant", "content": "  "}]}, "empty_turn"),  # whitespace only
+    ("openai_chat", {"messages": [U, {**A, "weight": 2}]}, "bad_weight"),
+    ("openai_chat", {"messages": [U, {"role": "assistant", "content": "", "tool_calls": []}]}, "tool_calls"),
+    ("openai_chat", [U, A], "wrong_data_type"),  # a list instead of an object
+    ("alpaca", {"instruction": "do", "input": "x", "output": "y"},
+     [{"role": "user", "content": "do\n\nx"}, {"role": "assistant", "content": "y"}]),
+    ("alpaca", {"instruction": "do", "input": "", "output": "y"},
+     [{"role": "user", "content": "do"}, {"role": "assistant", "content": "y"}]),  # empty input is dropped
+    ("alpaca", {"instruction": "do", "output": ""}, "empty_turn"),
+    ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]}, [U, A]),
+    ("sharegpt", {"conversations": [{"from": "bot", "value": "hi"}]}, "unrecognized_role"),
+    ("prompt_completion", {"prompt": "hi", "completion": "ok"}, [U, A]),
+    ("prompt_completion", {"prompt": "hi"}, "missing_field"),
+    ("text", {"text": "ok"}, [A]),  # plain text trains on the whole text
+]
+
+
+@pytest.mark.parametrize("fmt,row,expected", CASES)
+def test_to_messages(fmt, row, expected):
+    if isinstance(expected, str):
+        with pytest.raises(RowError) as e:
+            to_messages(row, fmt)
+        assert e.value.code == expected
+        assert str(e.value)  # a reason a person reads
+    else:
+        assert to_messages(row, fmt) == expected
+
+
+def _write(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_jsonl_rows_keep_line_numbers_bom_crlf_and_bad_lines(tmp_path):
+    good = json.dumps({"messages": [U, A]}).encode()
+    p = _write(tmp_path, "d.jsonl", b"\xef\xbb\xbf" + good + b"\r\n\r\n" + b'{"messages": [' + b"\n" + b"\xff\xfe" + b"\n" + good)
+    parsed = read_drop(p)
+    assert [(r.line, r.code) for r in parsed.rows] == [(1, None), (3, "malformed_json"), (4, "invalid_utf8"), (5, None)]
+    assert parsed.rows[0].data == {"messages": [U, A]}  # BOM and CR removed
+    assert detect_format(parsed.rows) == "openai_chat"
+
+
+def test_json_array_rows_carry_their_start_line(tmp_path):
+    p = _write(tmp_path, "d.json", json.dumps([{"prompt": "a", "completion": "b"}] * 3, indent=2).encode())
+    rows = read_drop(p).rows
+    assert [r.line for r in rows] == [2, 6, 10]
+    assert detect_format(rows) == "prompt_completion"
+
+
+def test_csv_rows_keep_line_numbers_with_multiline_fields(tmp_path):
+    p = _write(tmp_path, "d.csv", b'prompt,completion\n"a\nb",x\nc,y\nd\n')
+    rows = read_drop(p).rows
+    assert [(r.line, r.code) for r in rows] == [(2, None), (4, None), (5, "malformed_csv_row")]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"instruction": "i", "input": "", "output": "o"}]), tmp_path / "d.parquet")
+    rows = read_drop(tmp_path / "d.parquet").rows
+    assert detect_format(rows) == "alpaca" and rows[0].line == 1
+
+
+# A file that cannot be used at all: (file name, bytes, words the error must contain) — one line a case.
+BAD_FILES = [
+    ("empty.jsonl", b"", "empty"),
+    ("blank.jsonl", b"\n  \n", "empty"),
+    ("notes.txt", b"hello", "unsupported file extension"),  # wrong extension
+    ("all_bad.jsonl", b"not json\nstill not\n", "no line is valid JSON"),
+    ("truncated.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", ', "line 2"),  # truncated array
+    ("object.json", b'{"data": []}', "expected a JSON array"),  # valid JSON of the wrong shape
+    ("latin1.json", b'[{"prompt": "caf\xe9"}]', "invalid UTF-8"),  # non-UTF-8 bytes
+    ("bad.parquet", b"PAR1garbage", "not a readable Parquet file"),
+    ("dup_header.csv", b"prompt,prompt\na,b\n", "repeated column names"),
+    ("bad name!.jsonl", b'{"text": "x"}', "not a valid drop name"),  # names become partition keys
+]
+
+
+@pytest.mark.parametrize("name,data,words", BAD_FILES)
+def test_unusable_files_fail_with_file_and_problem(tmp_path, name, data, words):
+    p = _write(tmp_path, name, data)
+    with pytest.raises(DropError) as e:
+        read_drop(p)
+    assert words in str(e.value) and str(p) in str(e.value)
+
+
+def test_wrong_shape_rows_cannot_be_detected(tmp_path):
+    p = _write(tmp_path, "d.jsonl", b'{"question": "a", "answer": "b"}\n')
+    with pytest.raises(DropError, match="cannot detect the example format.*line 1"):
+        detect_format(read_drop(p).rows, p)
+
+
+@pytest.mark.parametrize("key", ["../x.jsonl", "..jsonl", ".hidden.jsonl", "a/b.jsonl", "a b.csv", "/etc/passwd", ""])
+def test_drop_keys_that_could_escape_the_data_folder_are_rejected(key):
+    with pytest.raises(DropError, match="not a valid drop name"):
+        check_drop_key(key)

@@ -1,0 +1,70 @@
+"""Training on the builtin tiny model: a loss is logged, the LoRA weights change, the base does not, and only
+assistant tokens carry loss."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ft_pipeline.core.base_models import content_hash
+from ft_pipeline.core.training import TrainOptions, build_trainer, train_adapter
+
+pytestmark = pytest.mark.slow
+
+
+def records(n=24):
+    out = []
+    for i in range(n):
+        answer = json.dumps({"intent": "refund", "order_id": f"ORD-{100000 + i}"})
+        out.append({"messages": [{"role": "user", "content": f"refund order ORD-{100000 + i} please"},
+                                 {"role": "assistant", "content": answer}]})
+    return out
+
+
+FAST = dict(max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_steps=2, warmup_steps=0)
+
+
+def test_training_logs_loss_changes_lora_and_keeps_base_frozen(tiny_base, tmp_path):
+    before = content_hash(tiny_base)
+    base_weights = load_file(tiny_base / "model.safetensors")
+    logs = []
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "adapter", TrainOptions(**FAST),
+                        report_to_mlflow=False, on_log=logs.append)
+    losses = [d["loss"] for d in logs if "loss" in d]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert res.global_step == 4 and res.train_tokens > 0
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    emb = next(v for k, v in adapter.items() if "embed_tokens" in k)
+    assert not torch.equal(emb, base_weights["model.embed_tokens.weight"])  # trainable embeddings moved
+    assert content_hash(tiny_base) == before  # base files untouched
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tmp_path / "adapter")
+    q = tuned.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert torch.equal(q, base_weights["model.layers.0.self_attn.q_proj.weight"])  # frozen base weight
+
+
+def test_only_assistant_tokens_carry_loss(tiny_base, tmp_path):
+    rec = {"messages": [{"role": "system", "content": "be terse"}, {"role": "user", "content": "hello"},
+                        {"role": "assistant", "content": "A1", "weight": 0}, {"role": "user", "content": "again"},
+                        {"role": "assistant", "content": "A2"}]}
+    trainer = build_trainer(tiny_base, [rec], tmp_path / "ckpt", TrainOptions(**FAST), report_to_mlflow=False)
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    tok = trainer.processing_class
+    supervised = tok.decode(ids[labels != -100])
+    assert supervised == "A2<|end|>"  # weight-0 turn, system, user and role markers carry no loss
+    assert 0 < int((labels != -100).sum()) < len(ids)
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_base, tmp_path):
+    opts = TrainOptions(**{**FAST, "max_steps": 2})
+    train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "a1", opts, report_to_mlflow=False)
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "a2",
+                        TrainOptions(**{**FAST, "max_steps": 4}), report_to_mlflow=False)
+    assert res.resumed_from and res.resumed_from.endswith("checkpoint-2") and res.global_step == 4
