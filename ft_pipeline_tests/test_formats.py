@@ -93,7 +93,7 @@ BAD_FILES = [
     ("blank.jsonl", b"\n  \n", "empty"),
     ("notes.txt", b"hello", "unsupported file extension"),  # wrong extension
     ("all_bad.jsonl", b"not json\nstill not\n", "no line is valid JSON"),
-    ("truncated.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", ', "line 2"),  # truncated array
+    ("truncated.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", ', "line 2: malformed JSON: the file ends"),
     ("object.json", b'{"data": []}', "expected a JSON array"),  # valid JSON of the wrong shape
     ("latin1.json", b'[{"prompt": "caf\xe9"}]', "invalid UTF-8"),  # non-UTF-8 bytes
     ("bad.parquet", b"PAR1garbage", "not a readable Parquet file"),

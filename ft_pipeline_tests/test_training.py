@@ -62,9 +62,28 @@ def test_only_assistant_tokens_carry_loss(tiny_base, tmp_path):
     assert 0 < int((labels != -100).sum()) < len(ids)
 
 
-def test_resume_continues_from_the_last_checkpoint(tiny_base, tmp_path):
-    opts = TrainOptions(**{**FAST, "max_steps": 2})
-    train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "a1", opts, report_to_mlflow=False)
-    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "a2",
-                        TrainOptions(**{**FAST, "max_steps": 4}), report_to_mlflow=False)
-    assert res.resumed_from and res.resumed_from.endswith("checkpoint-2") and res.global_step == 4
+KILL_AT_STEP_3 = """
+import json, os, signal, sys
+from pathlib import Path
+from ft_pipeline.core.training import TrainOptions, train_adapter
+base, tmp, recs, opts = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+def die(logs):
+    if logs["step"] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies: no exception handler, no cleanup
+train_adapter(Path(base), recs, tmp / "ckpt", tmp / "adapter", TrainOptions(**opts), report_to_mlflow=False, on_log=die)
+"""
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_base, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP_3, str(tiny_base), str(tmp_path),
+                           json.dumps(records()), json.dumps(FAST)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "adapter", TrainOptions(**FAST),
+                        report_to_mlflow=False)
+    assert res.resumed_from.endswith("checkpoint-2") and res.global_step == 4
+    assert not (tmp_path / "ckpt").exists()  # cleared once the adapter is saved
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()

@@ -142,3 +142,19 @@ def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dic
         lines.append(f"| {esc(s['prompt'])} | {esc(s['reference'])} | "
                      + " | ".join(esc(s[n]) for n in names) + " |")
     return "\n".join(lines)
+
+
+def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over_base: float,
+                  max_loss_vs_champion: float) -> list[str]:
+    """Why the tuned model may not become champion; empty when it may. `metrics` holds base, tuned and
+    (when there is one) champion."""
+    tuned, base, champ = metrics["tuned"], metrics["base"], metrics.get("champion")
+    out = []
+    if tuned["json_valid"] < min_json_valid:
+        out.append(f"JSON validity {tuned['json_valid']:.3f} < {min_json_valid}")
+    if tuned["field_accuracy"] < base["field_accuracy"] + min_gain_over_base:
+        out.append(f"field accuracy {tuned['field_accuracy']:.3f} does not beat the base model's "
+                   f"{base['field_accuracy']:.3f} by {min_gain_over_base}")
+    if champ and tuned["field_accuracy"] < champ["field_accuracy"] - max_loss_vs_champion:
+        out.append(f"field accuracy {tuned['field_accuracy']:.3f} is below the champion's {champ['field_accuracy']:.3f}")
+    return out

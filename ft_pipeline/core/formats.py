@@ -153,6 +153,9 @@ def _read_json(path: Path, raw: bytes) -> list[RawRow]:
         try:
             value, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
+            if e.pos >= len(text.rstrip()):
+                raise DropError(f"{path}: line {e.lineno}: malformed JSON: the file ends before the array is "
+                                "closed (truncated file?)") from e
             raise DropError(f"{path}: line {e.lineno}: malformed JSON: {e.msg}") from e
         rows.append(RawRow(line_of(pos), text[pos:end], data=value))
         pos = _skip_ws(text, end)
@@ -161,7 +164,8 @@ def _read_json(path: Path, raw: bytes) -> list[RawRow]:
         elif pos < len(text) and text[pos] != "]":
             raise DropError(f"{path}: line {line_of(pos)}: malformed JSON: expected ',' or ']'")
     if pos >= len(text):
-        raise DropError(f"{path}: line {line_of(len(text) - 1)}: malformed JSON: the array is not closed (truncated file?)")
+        raise DropError(f"{path}: line {line_of(len(text) - 1)}: malformed JSON: the file ends before the array is "
+                        "closed (truncated file?)")
     return rows
 
 

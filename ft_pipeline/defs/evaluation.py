@@ -57,7 +57,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     report_md = evaluation.markdown_report(results, len(holdout), samples)
     report = {"training_run_id": adapter["training_run_id"], "model_uri": adapter["model_uri"],
               "model_id": adapter["model_id"], "holdout_examples": len(holdout),
-              "champion_version": champ.version if champ else None,
+              "champion_version": str(champ.version) if champ else None,
               "metrics": {n: r["metrics"] for n, r in results.items()}}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
@@ -90,21 +90,14 @@ class GateConfig(dg.Config):
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="The tuned model beats the base model and is at least as good as the champion.")
 def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetCheckResult:
+    from ft_pipeline.core.evaluation import gate_failures
+
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     m = report["metrics"]
-    tuned, base, champ = m["tuned"], m["base"], m.get("champion")
-    reasons = []
-    if tuned["json_valid"] < config.min_json_valid:
-        reasons.append(f"JSON validity {tuned['json_valid']:.3f} < {config.min_json_valid}")
-    if tuned["field_accuracy"] < base["field_accuracy"] + config.min_gain_over_base:
-        reasons.append(f"field accuracy {tuned['field_accuracy']:.3f} does not beat base "
-                       f"{base['field_accuracy']:.3f} by {config.min_gain_over_base}")
-    if champ and tuned["field_accuracy"] < champ["field_accuracy"] - config.max_loss_vs_champion:
-        reasons.append(f"field accuracy {tuned['field_accuracy']:.3f} is below champion "
-                       f"v{report['champion_version']} ({champ['field_accuracy']:.3f})")
+    reasons = gate_failures(m, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion)
     return dg.AssetCheckResult(
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate",
-        metadata={"tuned_field_accuracy": tuned["field_accuracy"], "base_field_accuracy": base["field_accuracy"],
-                  "champion_field_accuracy": champ["field_accuracy"] if champ else -1.0,
-                  "tuned_json_valid": tuned["json_valid"]})
+        metadata={"tuned_field_accuracy": m["tuned"]["field_accuracy"], "base_field_accuracy": m["base"]["field_accuracy"],
+                  "champion_field_accuracy": m["champion"]["field_accuracy"] if "champion" in m else -1.0,
+                  "champion_version": report["champion_version"] or "none", "tuned_json_valid": m["tuned"]["json_valid"]})

@@ -1,0 +1,101 @@
+"""The whole graph through the real CLI, Dagster instance, MLflow store and registry, into tmp_path: a broken
+drop fails only its own partition, the model is registered as champion and predicts in a fresh process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_pipeline.settings import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+def run_cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    raw = tmp / "raw"
+    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
+    (raw / "2026-04-broken.json").write_text('[{"instruction": "x", "output": "y"},\n{"instruction": ')
+    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = run_cli(env, "run", "--preset", str(SMOKE))
+    return tmp, env, first
+
+
+def test_main_job_succeeds_and_names_the_broken_drop(pipeline):
+    tmp, env, first = pipeline
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    assert "2026-04-broken.json" in out and "FAILED" in out and "line 2: malformed JSON: the file ends before the array is closed" in out
+    assert "1 drop(s) failed and were left out: 2026-04-broken.json" in out
+    assert "registered: ft-pipeline-adapter version 1 (alias champion; previous champion: none)" in out
+    manifest = json.loads((tmp / "home" / "data" / "split" / "manifest.json").read_text())
+    assert sorted(manifest["drops"]) == ["2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json",
+                                         "2026-03-tickets.csv"]
+
+
+def test_runs_and_materializations_are_in_the_persistent_instance(pipeline):
+    tmp, env, _ = pipeline
+    code = """
+import dagster as dg
+inst = dg.DagsterInstance.get()
+runs = inst.get_runs()
+print(sorted({r.job_name for r in runs}), len(runs))
+for key in ["raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
+            "evaluation_report", "registered_model"]:
+    assert inst.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+ev = inst.get_latest_materialization_event(dg.AssetKey("lora_adapter")).asset_materialization
+print(ev.metadata["mlflow_run"].value)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "DAGSTER_HOME": str(tmp / "home" / "dagster")},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "['ingest_drop', 'train_and_register'] 5" in out.stdout  # 4 drops + 1 training run
+    assert "http://127.0.0.1:5000/#/experiments/" in out.stdout
+
+
+def test_mlflow_records_lineage_and_the_champion_predicts_in_a_fresh_process(pipeline):
+    tmp, env, _ = pipeline
+    code = """
+import json, mlflow
+c = mlflow.MlflowClient()
+mv = c.get_model_version_by_alias("ft-pipeline-adapter", "champion")
+run = c.get_run(mv.tags["training_run_id"])
+assert run.data.tags["dagster.asset_key"] == "lora_adapter" and run.data.tags["dagster.run_id"]
+assert run.data.tags["dagster.code_version"] == "train-v1"
+assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"] and run.inputs.dataset_inputs[0].dataset.digest
+assert "loss" in run.data.metrics and "train.learning_rate" in run.data.params
+assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv"}
+assert "eval.field_accuracy" in mv.tags
+model = mlflow.pyfunc.load_model("models:/ft-pipeline-adapter@champion")
+out = model.predict(["My order ORD-123456 never arrived", "cancel please"])
+assert isinstance(out, list) and len(out) == 2 and all(isinstance(x, str) for x in out)
+print("ok")
+"""
+    uri = f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_TRACKING_URI": uri},
+                         capture_output=True, text=True, cwd=tmp)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_second_run_compares_with_the_champion_and_does_not_duplicate(pipeline):
+    tmp, env, _ = pipeline
+    second = run_cli(env, "run", "--preset", str(SMOKE))
+    assert second.returncode == 0, second.stdout[-3000:]
+    report = json.loads((tmp / "home" / "reports" / "evaluation.json").read_text())
+    assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "champion"}
+    # Same data, config and seed: the retrained adapter scores exactly like the champion it replaces.
+    assert report["metrics"]["tuned"] == report["metrics"]["champion"]
+    assert "version 2 (alias champion; previous champion: 1)" in second.stdout
