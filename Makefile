@@ -6,7 +6,7 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: run test test-fast ui bench clean
+.PHONY: run test test-fast ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,10 +31,7 @@ ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the sa
 	  --host $(HOST) --port $(MLFLOW_PORT) & mlflow_pid=$$!; \
 	trap "kill $$mlflow_pid" EXIT INT TERM; \
 	echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)   Dagster UI: http://$(HOST):$(DAGSTER_PORT)"; \
-	DAGSTER_HOME="$$DAGSTER_HOME" $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
-
-bench: $(VENV)/.installed  ## every benchmark under bench/, one BENCH line per figure
-	@for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+	cd "$$DAGSTER_HOME" && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
 
 clean:  ## remove everything the pipeline wrote (not the venv)
 	rm -rf "$(FT_PIPELINE_HOME)"

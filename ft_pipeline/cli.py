@@ -134,10 +134,42 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
     run.add_argument("--preset", help="a YAML preset from configs/ (Dagster run config under `ops:`)")
     sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")
+    lin = sub.add_parser("lineage", help="which raw rows (drop, line) trained a registered model version")
+    lin.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
+    who = sub.add_parser("trained-on", help="which registered model versions were trained on a raw row")
+    who.add_argument("--drop", required=True, help="the drop file name")
+    who.add_argument("--line", type=int, help="the line (or row) in that file")
+    who.add_argument("--raw-sha256", help="or a prefix of the row's hash, as in the quarantine and cleaned files")
+    for p in (lin, who):
+        p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run_main(args.preset)
+    if args.cmd in ("lineage", "trained-on"):
+        return lineage_main(args)
     return prepare_ui()
+
+
+def lineage_main(args) -> int:
+    import mlflow
+
+    from ft_pipeline.core import registry
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    if args.cmd == "lineage":
+        version = args.version
+        if not version.isdigit():
+            version = mlflow.MlflowClient().get_model_version_by_alias(args.model, version).version
+        rows = registry.training_rows(args.model, str(version))
+        for r in rows:
+            print(json.dumps(r))
+        print(f"{len(rows)} rows trained {args.model} version {version}", file=sys.stderr)
+        return 0
+    hits = registry.versions_trained_on(args.model, args.drop, args.line, args.raw_sha256)
+    for h in hits:
+        print(json.dumps(h))
+    print(f"{len(hits)} version(s) of {args.model} were trained on that row", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

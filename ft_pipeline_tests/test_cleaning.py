@@ -78,3 +78,11 @@ def test_demo_drops_account_for_every_row():
         assert out.rows_in == len(out.kept) + len(out.quarantined) + len(out.duplicates), name
         assert out.quarantined and out.duplicates and out.pii_counts, name  # the demo data is messy on purpose
     assert formats_seen == {"openai_chat", "alpaca", "prompt_completion"}
+
+
+def test_one_huge_line_is_quarantined_not_truncated(tmp_path):
+    huge = chat("log: " + "x" * 1_000_000)
+    out = clean_records(_drop(tmp_path, [chat("fine"), huge]))
+    assert [r["line"] for r in out.kept] == [1]
+    assert out.quarantined[0]["line"] == 2 and out.quarantined[0]["code"] == "too_long"
+    assert out.quarantined[0]["raw"] == huge  # the original row, whole

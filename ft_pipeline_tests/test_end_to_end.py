@@ -99,3 +99,18 @@ def test_second_run_compares_with_the_champion_and_does_not_duplicate(pipeline):
     # Same data, config and seed: the retrained adapter scores exactly like the champion it replaces.
     assert report["metrics"]["tuned"] == report["metrics"]["champion"]
     assert "version 2 (alias champion; previous champion: 1)" in second.stdout
+
+
+def test_lineage_answers_both_ways(pipeline):
+    tmp, env, _ = pipeline
+    out = run_cli(env, "lineage", "--version", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    train = [json.loads(x) for x in (tmp / "home" / "data" / "split" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == len(train) and {"drop", "line", "raw_sha256", "id"} <= set(rows[0])
+    row = rows[0]
+    hits = run_cli(env, "trained-on", "--drop", row["drop"], "--line", str(row["line"]))
+    assert [json.loads(x)["version"] for x in hits.stdout.splitlines()] == ["1", "2"]
+    holdout = json.loads((tmp / "home" / "data" / "split" / "holdout.jsonl").read_text().splitlines()[0])
+    none = run_cli(env, "trained-on", "--drop", holdout["drop"], "--line", str(holdout["line"]))
+    assert none.returncode == 0 and none.stdout == ""  # a holdout row trained nothing

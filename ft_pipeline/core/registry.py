@@ -79,9 +79,47 @@ def champion(name: str):
     client = mlflow.MlflowClient()
     try:
         return client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as e:
+        # No registered model yet, or no alias on it: there is no champion. Anything else is a real error.
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def set_champion(name: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+
+
+LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"
+
+
+def log_lineage(train_records: list[dict]) -> None:
+    """Record, in the active training run, the provenance of every row it trains on."""
+    import json
+
+    rows = [{k: r[k] for k in ("drop", "line", "raw_sha256", "id")} for r in train_records]
+    mlflow.log_text("".join(json.dumps(r) + "\n" for r in rows), LINEAGE_ARTIFACT)
+
+
+def training_rows(name: str, version: str) -> list[dict]:
+    """The raw rows (drop, line, raw-row hash) that trained a registered model version."""
+    import json
+
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(name, version)
+    text = mlflow.artifacts.load_text(f"runs:/{mv.tags['training_run_id']}/{LINEAGE_ARTIFACT}")
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def versions_trained_on(name: str, drop: str, line: int | None = None, raw_sha256: str | None = None) -> list[dict]:
+    """Every registered version of `name` whose training data holds the given row (by drop and line, or by
+    the hash of the raw row), with its aliases."""
+    client = mlflow.MlflowClient()
+    out = []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
+        for row in training_rows(name, mv.version):
+            if row["drop"] == drop and (line is None or row["line"] == line) and \
+                    (raw_sha256 is None or row["raw_sha256"].startswith(raw_sha256)):
+                out.append({"version": str(mv.version), "aliases": list(mv.aliases), "row": row})
+                break
+    return out

@@ -34,7 +34,8 @@ def _table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
 
 
 @dg.asset(partitions_def=drops, group_name="data", code_version="raw-v1", kinds={"python", "json"}, owners=OWNERS)
-def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, home: PipelineHome) -> dg.MaterializeResult:
+def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, home: PipelineHome,
+                 mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Every row of one raw drop as a canonical chat record with its provenance (drop, line, raw-row hash)."""
     path = home.raw_file(context.partition_key)
     try:
@@ -44,16 +45,27 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
             raise formats.DropError(f"{path}: unknown format {fmt!r} in config; expected auto or one of {formats.FORMATS}")
     except formats.DropError as e:
         raise dg.Failure(description=str(e), metadata={"file": dg.MetadataValue.path(str(path))}) from e
+    import mlflow
+
+    from ft_pipeline.core.tracking import log_jsonl_dataset
+
     records = cleaning.canonicalize(parsed, fmt)
     write_jsonl(home.data("raw_examples", context.partition_key), records)
     unconverted = Counter(r["code"] for r in records if "code" in r)
     file_hash = formats.sha256_file(path)
+    with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
+                                   tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
+        mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": parsed.file_format,
+                           "format_override": config.format})
+        mlflow.log_metrics({"rows": len(records), "rows_not_converted": sum(unconverted.values())})
+        log_jsonl_dataset(records, path, f"raw@{context.partition_key}", "raw", file_hash)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(file_hash[:16]),
         metadata={"file": dg.MetadataValue.path(str(path)), "detected_format": fmt, "file_format": parsed.file_format,
                   "rows": len(records), "rows_not_converted": sum(unconverted.values()),
                   "not_converted_by_reason": dg.MetadataValue.json(dict(unconverted)),
-                  "raw_sha256": file_hash})
+                  "raw_sha256": file_hash,
+                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
 @dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v1",
@@ -64,6 +76,8 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
     import mlflow
+
+    from ft_pipeline.core.tracking import log_jsonl_dataset
 
     drop = context.partition_key
     records = read_jsonl(home.data("raw_examples", drop))
@@ -91,6 +105,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                             **{f"quarantined.{k}": v for k, v in stats["quarantined_by_reason"].items()},
                             **{f"pii.{k}": v for k, v in stats["pii_redacted_by_kind"].items()}})
         mlflow.log_dict(stats, "cleaning_stats.json")
+        log_jsonl_dataset(result.kept, paths["cleaned"], f"cleaned@{drop}", "cleaned", cleaned_hash)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(cleaned_hash[:16]), check_results=[check],
         metadata={"cleaned_file": dg.MetadataValue.path(str(paths["cleaned"])),
@@ -120,6 +135,8 @@ class SplitConfig(dg.Config):
 def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
                         mlflow_tracking: MlflowTracking):
     import mlflow
+
+    from ft_pipeline.core.tracking import log_jsonl_dataset
 
     cleaned, used, skipped = {}, {}, {}
     for drop in sorted(context.instance.get_dynamic_partitions(drops.name)):
@@ -152,6 +169,8 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         mlflow.log_metrics({"train_examples": len(split.train), "holdout_examples": len(split.holdout),
                             "cross_drop_duplicates": len(split.cross_drop_duplicates)})
         mlflow.log_dict(manifest, "split_manifest.json")
+        log_jsonl_dataset(split.train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
+        log_jsonl_dataset(split.holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
     for key, rows, sha in (("train_set", split.train, manifest["train_sha256"]),
                            ("holdout_set", split.holdout, manifest["holdout_sha256"])):

@@ -22,17 +22,25 @@ class BaseModelConfig(dg.Config):
 
 
 @dg.asset(group_name="model", code_version="base-v1", kinds={"pytorch", "huggingface"}, owners=OWNERS)
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
+               mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The base model as a local directory of safetensors weights and tokenizer, with its content hash."""
+    import mlflow
+
     info = base_models.resolve_base_model(config.base_model, home.models_dir / "base", seed=config.seed)
     home.base_info.write_text(json.dumps(info.to_json(), indent=2))
     cfg = json.loads((info.path / "config.json").read_text())
+    with mlflow_tracking.start_run(context, "base-model", "base_model",
+                                   tags={"dagster.data_version": info.content_sha256[:16]}) as (run, exp_id):
+        mlflow.log_params({"spec": info.spec, "source": info.source, "revision": info.revision or "",
+                           "content_sha256": info.content_sha256, "seed": config.seed})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(info.content_sha256[:16]),
         metadata={"spec": info.spec, "source": info.source, "path": dg.MetadataValue.path(str(info.path)),
                   "revision": info.revision or "", "content_sha256": info.content_sha256,
                   "architecture": ",".join(cfg.get("architectures", [])),
-                  "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers")})
+                  "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
+                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
 class TrainConfig(dg.Config):
@@ -68,9 +76,9 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """A LoRA adapter trained with TRL's SFTTrainer on the train set (loss on assistant tokens only)."""
     import mlflow
-    import pandas as pd
 
     from ft_pipeline.core import registry, training
+    from ft_pipeline.core.tracking import log_jsonl_dataset
 
     base = json.loads(home.base_info.read_text())
     manifest = json.loads((home.split_dir / "manifest.json").read_text())
@@ -85,17 +93,14 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
-        df = pd.DataFrame({"id": [r["id"] for r in train], "drop": [r["drop"] for r in train],
-                           "line": [r["line"] for r in train],
-                           "messages": [json.dumps(r["messages"], ensure_ascii=False) for r in train]})
-        mlflow.log_input(mlflow.data.from_pandas(df, source=str(train_path), name="train_set",
-                                                 digest=manifest["train_sha256"][:16]), context="training")
+        log_jsonl_dataset(train, train_path, "train_set", "training", manifest["train_sha256"])
         result = training.train_adapter(base["path"], train,
                                         home.checkpoints(key), home.adapter_dir, opts,
                                         run_name=f"sft-{key}", on_log=log)
         mlflow.log_metrics({"final_train_loss": result.train_loss, "train_tokens": result.train_tokens,
                             "train_runtime_s": result.train_runtime_s})
         info = registry.log_adapter_model(home.adapter_dir, base)
+        registry.log_lineage(train)
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],

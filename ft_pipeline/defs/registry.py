@@ -13,6 +13,8 @@ from ft_pipeline.resources import MlflowTracking, PipelineHome
 def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The adapter as a Model Registry version; runs only when the evaluation gate passed, and moves `champion`."""
+    import mlflow
+
     from ft_pipeline.core import registry
 
     exp_id = mlflow_tracking.setup()
@@ -26,8 +28,12 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
             "base_model_sha256": adapter["base"]["content_sha256"][:16], "dagster_run_id": context.run_id,
             **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"]["tuned"].items()}}
     previous = registry.champion(name)
-    mv, created = registry.register(adapter["model_uri"], name, adapter["training_run_id"], tags)
-    registry.set_champion(name, mv.version)
+    with mlflow_tracking.start_run(context, "register", "registered_model",
+                                   parent_run_id=adapter["training_run_id"]) as (run, _):
+        mv, created = registry.register(adapter["model_uri"], name, adapter["training_run_id"], tags)
+        registry.set_champion(name, mv.version)
+        mlflow.log_params({"registered_model": name, "version": mv.version, "newly_registered": created,
+                           "previous_champion": previous.version if previous else "none"})
     context.log.info("%s version %s of %s; champion: %s -> %s", "registered" if created else "reused",
                      mv.version, name, previous.version if previous else "none", mv.version)
     return dg.MaterializeResult(metadata={
