@@ -19,14 +19,14 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)
 	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET))
 
-test: $(VENV)/.installed  ## fast and slow tiers (gpu tests skip without CUDA)
-	$(PY) -m pytest -m "not gpu and not browser" $(PYTEST_ARGS)
+test: $(VENV)/.installed  ## fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow and not gpu and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the same stores as `make run`
-	@eval "$$($(PY) -m ft_pipeline.cli env)"; \
+	@set -a; eval "$$($(PY) -m ft_pipeline.cli env)"; set +a; \
 	$(VENV)/bin/mlflow server --backend-store-uri "$$MLFLOW_BACKEND" --default-artifact-root "$$MLFLOW_ARTIFACTS" \
 	  --host $(HOST) --port $(MLFLOW_PORT) & mlflow_pid=$$!; \
 	trap "kill $$mlflow_pid" EXIT INT TERM; \

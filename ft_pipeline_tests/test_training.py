@@ -87,3 +87,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_base, tmp_path):
     assert res.resumed_from.endswith("checkpoint-2") and res.global_step == 4
     assert not (tmp_path / "ckpt").exists()  # cleared once the adapter is saved
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_trains_in_bf16_on_a_gpu(tiny_base, tmp_path):
+    from ft_pipeline.core.training import resolve_precision
+
+    assert resolve_precision("auto") == "bf16"
+    logs = []
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "adapter", TrainOptions(**FAST),
+                        report_to_mlflow=False, on_log=logs.append)
+    assert res.global_step == 4 and all(math.isfinite(d["loss"]) for d in logs if "loss" in d)
