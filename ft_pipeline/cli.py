@@ -63,13 +63,7 @@ def run_main(preset_path: str | None) -> int:
     instance = dg.DagsterInstance.get()
     raw_dir = settings.raw_dir()
     t0 = time.monotonic()
-    found, bad_names = {}, []
-    for p in sorted(raw_dir.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in formats.SUPPORTED_SUFFIXES:
-            try:
-                found[formats.drop_name(p)] = p
-            except formats.DropError as e:
-                bad_names.append(str(e))
+    found, bad_names = formats.find_drops(raw_dir)
     known = set(instance.get_dynamic_partitions(drops.name))
     if new := sorted(set(found) - known):
         instance.add_dynamic_partitions(drops.name, new)

@@ -64,10 +64,11 @@ def test_redaction_can_be_turned_off(tmp_path):
 
 
 def test_demo_drops_account_for_every_row():
-    from ft_pipeline.core.formats import detect_format, list_drops
+    from ft_pipeline.core.formats import detect_format, find_drops
     from ft_pipeline.settings import REPO_ROOT
 
-    drops = list_drops(REPO_ROOT / "data" / "raw")
+    drops, problems = find_drops(REPO_ROOT / "data" / "raw")
+    assert problems == []
     assert len(drops) >= 3
     formats_seen = set()
     for name, path in drops.items():

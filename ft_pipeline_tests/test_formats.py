@@ -120,3 +120,13 @@ def test_wrong_shape_rows_cannot_be_detected(tmp_path):
 def test_drop_keys_that_could_escape_the_data_folder_are_rejected(key):
     with pytest.raises(DropError, match="not a valid drop name"):
         check_drop_key(key)
+
+
+def test_find_drops_reports_names_that_cannot_be_drops(tmp_path):
+    from ft_pipeline.core.formats import find_drops
+
+    for name in ("a.jsonl", "b c.csv", ".hidden.json", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    drops, problems = find_drops(tmp_path)
+    assert list(drops) == ["a.jsonl"]
+    assert len(problems) == 1 and "'b c.csv' is not a valid drop name" in problems[0]

@@ -66,13 +66,18 @@ def drop_name(path: Path) -> str:
     return check_drop_key(path.name, path)
 
 
-def list_drops(raw_dir: Path) -> dict[str, Path]:
-    """Drops in the raw folder, keyed by drop name; hidden files and the generator script are ignored."""
-    drops = {}
-    for p in sorted(Path(raw_dir).iterdir()):
+def find_drops(raw_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """Drop files in the raw folder keyed by drop name (hidden files and other extensions are ignored), and a
+    message for each file whose name cannot be a drop name."""
+    drops, problems = {}, []
+    raw_dir = Path(raw_dir)
+    for p in sorted(raw_dir.iterdir()) if raw_dir.exists() else []:
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES:
-            drops[drop_name(p)] = p
-    return drops
+            try:
+                drops[drop_name(p)] = p
+            except DropError as e:
+                problems.append(str(e))
+    return drops, problems
 
 
 def sha256_file(path: Path) -> str:

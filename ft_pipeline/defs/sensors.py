@@ -16,15 +16,9 @@ from ft_pipeline.resources import PipelineHome
 def scan_drops(raw_dir: Path, previous: dict) -> tuple[dict, list[str]]:
     """{drop: {"sha256", "mtime_ns", "size"}} for every valid drop file; the hash is reused when the file's
     size and mtime did not change. Also returns messages for files whose names cannot be drop names."""
-    current, problems = {}, []
-    for p in sorted(raw_dir.iterdir()) if raw_dir.exists() else []:
-        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in formats.SUPPORTED_SUFFIXES:
-            continue
-        try:
-            name = formats.drop_name(p)
-        except formats.DropError as e:
-            problems.append(str(e))
-            continue
+    current = {}
+    found, problems = formats.find_drops(raw_dir)
+    for name, p in found.items():
         st = p.stat()
         old = previous.get(name)
         if old and old["mtime_ns"] == st.st_mtime_ns and old["size"] == st.st_size:

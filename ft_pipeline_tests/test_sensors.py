@@ -1,0 +1,50 @@
+"""The raw-drop sensor on a real (temporary) Dagster instance."""
+
+import dagster as dg
+
+from ft_pipeline.defs.partitions import drops
+from ft_pipeline.defs.sensors import raw_drops_sensor
+from ft_pipeline.resources import PipelineHome
+
+
+def tick(inst, home, cursor=None):
+    return raw_drops_sensor(dg.build_sensor_context(instance=inst, cursor=cursor, resources={"home": home}))
+
+
+def test_new_drops_get_a_partition_and_a_run_and_removed_ones_none(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"text": "x"}\n')
+    (raw / "bad name.jsonl").write_text('{"text": "x"}\n')  # cannot be a partition key: logged, skipped
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(drops.name, ["gone.jsonl"])  # registered earlier, file since removed
+        first = tick(inst, home)
+        assert [r.partition_key for r in first.run_requests] == ["a.jsonl"]
+        assert first.dynamic_partitions_requests[0].partition_keys == ["a.jsonl"]
+        inst.add_dynamic_partitions(drops.name, ["a.jsonl"])
+        # Known but never ingested: the sensor still asks for it (no materialization has its hash yet).
+        second = tick(inst, home, first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["a.jsonl"]
+        assert second.run_requests[0].run_key == first.run_requests[0].run_key  # same content, same run key
+        assert not second.dynamic_partitions_requests
+
+
+def test_ingested_drops_are_quiet_until_their_content_changes(tmp_path):
+    from ft_pipeline.defs.data import raw_examples
+    from ft_pipeline.resources import MlflowTracking
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"text": "x"}\n')
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"))
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(drops.name, ["a.jsonl"])
+        assert dg.materialize([raw_examples], partition_key="a.jsonl", instance=inst,
+                              resources={"home": home, "mlflow_tracking": tracking}).success
+        quiet = tick(inst, home)
+        assert quiet.run_requests == [] and "no new or changed drops" in quiet.skip_reason.skip_message
+        (raw / "a.jsonl").write_text('{"text": "y"}\n')
+        changed = tick(inst, home, quiet.cursor)
+        assert [r.partition_key for r in changed.run_requests] == ["a.jsonl"]
