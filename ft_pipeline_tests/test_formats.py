@@ -1,5 +1,6 @@
 """Format detection and conversion to canonical chat messages, and file-level failures."""
 
+import hashlib
 import json
 
 import pytest
@@ -62,6 +63,7 @@ def test_jsonl_rows_keep_line_numbers_bom_crlf_and_bad_lines(tmp_path):
     parsed = read_drop(p)
     assert [(r.line, r.code) for r in parsed.rows] == [(1, None), (3, "malformed_json"), (4, "invalid_utf8"), (5, None)]
     assert parsed.rows[0].data == {"messages": [U, A]}  # BOM and CR removed
+    assert parsed.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()  # hash of the bytes that were parsed
     assert detect_format(parsed.rows) == "openai_chat"
 
 

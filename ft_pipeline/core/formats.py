@@ -50,6 +50,7 @@ class ParsedDrop:
     drop: str
     path: Path
     file_format: str  # jsonl | json | csv | parquet
+    sha256: str  # of the exact bytes that were parsed
     rows: list[RawRow] = field(default_factory=list)
 
 
@@ -103,7 +104,8 @@ def read_drop(path: Path) -> ParsedDrop:
     rows = reader(path, raw)
     if not rows:
         raise DropError(f"{path}: the file holds no rows")
-    return ParsedDrop(drop=drop_name(path), path=path, file_format=suffix[1:], rows=rows)
+    return ParsedDrop(drop=drop_name(path), path=path, file_format=suffix[1:], sha256=hashlib.sha256(raw).hexdigest(),
+                      rows=rows)
 
 
 def _read_jsonl(path: Path, raw: bytes) -> list[RawRow]:

@@ -51,8 +51,11 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
 
     records = cleaning.canonicalize(parsed, fmt)
     write_jsonl(home.data("raw_examples", context.partition_key), records)
+    file_hash = parsed.sha256
+    # What the records were made from, for cleaned_examples to record as its provenance.
+    home.data("raw_examples", context.partition_key, suffix=".meta.json").write_text(
+        json.dumps({"raw_sha256": file_hash, "format": fmt}))
     unconverted = Counter(r["code"] for r in records if "code" in r)
-    file_hash = formats.sha256_file(path)
     with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
                                    tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
         mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": parsed.file_format,
@@ -87,8 +90,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     write_jsonl(paths["duplicates"], result.duplicates)
     write_jsonl(paths["cleaned"], result.kept)
     stats = result.stats()
-    raw_sha = formats.sha256_file(home.raw_file(drop))
-    home.data("cleaned", drop, suffix=".stats.json").write_text(json.dumps({**stats, "raw_sha256": raw_sha}, indent=2))
+    raw_sha = json.loads(home.data("raw_examples", drop, suffix=".meta.json").read_text())["raw_sha256"]
     # The check recounts the files on disk rather than trusting the in-memory lists it is checking.
     counted = {k: count_lines(p) for k, p in paths.items()}
     accounted = counted["cleaned"] + counted["quarantine"] + counted["duplicates"]
@@ -97,6 +99,8 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows_in": len(records), **{f"rows_{k}": v for k, v in counted.items()}})
     cleaned_hash = formats.sha256_file(paths["cleaned"])
+    home.data("cleaned", drop, suffix=".stats.json").write_text(
+        json.dumps({**stats, "raw_sha256": raw_sha, "cleaned_sha256": cleaned_hash}, indent=2))
     with mlflow_tracking.start_run(context, f"clean-{drop}", "cleaned_examples",
                                    tags={"dagster.data_version": cleaned_hash[:16]}) as (run, exp_id):
         mlflow.log_params({"drop": drop, "redact_pii": config.redact_pii, "max_chars": config.max_chars})
@@ -144,12 +148,12 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         if not stats_path.exists() or not raw.exists():
             skipped[drop] = "not cleaned" if raw.exists() else "raw file removed"
             continue
-        recorded = json.loads(stats_path.read_text())["raw_sha256"]
-        if recorded != formats.sha256_file(raw):
+        recorded = json.loads(stats_path.read_text())
+        if recorded["raw_sha256"] != formats.sha256_file(raw):
             skipped[drop] = "raw file changed since it was cleaned; re-materialize cleaned_examples"
             continue
         cleaned[drop] = read_jsonl(home.data("cleaned", drop))
-        used[drop] = formats.sha256_file(home.data("cleaned", drop))[:16]
+        used[drop] = recorded["cleaned_sha256"][:16]
     if not cleaned:
         raise dg.Failure(f"no cleaned drop to split (skipped: {skipped or 'no drops registered'})")
     split = splitting.split_examples(cleaned, config.holdout_fraction, config.seed)

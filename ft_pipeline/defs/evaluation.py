@@ -36,7 +36,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     """Holdout metrics of the base model, the tuned adapter and the current champion, with a markdown report."""
     import mlflow
 
-    from ft_pipeline.core import evaluation, formats, registry
+    from ft_pipeline.core import evaluation, registry
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     adapter = json.loads(home.adapter_info.read_text())
@@ -64,8 +64,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     (home.reports_dir / "evaluation.md").write_text(report_md)
     with mlflow_tracking.start_run(context, "evaluate", "evaluation_report",
                                    parent_run_id=adapter["training_run_id"]) as (run, exp_id):
+        manifest = json.loads((home.split_dir / "manifest.json").read_text())
         log_jsonl_dataset(holdout, home.split_dir / "holdout.jsonl", "holdout_set", "evaluation",
-                          formats.sha256_file(home.split_dir / "holdout.jsonl"))
+                          manifest["holdout_sha256"])
         for name, r in results.items():
             mlflow.log_metrics({f"{name}.{k}": v for k, v in r["metrics"].items()})
         mlflow.log_metrics({f"eval.{k}": v for k, v in results["tuned"]["metrics"].items()}, model_id=adapter["model_id"])

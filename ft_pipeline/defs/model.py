@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from ft_pipeline.core import base_models, formats
+from ft_pipeline.core import base_models
 from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
@@ -86,7 +86,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     train = read_jsonl(train_path)
     opts = config.options()
     # Checkpoints are keyed by what is trained on what, so a resume never mixes data or settings.
-    key = f"{formats.sha256_file(train_path)[:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
+    key = f"{manifest['train_sha256'][:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
     log = lambda d: context.log.info(  # noqa: E731
         "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
     with mlflow_tracking.start_run(context, "train", "lora_adapter",
