@@ -6,7 +6,7 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: run test test-fast ui clean
+.PHONY: run test test-fast bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(VENV)/.installed  ## fast, slow and browser tiers (gpu tests skip withou
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed  ## every benchmark under bench/, one `BENCH name value unit goal op-goal PASS|FAIL` line per figure (BENCH=data runs one)
+	$(PY) -m bench $(BENCH)
 
 ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the same stores as `make run`
 	@set -a; eval "$$($(PY) -m ft_pipeline.cli env)"; set +a; \
