@@ -48,14 +48,16 @@ def _run_config(preset: dict, job) -> dict:
     return {"ops": ops, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_main(preset_path: str | None) -> int:
+def run_main(preset_path: str | None, force: bool = False) -> int:
     prepare_instance_home()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import dagster as dg
     import yaml
 
     from ft_pipeline.core import formats
+    from ft_pipeline import staleness
     from ft_pipeline.definitions import defs
     from ft_pipeline.defs.partitions import drops
 
@@ -71,9 +73,13 @@ def run_main(preset_path: str | None) -> int:
     for msg in bad_names:
         print(f"  skipped: {msg}")
 
+    preset_ops = preset.get("ops", {}) or {}
+    to_ingest = found if force else staleness.drops_to_ingest(instance, defs, found, preset_ops)
+    if to_ingest and not force:
+        print("to ingest: " + ", ".join(f"{d} ({why})" for d, why in to_ingest.items()))
     ingest = defs.resolve_job_def("ingest_drop")
     failed = {}
-    for drop in sorted(found):
+    for drop in sorted(to_ingest):
         res = ingest.execute_in_process(partition_key=drop, instance=instance, raise_on_error=False,
                                         run_config=_run_config(preset, ingest))
         if not res.success:
@@ -88,7 +94,25 @@ def run_main(preset_path: str | None) -> int:
             s = json.loads(stats_path.read_text())
             print(f"  {drop:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
 
-    train = defs.resolve_job_def("train_and_register")
+    job = defs.resolve_job_def("train_and_register")
+    # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
+    if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
+                                                         only=staleness.FIRST_STAGE)):
+        print("\nto materialize first:\n" + "\n".join(f"  {k}: {why}" for k, why in first.items()))
+        sub = job.get_subset(asset_selection={dg.AssetKey(k) for k in first})
+        res = sub.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(preset, sub))
+        if not res.success:
+            print(f"not registered: {_failure_message(res)}")
+            return 1
+    todo = staleness.train_selection(instance, defs, job.name, preset_ops, force)
+    if not todo:
+        print("\nnothing to do: every asset of train_and_register is up to date with its inputs, code and config "
+              f"(--force retrains anyway; wall time {time.monotonic() - t0:.1f}s)")
+        if failed:
+            print(f"{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
+        return 0
+    print("\nto materialize:\n" + "\n".join(f"  {k}: {why}" for k, why in todo.items()))
+    train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
     res = train.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(preset, train))
     print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
     report_path = home / "reports" / "evaluation.json"
@@ -127,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
     run.add_argument("--preset", help="a YAML preset from configs/ (Dagster run config under `ops:`)")
+    run.add_argument("--force", action="store_true",
+                     help="re-ingest every drop and retrain even when nothing changed")
     sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")
     lin = sub.add_parser("lineage", help="which raw rows (drop, line) trained a registered model version")
     lin.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        return run_main(args.preset)
+        return run_main(args.preset, args.force)
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     return prepare_ui()

@@ -43,10 +43,26 @@ def test_blocking_checks_and_gpu_pool():
         assert graph.get_check_spec(key).blocking, key
 
 
-def test_jobs_and_sensor_resolve():
+def test_jobs_and_sensors_resolve_and_run_by_default():
     assert defs.resolve_job_def("ingest_drop").partitions_def.name == "drops"
     assert defs.resolve_job_def("train_and_register")
-    assert defs.resolve_sensor_def("raw_drops_sensor")
+    for name in ("raw_drops_sensor", "ft_pipeline_automation"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
+
+
+def test_automation_policy():
+    graph = defs.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    # Ingestion is the raw-drop sensor's job; everything after it follows by itself.
+    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples"}
+    assert "on 0 3 * * 1" in graph.get(dg.AssetKey("lora_adapter")).automation_condition.get_label()
+
+
+def test_retrain_cron_is_configurable(monkeypatch):
+    from ft_pipeline.defs import automation
+
+    monkeypatch.setenv("FT_PIPELINE_RETRAIN_CRON", "0 2 * * *")
+    assert automation.conditions()["lora_adapter"].get_label().startswith("on 0 2 * * *")
 
 
 def test_code_location_loads_without_heavy_imports():

@@ -90,9 +90,10 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
-def test_second_run_compares_with_the_champion_and_does_not_duplicate(pipeline):
+def test_forced_retrain_compares_with_the_champion(pipeline):
     tmp, env, _ = pipeline
-    second = run_cli(env, "run", "--preset", str(SMOKE))
+    # Nothing changed, so only --force retrains (test_orchestration checks that a plain re-run trains nothing).
+    second = run_cli(env, "run", "--preset", str(SMOKE), "--force")
     assert second.returncode == 0, second.stdout[-3000:]
     report = json.loads((tmp / "home" / "reports" / "evaluation.json").read_text())
     assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "champion"}

@@ -1,0 +1,70 @@
+"""Declarative automation: what re-materializes by itself, and when.
+
+- The split follows its inputs: a cleaned drop (or the base model) with a new data version -> re-split.
+- Training waits for the retrain cron (weekly by default, FT_PIPELINE_RETRAIN_CRON) and then runs only if the
+  data versions of its inputs (train set, base model) or its own code version changed since it last trained. A
+  re-split that yields the same bytes has the same data version, so it retrains nothing.
+- Evaluation follows a new adapter; registration follows an evaluation whose blocking gate passed.
+
+The automation sensor that evaluates these conditions runs by default (Dagster's own default sensor is created
+STOPPED, so we define ours)."""
+
+import os
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
+
+
+def retrain_cron() -> str:
+    return os.environ.get("FT_PIPELINE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
+
+
+def _not_busy() -> dg.AutomationCondition:
+    return ~AC.in_progress() & ~AC.any_deps_in_progress()
+
+
+def split_condition() -> dg.AutomationCondition:
+    # Not eager(): eager waits while any dependency is missing, and one unparseable drop (a missing
+    # cleaned_examples partition) would then hold the split back forever. The split skips such drops itself.
+    # Inputs are compared by data version (content hash): re-cleaning a drop into the same bytes re-splits nothing.
+    inputs_changed = AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()
+    return ((inputs_changed | AC.newly_missing()).since_last_handled()
+            & ~AC.any_deps_missing().ignore(dg.AssetSelection.assets("cleaned_examples"))
+            & _not_busy()).with_label("split follows its inputs")
+
+
+def train_condition(cron: str) -> dg.AutomationCondition:
+    inputs_changed = (AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()).since_last_handled()
+    return (AC.cron_tick_passed(cron) & (inputs_changed | AC.missing()) & ~AC.any_deps_missing()
+            & _not_busy()).with_label(f"on {cron}, if inputs changed since the last training")
+
+
+def follows(upstream: str) -> dg.AutomationCondition:
+    return ((AC.any_deps_updated() | AC.code_version_changed()).since_last_handled() & ~AC.any_deps_missing()
+            & _not_busy()).allow(dg.AssetSelection.assets(upstream)).with_label(f"follows {upstream}")
+
+
+def conditions() -> dict[str, dg.AutomationCondition]:
+    return {
+        "train_set": split_condition(), "holdout_set": split_condition(),
+        "base_model": AC.missing() & ~AC.in_progress(),
+        "lora_adapter": train_condition(retrain_cron()),
+        "evaluation_report": follows("lora_adapter"),
+        "registered_model": follows("evaluation_report") & AC.all_deps_blocking_checks_passed(),
+    }
+
+
+def with_automation(assets: list) -> list:
+    """The assets with their automation conditions attached (kept here so the policy reads in one place)."""
+    conds = conditions()
+    return dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=conds.get(spec.key.to_user_string())), assets)
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "ft_pipeline_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: re-split on new data, retrain on the retrain cron "
+                "when inputs changed, then evaluate and register.")
