@@ -15,7 +15,10 @@ from ft_pipeline import settings
 
 
 def prepare_instance_home() -> Path:
-    """DAGSTER_HOME = $FT_PIPELINE_HOME/dagster, holding a copy of the repo's dagster.yaml."""
+    """The Dagster instance home: $DAGSTER_HOME when it is set (your own dagster.yaml, e.g. on Postgres: see
+    deploy/), else $FT_PIPELINE_HOME/dagster holding a copy of the repo's dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
     dagster_home = settings.home() / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     src = settings.REPO_ROOT / "dagster.yaml"

@@ -30,6 +30,7 @@ def pipeline(tmp_path_factory):
     (raw / "2026-04-broken.json").write_text('[{"instruction": "x", "output": "y"},\n{"instruction": ')
     env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DAGSTER_HOME", None)
     first = run_cli(env, "run", "--preset", str(SMOKE))
     return tmp, env, first
 

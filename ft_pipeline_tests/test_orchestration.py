@@ -34,6 +34,7 @@ def world(tmp_path_factory):
     shutil.copytree(REPO_ROOT / "data" / "raw", raw)
     env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DAGSTER_HOME", None)
     env.pop("FT_PIPELINE_RETRAIN_CRON", None)
     first = run_cli(env, "run", "--preset", str(SMOKE))
     return tmp, env, first

@@ -50,6 +50,7 @@ def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui")
     env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DAGSTER_HOME", None)
     run = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
                           str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]

@@ -1,0 +1,129 @@
+"""The daemon path a person uses from the UI, on a real instance with the repo's dagster.yaml: a backfill over
+every drop partition, and training runs launched at the same time that never train at once (the run queue's
+`ft_pipeline/gpu` tag limit for queued runs, the `gpu` pool for runs that bypass the queue) and leave the MLflow
+store whole."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.settings import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+def _wait(pred, what, timeout=900):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("daemon")
+    raw = tmp / "raw"
+    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
+    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DAGSTER_HOME", None)
+    # `ft-pipeline env` copies the repo's dagster.yaml into $FT_PIPELINE_HOME/dagster, as `make ui` does.
+    subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "env"], env=env, check=True, capture_output=True)
+    env["DAGSTER_HOME"] = str(tmp / "home" / "dagster")
+    log = (tmp / "daemon.log").open("w")
+    proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    inst = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        yield tmp, env, inst
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _dagster(env, *args):
+    return subprocess.run([str(BIN / "dagster"), *args, "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _done(inst, run_ids):
+    runs = [inst.get_run_by_id(r) for r in run_ids]
+    return all(r.is_finished for r in runs)
+
+
+def test_one_backfill_recleans_every_drop(daemon):
+    tmp, env, inst = daemon
+    drops = sorted(p.name for p in (tmp / "raw").iterdir())
+    inst.add_dynamic_partitions("drops", drops)
+    out = _dagster(env, "job", "backfill", "-j", "ingest_drop", "--all", "true", "--noprompt")
+    assert out.returncode == 0 and "Launched backfill job" in out.stdout, out.stdout + out.stderr
+    backfill_id = out.stdout.split("Launched backfill job `")[1].split("`")[0]
+    _wait(lambda: len(inst.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))) == len(drops)
+          and _done(inst, [r.run_id for r in inst.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))]),
+          "the backfill's runs")
+    runs = inst.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    assert sorted(r.tags["dagster/partition"] for r in runs) == drops
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.status for r in runs]
+    for drop in drops:
+        rec = inst.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("cleaned_examples"), asset_partitions=[drop]), limit=1).records
+        assert rec and rec[0].run_id in {r.run_id for r in runs}
+
+
+def _training_intervals(inst, runs):
+    """(start, end, run id) of the lora_adapter step of every run that trained."""
+    out = []
+    for run in runs:
+        events = inst.all_logs(run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS})
+        times = {e.dagster_event.event_type: e.timestamp for e in events if e.step_key == "lora_adapter"}
+        if times:
+            out.append((times[dg.DagsterEventType.STEP_START], times[dg.DagsterEventType.STEP_SUCCESS], run.run_id))
+    return sorted(out)
+
+
+def test_training_runs_launched_at_once_never_train_together(daemon):
+    tmp, env, inst = daemon
+    # Two queued runs of the training job at the same moment (what two clicks in the UI do) ...
+    launches = [subprocess.Popen([str(BIN / "dagster"), "job", "launch", "-j", "train_and_register", "-c", str(SMOKE),
+                                  "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for p in launches:
+        assert p.wait(timeout=300) == 0, p.stdout.read()
+    queued = [r.run_id for r in inst.get_runs(dg.RunsFilter(job_name="train_and_register"))]
+    assert len(queued) == 2
+    _wait(lambda: _done(inst, queued), "the two training runs")
+    # ... and two runs that bypass the queue and its tag limit, training at once; only the gpu pool holds them.
+    lora_only = tmp / "lora.yaml"
+    lora_only.write_text("ops:\n  lora_adapter:\n    config:\n      max_steps: 10\n      per_device_train_batch_size: 8\n")
+    direct = [subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "--select", "lora_adapter",
+                                "-m", "ft_pipeline.definitions", "-c", str(lora_only)], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for p in direct:
+        assert p.wait(timeout=900) == 0, p.stdout.read()[-3000:]
+    # (The automation sensor may add a re-split run of its own after the backfill; it trains nothing.)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in inst.get_runs()), \
+        [(r.job_name, r.status) for r in inst.get_runs()]
+    spans = _training_intervals(inst, inst.get_runs())
+    assert len(spans) == 4, spans
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        assert start >= end, f"runs {a} and {b} trained at the same time"
+    # The MLflow store took every run and is intact.
+    db = tmp / "home" / "mlflow" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        statuses = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+        versions = con.execute("SELECT count(*) FROM model_versions").fetchone()[0]
+    assert set(statuses) == {"FINISHED"}, statuses
+    assert versions == 2  # one per queued train_and_register run; the direct runs only trained
