@@ -54,7 +54,7 @@ inst = dg.DagsterInstance.get()
 runs = inst.get_runs()
 print(sorted({r.job_name for r in runs}), len(runs))
 for key in ["raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
-            "evaluation_report", "registered_model"]:
+            "evaluation_report", "registered_model", "merged_model"]:
     assert inst.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
 ev = inst.get_latest_materialization_event(dg.AssetKey("lora_adapter")).asset_materialization
 print(ev.metadata["mlflow_run"].value)
@@ -79,6 +79,10 @@ assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"] and 
 assert "loss" in run.data.metrics and "train.learning_rate" in run.data.params
 assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv"}
 assert "eval.field_accuracy" in mv.tags
+ev = mlflow.search_runs(filter_string="tags.`dagster.asset_key` = 'evaluation_report'", search_all_experiments=True,
+                       output_format="list")[0]
+assert {"evaluation.md", "samples.json", "loss_curve.png", "metric_comparison.png"} <= {a.path for a in c.list_artifacts(ev.info.run_id)}
+assert "eval.chrf" in ev.data.metrics and "tuned.rouge_l" in ev.data.metrics
 model = mlflow.pyfunc.load_model("models:/ft-pipeline-adapter@champion")
 out = model.predict(["My order ORD-123456 never arrived", "cancel please"])
 assert isinstance(out, list) and len(out) == 2 and all(isinstance(x, str) for x in out)
@@ -98,6 +102,8 @@ def test_second_run_compares_with_the_champion_and_does_not_duplicate(pipeline):
     assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "champion"}
     # Same data, config and seed: the retrained adapter scores exactly like the champion it replaces.
     assert report["metrics"]["tuned"] == report["metrics"]["champion"]
+    assert report["vs_champion"] == {"better": 0, "worse": 0, "same": report["holdout_examples"]}
+    assert "Versus champion version 1 on the same" in (tmp / "home" / "reports" / "evaluation.md").read_text()
     assert "version 2 (alias champion; previous champion: 1)" in second.stdout
 
 

@@ -37,15 +37,14 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
     return save_merged(model, tok, out_dir, {"base": str(base_dir), "adapter": str(adapter_dir)})
 
 
-def export_registered(name: str, version: str, out_dir: Path | str) -> tuple[Path, str]:
+def export_registered(name: str, version: str, out_dir: Path | str) -> tuple[Path, dict]:
     """Merge a registered model version (a number or an alias such as `champion`) into `out_dir`. Returns the
-    directory and the version number it resolved to."""
+    directory and its provenance (the version number it resolved to, its training run)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     mv = client.get_model_version(name, version) if version.isdigit() else client.get_model_version_by_alias(name, version)
     py = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}").unwrap_python_model()
-    out = save_merged(py.model, py.tokenizer, out_dir,
-                      {"registered_model": name, "version": str(mv.version), "requested": version,
-                       "source": mv.source, "training_run_id": (mv.tags or {}).get("training_run_id")})
-    return out, str(mv.version)
+    provenance = {"registered_model": name, "version": str(mv.version), "requested": version, "source": mv.source,
+                  "training_run_id": (mv.tags or {}).get("training_run_id")}
+    return save_merged(py.model, py.tokenizer, out_dir, provenance), provenance

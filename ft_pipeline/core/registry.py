@@ -85,6 +85,15 @@ def set_champion(name: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
 
 
+def promote(name: str, version: str) -> str | None:
+    """Point `champion` at an existing `version`; rolling back is promoting an older one. Every version stays
+    registered. Returns the version that was champion before, or None."""
+    mlflow.MlflowClient().get_model_version(name, version)  # an unknown version raises here, before anything moves
+    previous = champion(name)
+    set_champion(name, version)
+    return str(previous.version) if previous else None
+
+
 LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"
 
 
