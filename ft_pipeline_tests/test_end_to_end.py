@@ -120,3 +120,15 @@ def test_lineage_answers_both_ways(pipeline):
     holdout = json.loads((tmp / "home" / "data" / "split" / "holdout.jsonl").read_text().splitlines()[0])
     none = run_cli(env, "trained-on", "--drop", holdout["drop"], "--line", str(holdout["line"]))
     assert none.returncode == 0 and none.stdout == ""  # a holdout row trained nothing
+
+
+def test_export_and_rollback_through_the_cli(pipeline):
+    tmp, env, _ = pipeline
+    out = run_cli(env, "export", "--version", "1", "--out", str(tmp / "v1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp / "v1" / "export.json").read_text())["version"] == "1"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in (tmp / "v1").iterdir()}
+    back = run_cli(env, "promote", "--version", "1")  # version 2 is champion after the second run
+    assert back.returncode == 0 and back.stdout.strip() == "ft-pipeline-adapter: champion 2 -> 1", back.stderr[-3000:]
+    hits = run_cli(env, "lineage", "--version", "champion")
+    assert "ft-pipeline-adapter version 1" in hits.stderr  # the alias now resolves to version 1

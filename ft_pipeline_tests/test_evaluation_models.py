@@ -85,3 +85,5 @@ def test_a_full_fine_tune_is_loaded_and_exported_as_it_is(tiny_base, tmp_path):
     merged, mtok = load_model_and_tokenizer(out)
     conv = prompt_messages(holdout()[0])
     assert torch.equal(greedy_ids(merged, mtok, conv), greedy_ids(model, tok, conv))
+    results = evaluate_base_and_tuned(tiny_base, tiny_base, holdout()[:2], max_new_tokens=8)
+    assert results["base"] == results["tuned"]  # the "fine-tune" is the base itself, loaded twice

@@ -228,14 +228,15 @@ def evaluate_base_and_tuned(base_dir: Path | str, adapter_dir: Path | str, recor
     it, so then the base is loaded on its own."""
     from ft_pipeline.core.base_models import load_model_and_tokenizer
 
-    model, tok = load_tuned(base_dir, adapter_dir)
     results = {}
     if is_full_model(adapter_dir):
         base, base_tok = load_model_and_tokenizer(base_dir)
         log("base")
         results["base"] = evaluate(base, base_tok, records, max_new_tokens, batch_size)
-        del base
+        del base  # never two full models in memory at once
+        model, tok = load_tuned(base_dir, adapter_dir)
     else:
+        model, tok = load_tuned(base_dir, adapter_dir)
         log("base")
         with model.disable_adapter():
             results["base"] = evaluate(model, load_tokenizer(base_dir), records, max_new_tokens, batch_size)

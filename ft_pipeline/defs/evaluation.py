@@ -71,9 +71,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
 class GateConfig(dg.Config):
     min_json_valid: float = 0.9
     min_gain_over_base: float = 0.05
-    """Field accuracy must beat the base model's by at least this much."""
+    """The gate metric (field accuracy by default) must beat the base model's by at least this much."""
     max_loss_vs_champion: float = 0.0
-    """Field accuracy may fall below the champion's by at most this much (0 = must match or beat it)."""
+    """The gate metric may fall below the champion's by at most this much (0 = must match or beat it)."""
     metric: str = "field_accuracy"
     """What must beat the base and hold against the champion: field_accuracy (structured output, the default),
     exact_match, chrf (0-100: set the margins in chrF points) or rouge_l, for free-text tasks."""
