@@ -163,14 +163,36 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--drop", required=True, help="the drop file name")
     who.add_argument("--line", type=int, help="the line (or row) in that file")
     who.add_argument("--raw-sha256", help="or a prefix of the row's hash, as in the quarantine and cleaned files")
-    for p in (lin, who):
+    exp = sub.add_parser("export", help="merge a registered version's adapter into its base: one safetensors model dir")
+    exp.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
+    exp.add_argument("--out", required=True, help="the directory to write (replaced if it exists)")
+    pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
+    pro.add_argument("--version", required=True, help="the version number to make champion")
+    for p in (lin, who, exp, pro):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run_main(args.preset, args.force)
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
+    if args.cmd in ("export", "promote"):
+        return registry_main(args)
     return prepare_ui()
+
+
+def registry_main(args) -> int:
+    import mlflow
+
+    from ft_pipeline.core import export, registry
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    if args.cmd == "promote":
+        previous = registry.promote(args.model, args.version)
+        print(f"{args.model}: champion {previous or 'none'} -> {args.version}")
+        return 0
+    out, prov = export.export_registered(args.model, args.version, Path(args.out).resolve())
+    print(f"{args.model} version {prov['version']} merged into {out}")
+    return 0
 
 
 def lineage_main(args) -> int:

@@ -17,6 +17,7 @@ GRAPH = {
     "lora_adapter": ("model", ["base_model", "train_set"]),
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
+    "merged_model": ("registry", ["registered_model"]),
 }
 CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion")}
 

@@ -55,7 +55,7 @@ inst = dg.DagsterInstance.get()
 runs = inst.get_runs()
 print(sorted({r.job_name for r in runs}), len(runs))
 for key in ["raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
-            "evaluation_report", "registered_model"]:
+            "evaluation_report", "registered_model", "merged_model"]:
     assert inst.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
 ev = inst.get_latest_materialization_event(dg.AssetKey("lora_adapter")).asset_materialization
 print(ev.metadata["mlflow_run"].value)
@@ -80,6 +80,10 @@ assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"] and 
 assert "loss" in run.data.metrics and "train.learning_rate" in run.data.params
 assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv"}
 assert "eval.field_accuracy" in mv.tags
+ev = mlflow.search_runs(filter_string="tags.`dagster.asset_key` = 'evaluation_report'", search_all_experiments=True,
+                       output_format="list")[0]
+assert {"evaluation.md", "samples.json", "loss_curve.png", "metric_comparison.png"} <= {a.path for a in c.list_artifacts(ev.info.run_id)}
+assert "eval.chrf" in ev.data.metrics and "tuned.rouge_l" in ev.data.metrics
 model = mlflow.pyfunc.load_model("models:/ft-pipeline-adapter@champion")
 out = model.predict(["My order ORD-123456 never arrived", "cancel please"])
 assert isinstance(out, list) and len(out) == 2 and all(isinstance(x, str) for x in out)
@@ -100,6 +104,8 @@ def test_forced_retrain_compares_with_the_champion(pipeline):
     assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "champion"}
     # Same data, config and seed: the retrained adapter scores exactly like the champion it replaces.
     assert report["metrics"]["tuned"] == report["metrics"]["champion"]
+    assert report["vs_champion"] == {"better": 0, "worse": 0, "same": report["holdout_examples"]}
+    assert "Versus champion version 1 on the same" in (tmp / "home" / "reports" / "evaluation.md").read_text()
     assert "version 2 (alias champion; previous champion: 1)" in second.stdout
 
 
@@ -116,3 +122,15 @@ def test_lineage_answers_both_ways(pipeline):
     holdout = json.loads((tmp / "home" / "data" / "split" / "holdout.jsonl").read_text().splitlines()[0])
     none = run_cli(env, "trained-on", "--drop", holdout["drop"], "--line", str(holdout["line"]))
     assert none.returncode == 0 and none.stdout == ""  # a holdout row trained nothing
+
+
+def test_export_and_rollback_through_the_cli(pipeline):
+    tmp, env, _ = pipeline
+    out = run_cli(env, "export", "--version", "1", "--out", str(tmp / "v1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp / "v1" / "export.json").read_text())["version"] == "1"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in (tmp / "v1").iterdir()}
+    back = run_cli(env, "promote", "--version", "1")  # version 2 is champion after the second run
+    assert back.returncode == 0 and back.stdout.strip() == "ft-pipeline-adapter: champion 2 -> 1", back.stderr[-3000:]
+    hits = run_cli(env, "lineage", "--version", "champion")
+    assert "ft-pipeline-adapter version 1" in hits.stderr  # the alias now resolves to version 1

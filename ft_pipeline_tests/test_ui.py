@@ -123,6 +123,19 @@ def test_dagster_shows_the_evaluation_report(servers, page):
     page.get_by_text("beats_base_and_champion").first.wait_for()
 
 
+def test_dagster_renders_the_evaluation_plots(servers, page):
+    dagster, _, shots = servers
+    page.goto(f"{dagster}/assets/evaluation_report")
+    row = page.get_by_role("row").filter(has=page.get_by_text("plots", exact=True)).first
+    row.get_by_text("[Show Markdown]").click()
+    images = page.locator('img[src^="data:image/png;base64,"]')
+    images.first.wait_for()
+    assert images.count() == 2  # metric comparison and loss curve, inline as data URIs
+    assert all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(2))
+    page.screenshot(path=str(shots / "dagster_evaluation_plots.png"))
+    page.keyboard.press("Escape")
+
+
 def test_mlflow_shows_the_champion_version(servers, page):
     _, mlflow_url, shots = servers
     page.goto(f"{mlflow_url}/#/models/ft-pipeline-adapter")

@@ -12,21 +12,16 @@ PIP_REQUIREMENTS = ["torch", "transformers==5.23.0", "peft==0.21.2", "accelerate
 
 
 class AdapterModel(PythonModel):
-    """Base model + LoRA adapter. predict(["user message", ...]) -> ["completion", ...]."""
+    """Base model + LoRA adapter, or a fully fine-tuned model.
+    predict(["user message", ...]) -> ["completion", ...]."""
 
     def load_context(self, context):
-        from peft import PeftModel
-
-        from ft_pipeline.core.base_models import load_model_and_tokenizer
+        from ft_pipeline.core.evaluation import load_tuned
 
         base = context.artifacts.get("base_model") or context.model_config["base_model"]
-        model, _ = load_model_and_tokenizer(base, trust_remote_code=bool(context.model_config.get("trust_remote_code")))
-        self.model = PeftModel.from_pretrained(model, context.artifacts["adapter"]).eval()
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["adapter"])
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # A full fine-tune logs its whole model as the "adapter" artifact; load_tuned tells them apart.
+        self.model, self.tokenizer = load_tuned(base, context.artifacts["adapter"],
+                                                bool(context.model_config.get("trust_remote_code")))
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 128))
         self.system_prompt = context.model_config.get("system_prompt") or None
 
@@ -88,6 +83,15 @@ def champion(name: str):
 
 def set_champion(name: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+
+
+def promote(name: str, version: str) -> str | None:
+    """Point `champion` at an existing `version`; rolling back is promoting an older one. Every version stays
+    registered. Returns the version that was champion before, or None."""
+    mlflow.MlflowClient().get_model_version(name, version)  # an unknown version raises here, before anything moves
+    previous = champion(name)
+    set_champion(name, version)
+    return str(previous.version) if previous else None
 
 
 LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"

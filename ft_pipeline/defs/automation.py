@@ -4,7 +4,8 @@
 - Training waits for the retrain cron (weekly by default, FT_PIPELINE_RETRAIN_CRON) and then runs only if the
   data versions of its inputs (train set, base model) or its own code version changed since it last trained. A
   re-split that yields the same bytes has the same data version, so it retrains nothing.
-- Evaluation follows a new adapter; registration follows an evaluation whose blocking gate passed.
+- Evaluation follows a new adapter; registration follows an evaluation whose blocking gate passed; the merged
+  export follows a new registered version.
 
 The automation sensor that evaluates these conditions runs by default (Dagster's own default sensor is created
 STOPPED, so we define ours)."""
@@ -53,6 +54,7 @@ def conditions() -> dict[str, dg.AutomationCondition]:
         "lora_adapter": train_condition(retrain_cron()),
         "evaluation_report": follows("lora_adapter"),
         "registered_model": follows("evaluation_report") & AC.all_deps_blocking_checks_passed(),
+        "merged_model": follows("registered_model"),
     }
 
 

@@ -42,3 +42,30 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "model_uri": f"models:/{name}@champion", "training_run_id": adapter["training_run_id"],
         "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, adapter["training_run_id"]))})
+
+
+@dg.asset(deps=[registered_model], group_name="registry", code_version="merge-v1", kinds={"pytorch", "mlflow"},
+          owners=["team:ml-platform"])
+def merged_model(context: dg.AssetExecutionContext, home: PipelineHome,
+                 mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The champion with its adapter merged into the base: one safetensors model directory with tokenizer and
+    chat template that loads without PEFT (`ft-pipeline export` writes the same for any version)."""
+    import mlflow
+
+    from ft_pipeline.core import export
+    from ft_pipeline.core.base_models import content_hash
+
+    name = mlflow_tracking.registered_model_name
+    mlflow_tracking.setup()
+    out, prov = export.export_registered(name, "champion", home.models_dir / "merged")
+    sha = content_hash(out)
+    size_mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    with mlflow_tracking.start_run(context, "merge", "merged_model",
+                                   parent_run_id=prov["training_run_id"]) as (run, exp_id):
+        mlflow.log_params({"registered_model": name, "version": prov["version"], "merged_dir": str(out),
+                           "content_sha256": sha})
+    context.log.info("merged %s version %s into %s (%.1f MB)", name, prov["version"], out, size_mb)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(out)), "registered_model": name, "version": int(prov["version"]),
+        "content_sha256": sha, "size_mb": round(size_mb, 2),
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})

@@ -1,0 +1,89 @@
+"""Evaluation and export on a briefly trained builtin tiny adapter (slow): the base evaluated through the
+adapter's `disable_adapter()` is exactly the base model, and the merged export generates exactly what base +
+adapter generates."""
+
+import pytest
+import torch
+
+from ft_pipeline.core.base_models import load_model_and_tokenizer
+from ft_pipeline.core.evaluation import (evaluate, evaluate_base_and_tuned, is_full_model, load_tokenizer,
+                                         load_tuned, prompt_messages)
+from ft_pipeline.core.export import merge_adapter
+from ft_pipeline.core.training import TrainOptions, train_adapter
+from ft_pipeline_tests.test_training import FAST, records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    train_adapter(tiny_base, records(), tmp / "ckpt", tmp / "adapter", TrainOptions(**FAST), report_to_mlflow=False)
+    return tmp / "adapter"
+
+
+def holdout():
+    return [{"messages": [{"role": "user", "content": f"where is my order ORD-{200000 + i}?"},
+                          {"role": "assistant", "content": f'{{"intent": "where_is_order", "order_id": "ORD-{200000 + i}"}}'}]}
+            for i in range(6)]
+
+
+def greedy_ids(model, tok, conversation, n=24):
+    ids = tok.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return out[0, ids["input_ids"].shape[1]:]
+
+
+def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, adapter):
+    results = evaluate_base_and_tuned(tiny_base, adapter, holdout(), max_new_tokens=24)
+    base, tok = load_model_and_tokenizer(tiny_base)
+    alone = evaluate(base, tok, holdout(), max_new_tokens=24)
+    assert results["base"] == alone  # every metric and every prediction, exactly
+    # Not vacuous: the adapter (LoRA and the trained embed_tokens / lm_head copies) does change the model.
+    assert results["tuned"]["metrics"]["holdout_loss"] != alone["metrics"]["holdout_loss"]
+
+
+def test_disable_adapter_routes_modules_to_save_to_the_original_weights(tiny_base, adapter):
+    tuned, tok = load_tuned(tiny_base, adapter)
+    base, _ = load_model_and_tokenizer(tiny_base)
+    ids = tok.apply_chat_template(prompt_messages(holdout()[0]), add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.inference_mode():
+        want = base(**ids).logits
+        with tuned.disable_adapter():
+            off = tuned(**ids).logits
+        on = tuned(**ids).logits
+    lm_head = tuned.base_model.model.lm_head
+    assert not torch.equal(lm_head.modules_to_save["default"].weight, lm_head.original_module.weight)
+    assert torch.equal(off, want)
+    assert not torch.allclose(on, want)  # and the adapter is back on after the context
+
+
+def test_merged_export_generates_token_for_token_like_base_plus_adapter(tiny_base, adapter, tmp_path):
+    out = merge_adapter(tiny_base, adapter, tmp_path / "merged")
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    assert is_full_model(out) and (out / "export.json").exists()
+    merged, mtok = load_model_and_tokenizer(out)  # plain transformers: no PEFT involved
+    assert mtok.chat_template and mtok.chat_template == load_tokenizer(adapter).chat_template
+    tuned, tok = load_tuned(tiny_base, adapter)
+    base, _ = load_model_and_tokenizer(tiny_base)
+    differs_from_base = 0
+    for rec in holdout():
+        conv = prompt_messages(rec)
+        got, want = greedy_ids(merged, mtok, conv), greedy_ids(tuned, tok, conv)
+        assert torch.equal(got, want), (mtok.decode(got), tok.decode(want))
+        differs_from_base += not torch.equal(got, greedy_ids(base, tok, conv))
+    assert differs_from_base > 0  # the merged weights are not just the base
+
+
+def test_a_full_fine_tune_is_loaded_and_exported_as_it_is(tiny_base, tmp_path):
+    # A full fine-tune leaves a whole model where an adapter would be: here, the tiny base itself.
+    model, tok = load_tuned("/nonexistent-base-is-never-read", tiny_base)
+    assert not hasattr(model, "peft_config")
+    out = merge_adapter("/nonexistent-base-is-never-read", tiny_base, tmp_path / "merged")
+    merged, mtok = load_model_and_tokenizer(out)
+    conv = prompt_messages(holdout()[0])
+    assert torch.equal(greedy_ids(merged, mtok, conv), greedy_ids(model, tok, conv))
+    results = evaluate_base_and_tuned(tiny_base, tiny_base, holdout()[:2], max_new_tokens=8)
+    assert results["base"] == results["tuned"]  # the "fine-tune" is the base itself, loaded twice

@@ -1,0 +1,74 @@
+"""The registry on a real MLflow SQLite store in tmp_path: a retried registration reuses its version, and a
+rollback (promote an older version) moves `champion` while every version stays registered."""
+
+import os
+
+import mlflow
+import pytest
+
+from ft_pipeline.cli import main
+from ft_pipeline.core import registry
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, model_input: list[str], params=None) -> list[str]:
+        return model_input
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # what the CLI reads
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", artifact_location=(tmp / "artifacts").as_uri()))
+    yield uri
+    os.environ.pop("MLFLOW_TRACKING_URI") if old is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", old)
+
+
+def training_run() -> tuple[str, str]:
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+    return run.info.run_id, info.model_uri
+
+
+def _new_version(name):
+    """register() arguments for a new training run of `name`."""
+    run_id, uri = training_run()
+    return uri, name, run_id, {}
+
+
+def versions(name):
+    return sorted(int(mv.version) for mv in mlflow.MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def test_a_retried_registration_creates_no_duplicate_version(store):
+    run_id, uri = training_run()
+    first, created = registry.register(uri, "retry", run_id, {"eval.field_accuracy": "0.5"})
+    again, created_again = registry.register(uri, "retry", run_id, {"eval.field_accuracy": "0.6"})
+    assert (created, created_again) == (True, False)
+    assert again.version == first.version and versions("retry") == [1]
+    tags = mlflow.MlflowClient().get_model_version("retry", first.version).tags
+    assert tags["eval.field_accuracy"] == "0.6" and tags["training_run_id"] == run_id  # the retry's tags win
+
+
+def test_rollback_moves_champion_and_keeps_every_version(store):
+    for _ in range(2):
+        mv, _ = registry.register(*_new_version("rollback"))
+        registry.set_champion("rollback", mv.version)
+    assert str(registry.champion("rollback").version) == "2"
+    assert registry.promote("rollback", "1") == "2"
+    assert str(registry.champion("rollback").version) == "1" and versions("rollback") == [1, 2]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        registry.promote("rollback", "7")  # an unknown version moves nothing
+    assert str(registry.champion("rollback").version) == "1"
+
+
+def test_promote_command_rolls_forward_again(store, capsys):
+    for _ in range(2):
+        registry.register(*_new_version("cli"))
+    registry.set_champion("cli", "1")
+    assert main(["promote", "--model", "cli", "--version", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "cli: champion 1 -> 2"
+    assert str(registry.champion("cli").version) == "2" and versions("cli") == [1, 2]
