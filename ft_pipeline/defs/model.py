@@ -52,19 +52,38 @@ class TrainConfig(dg.Config):
     learning_rate: float = _TRAIN_DEFAULTS.learning_rate
     lr_scheduler_type: str = _TRAIN_DEFAULTS.lr_scheduler_type
     warmup_steps: int = _TRAIN_DEFAULTS.warmup_steps
+    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
+    max_grad_norm: float = _TRAIN_DEFAULTS.max_grad_norm
+    finetune: str = _TRAIN_DEFAULTS.finetune
+    """lora: train a LoRA adapter on the frozen base; full: train every weight and save a whole model."""
     lora_r: int = _TRAIN_DEFAULTS.lora_r
     lora_alpha: int = _TRAIN_DEFAULTS.lora_alpha
     lora_dropout: float = _TRAIN_DEFAULTS.lora_dropout
     target_modules: str = "all-linear"
     modules_to_save: list[str] = _TRAIN_DEFAULTS.modules_to_save
+    load_in_4bit: bool = _TRAIN_DEFAULTS.load_in_4bit
+    """QLoRA: load the frozen base in 4-bit (needs bitsandbytes and a CUDA GPU)."""
+    bnb_4bit_quant_type: str = _TRAIN_DEFAULTS.bnb_4bit_quant_type
     max_length: int = _TRAIN_DEFAULTS.max_length
     seed: int = _TRAIN_DEFAULTS.seed
     save_steps: int = _TRAIN_DEFAULTS.save_steps
+    save_total_limit: int = _TRAIN_DEFAULTS.save_total_limit
     logging_steps: int = _TRAIN_DEFAULTS.logging_steps
     gradient_checkpointing: bool = _TRAIN_DEFAULTS.gradient_checkpointing
+    group_by_length: bool = _TRAIN_DEFAULTS.group_by_length
+    """Batch examples of similar length together, so little compute goes to padding."""
     packing: bool = _TRAIN_DEFAULTS.packing
     precision: str = _TRAIN_DEFAULTS.precision
+    eval_steps: int = _TRAIN_DEFAULTS.eval_steps
+    """Holdout loss every N steps (0 = never); needed by early stopping and load_best_model_at_end."""
+    early_stopping_patience: int = _TRAIN_DEFAULTS.early_stopping_patience
+    load_best_model_at_end: bool = _TRAIN_DEFAULTS.load_best_model_at_end
     trust_remote_code: bool = False
+    launcher: str = _TRAIN_DEFAULTS.launcher
+    """in_process, subprocess, torchrun or accelerate (several processes / GPUs with num_processes)."""
+    num_processes: int = _TRAIN_DEFAULTS.num_processes
+    accelerate_config: str = _TRAIN_DEFAULTS.accelerate_config
+    """With launcher accelerate: a config file, e.g. configs/accelerate/fsdp.yaml (relative to the checkout)."""
 
     def options(self) -> TrainOptions:
         return TrainOptions(**self.model_dump())
