@@ -37,7 +37,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 from bench._report import bench_line  # noqa: E402
 
-STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "30"))
+STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "10"))
 ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "2"))
 
 

@@ -12,16 +12,20 @@ PIP_REQUIREMENTS = ["torch", "transformers==5.23.0", "peft==0.21.2", "accelerate
 
 
 class AdapterModel(PythonModel):
-    """Base model + LoRA adapter. predict(["user message", ...]) -> ["completion", ...]."""
+    """Base model + LoRA adapter (or a fully fine-tuned model). predict(["user message", ...]) -> ["completion", ...]."""
 
     def load_context(self, context):
         from peft import PeftModel
 
         from ft_pipeline.core.base_models import load_model_and_tokenizer
 
-        base = context.artifacts.get("base_model") or context.model_config["base_model"]
-        model, _ = load_model_and_tokenizer(base, trust_remote_code=bool(context.model_config.get("trust_remote_code")))
-        self.model = PeftModel.from_pretrained(model, context.artifacts["adapter"]).eval()
+        remote = bool(context.model_config.get("trust_remote_code"))
+        if context.model_config.get("finetune") == "full":  # the artifact is a whole model, not an adapter
+            self.model = load_model_and_tokenizer(context.artifacts["adapter"], trust_remote_code=remote)[0].eval()
+        else:
+            base = context.artifacts.get("base_model") or context.model_config["base_model"]
+            model, _ = load_model_and_tokenizer(base, trust_remote_code=remote)
+            self.model = PeftModel.from_pretrained(model, context.artifacts["adapter"]).eval()
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["adapter"])
@@ -39,14 +43,18 @@ class AdapterModel(PythonModel):
         return generate(self.model, self.tokenizer, convs, max_new_tokens=max_new)
 
 
-def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model") -> mlflow.models.model.ModelInfo:
+def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
+                      finetune: str = "lora") -> mlflow.models.model.ModelInfo:
     """Log the adapter as a pyfunc model in the active run. A base built here (builtin) or given as a local
-    directory travels with the model as an artifact; a Hub model is referenced by id and revision."""
+    directory travels with the model as an artifact; a Hub model is referenced by id and revision. A full
+    fine-tune (`finetune="full"`) is a whole model in `adapter_dir` and needs no base."""
     import ft_pipeline
 
     artifacts = {"adapter": str(adapter_dir)}
-    config = {"max_new_tokens": 128}
-    if base["source"] == "hub":
+    config = {"max_new_tokens": 128, "finetune": finetune}
+    if finetune == "full":
+        pass
+    elif base["source"] == "hub":
         config["base_model"] = base["path"]
     else:
         artifacts["base_model"] = base["path"]

@@ -84,6 +84,9 @@ class TrainOptions:
         knobs = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
         return hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
     def to_params(self) -> dict:
         return {k: (",".join(v) if isinstance(v, list) else v) for k, v in asdict(self).items()}
 

@@ -2,6 +2,7 @@
 
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -40,7 +41,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home:
                   "revision": info.revision or "", "content_sha256": info.content_sha256,
                   "architecture": ",".join(cfg.get("architectures", [])),
                   "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
-                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
+                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id)),
+        **({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {})})
 
 
 class TrainConfig(dg.Config):
@@ -89,14 +91,40 @@ class TrainConfig(dg.Config):
         return TrainOptions(**self.model_dump())
 
 
-@dg.asset(deps=["train_set", base_model], group_name="model", code_version="train-v1", pool="gpu",
+def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: dict, key: str, train: list[dict],
+           holdout: list[dict] | None) -> dict:
+    """Train in this process, or through ft_pipeline.train in a child process (torchrun / accelerate for several
+    processes) whose step logs stream into this run's log and whose metrics land in the active MLflow run."""
+    import mlflow
+
+    from ft_pipeline import settings
+    from ft_pipeline.core import launch, training
+
+    log = lambda d: context.log.info(  # noqa: E731
+        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
+    args = dict(checkpoint_dir=home.checkpoints(key), run_name=f"sft-{key}")
+    if opts.launcher == "in_process":
+        res = training.train_adapter(base["path"], train, home.checkpoints(key), home.adapter_dir, opts,
+                                     run_name=args["run_name"], on_log=log, eval_records=holdout)
+        from ft_pipeline.train import result_to_json
+
+        return result_to_json(res)
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id}
+    return launch.train_in_child(opts, Path(base["path"]), home.split_dir / "train.jsonl", out_dir=home.adapter_dir,
+                                 result_json=home.models_dir / "train_result.json", repo_root=settings.REPO_ROOT,
+                                 eval_jsonl=home.split_dir / "holdout.jsonl" if holdout is not None else None,
+                                 on_log=log, on_line=context.log.debug, env=env, **args)
+
+
+@dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool="gpu",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    """A LoRA adapter trained with TRL's SFTTrainer on the train set (loss on assistant tokens only)."""
+    """A LoRA adapter (or a fully fine-tuned model) trained with TRL's SFTTrainer on the train set, loss on
+    assistant tokens only; the holdout set is used for holdout loss / early stopping when configured."""
     import mlflow
 
-    from ft_pipeline.core import registry, training
+    from ft_pipeline.core import registry
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     base = json.loads(home.base_info.read_text())
@@ -104,30 +132,33 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     train_path = home.split_dir / "train.jsonl"
     train = read_jsonl(train_path)
     opts = config.options()
+    holdout = read_jsonl(home.split_dir / "holdout.jsonl") if opts.eval_steps > 0 else None
     # Checkpoints are keyed by what is trained on what, so a resume never mixes data or settings.
     key = f"{manifest['train_sha256'][:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
-    log = lambda d: context.log.info(  # noqa: E731
-        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
     with mlflow_tracking.start_run(context, "train", "lora_adapter",
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
         log_jsonl_dataset(train, train_path, "train_set", "training", manifest["train_sha256"])
-        result = training.train_adapter(base["path"], train,
-                                        home.checkpoints(key), home.adapter_dir, opts,
-                                        run_name=f"sft-{key}", on_log=log)
-        mlflow.log_metrics({"final_train_loss": result.train_loss, "train_tokens": result.train_tokens,
-                            "train_runtime_s": result.train_runtime_s})
-        info = registry.log_adapter_model(home.adapter_dir, base)
+        result = _train(context, home, opts, base, key, train, holdout)
+        sup = result["supervision"]
+        mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
+                            "train_runtime_s": result["train_runtime_s"],
+                            "supervised_token_fraction": sup["supervised"] / sup["tokens"]}
+                           | ({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {}))
+        info = registry.log_adapter_model(home.adapter_dir, base, finetune=opts.finetune)
         registry.log_lineage(train)
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],
-               "global_step": result.global_step, "train_loss": result.train_loss}
+               "global_step": result["global_step"], "train_loss": result["train_loss"], "finetune": opts.finetune}
     home.adapter_info.write_text(json.dumps(adapter, indent=2))
     return dg.MaterializeResult(metadata={
         "adapter_dir": dg.MetadataValue.path(str(home.adapter_dir)), "model_uri": info.model_uri,
-        "train_loss": result.train_loss, "global_step": result.global_step, "train_tokens": result.train_tokens,
-        "train_runtime_s": round(result.train_runtime_s, 1), "resumed_from": result.resumed_from or "",
-        "train_config": dg.MetadataValue.json(opts.to_params()),
-        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
+        "finetune": opts.finetune, "train_loss": result["train_loss"], "global_step": result["global_step"],
+        "train_tokens": result["train_tokens"], "train_runtime_s": round(result["train_runtime_s"], 1),
+        "resumed_from": result["resumed_from"] or "", "supervised_token_fraction": round(sup["supervised"] / sup["tokens"], 4),
+        "examples_without_supervised_tokens": sup["examples_without_supervision"],
+        "train_config": dg.MetadataValue.json(opts.to_params()), "launcher": opts.launcher,
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id)),
+        **({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {})})
