@@ -35,6 +35,7 @@ def options_from(config: str | None, options_json: str | None):
 def result_to_json(res) -> dict:
     out = {k: v for k, v in asdict(res).items() if k != "log_history"}
     out["adapter_dir"] = str(res.adapter_dir)
+    out["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
     return out
 
 

@@ -49,3 +49,17 @@ def test_preset_knobs_mean_what_their_names_say():
 def test_bad_combinations_fail_when_the_config_is_read(bad, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**bad).options()
+
+
+def test_qlora_fails_clearly_where_bitsandbytes_or_cuda_is_missing():
+    import importlib.util
+
+    import torch
+
+    from ft_pipeline.core.training import TrainOptions, quantization_config
+
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        pytest.skip("this machine can run QLoRA (the gpu tier trains it)")
+    with pytest.raises(RuntimeError, match=r"load_in_4bit \(QLoRA\) needs (the bitsandbytes package|a CUDA GPU)"):
+        quantization_config(TrainOptions(load_in_4bit=True))
+    assert quantization_config(TrainOptions()) is None

@@ -145,14 +145,3 @@ def test_packing_keeps_assistant_labels_and_examples_apart(tiny_base, tmp_path):
     res = train_adapter(tiny_base, recs, tmp_path / "ckpt2", tmp_path / "adapter", TrainOptions(**FAST, packing=True),
                         report_to_mlflow=False)
     assert res.global_step == 4 and math.isfinite(res.train_loss)
-
-
-@pytest.mark.gpu
-def test_trains_in_bf16_on_a_gpu(tiny_base, tmp_path):
-    from ft_pipeline.core.training import resolve_precision
-
-    assert resolve_precision("auto") == "bf16"
-    logs = []
-    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "adapter", TrainOptions(**FAST),
-                        report_to_mlflow=False, on_log=logs.append)
-    assert res.global_step == 4 and all(math.isfinite(d["loss"]) for d in logs if "loss" in d)

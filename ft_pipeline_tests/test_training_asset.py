@@ -68,7 +68,7 @@ def test_asset_trains_under_torchrun_with_two_cpu_processes(home, tmp_path):
     res, messages = materialize(home, tmp_path, launcher="torchrun", num_processes=2)
     assert res.success
     md = res.asset_materializations_for_node("lora_adapter")[0].metadata
-    assert md["launcher"].value == "torchrun" and md["global_step"].value == 4
+    assert md["launcher"].value == "torchrun" and md["world_size"].value == 2 and md["global_step"].value == 4
     assert (home.adapter_dir / "adapter_model.safetensors").exists()
     info = json.loads(home.adapter_info.read_text())
     run = mlflow_run(tmp_path, info["training_run_id"])

@@ -160,5 +160,6 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
         "resumed_from": result["resumed_from"] or "", "supervised_token_fraction": round(sup["supervised"] / sup["tokens"], 4),
         "examples_without_supervised_tokens": sup["examples_without_supervision"],
         "train_config": dg.MetadataValue.json(opts.to_params()), "launcher": opts.launcher,
+        "world_size": result["world_size"],
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id)),
         **({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {})})
