@@ -41,8 +41,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home:
                   "revision": info.revision or "", "content_sha256": info.content_sha256,
                   "architecture": ",".join(cfg.get("architectures", [])),
                   "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
-                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id)),
-        **({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {})})
+                  "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
 class TrainConfig(dg.Config):
