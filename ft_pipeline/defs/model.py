@@ -101,18 +101,18 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
 
     log = lambda d: context.log.info(  # noqa: E731
         "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
-    args = dict(checkpoint_dir=home.checkpoints(key), run_name=f"sft-{key}")
+    ckpt, run_name = home.checkpoints(key), f"sft-{key}"
     if opts.launcher == "in_process":
-        res = training.train_adapter(base["path"], train, home.checkpoints(key), home.adapter_dir, opts,
-                                     run_name=args["run_name"], on_log=log, eval_records=holdout)
         from ft_pipeline.train import result_to_json
 
-        return result_to_json(res)
+        return result_to_json(training.train_adapter(base["path"], train, ckpt, home.adapter_dir, opts,
+                                                     run_name=run_name, on_log=log, eval_records=holdout))
     env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id}
-    return launch.train_in_child(opts, Path(base["path"]), home.split_dir / "train.jsonl", out_dir=home.adapter_dir,
-                                 result_json=home.models_dir / "train_result.json", repo_root=settings.REPO_ROOT,
+    return launch.train_in_child(opts, Path(base["path"]), home.split_dir / "train.jsonl", ckpt, home.adapter_dir,
+                                 result_json=home.models_dir / "train_result.json", run_name=run_name,
+                                 repo_root=settings.REPO_ROOT,
                                  eval_jsonl=home.split_dir / "holdout.jsonl" if holdout is not None else None,
-                                 on_log=log, on_line=context.log.debug, env=env, **args)
+                                 on_log=log, on_line=context.log.debug, env=env)
 
 
 @dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool="gpu",
