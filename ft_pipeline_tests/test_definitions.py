@@ -14,7 +14,7 @@ GRAPH = {
     "train_set": ("data", ["cleaned_examples"]),
     "holdout_set": ("data", ["cleaned_examples"]),
     "base_model": ("model", []),
-    "lora_adapter": ("model", ["base_model", "train_set"]),
+    "lora_adapter": ("model", ["base_model", "holdout_set", "train_set"]),
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),

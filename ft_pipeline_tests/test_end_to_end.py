@@ -75,7 +75,7 @@ c = mlflow.MlflowClient()
 mv = c.get_model_version_by_alias("ft-pipeline-adapter", "champion")
 run = c.get_run(mv.tags["training_run_id"])
 assert run.data.tags["dagster.asset_key"] == "lora_adapter" and run.data.tags["dagster.run_id"]
-assert run.data.tags["dagster.code_version"] == "train-v1"
+assert run.data.tags["dagster.code_version"] == "train-v2"
 assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"] and run.inputs.dataset_inputs[0].dataset.digest
 assert "loss" in run.data.metrics and "train.learning_rate" in run.data.params
 assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv"}

@@ -89,12 +89,59 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_base, tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
-@pytest.mark.gpu
-def test_trains_in_bf16_on_a_gpu(tiny_base, tmp_path):
-    from ft_pipeline.core.training import resolve_precision
+def test_full_finetune_trains_base_weights_and_saves_a_whole_model(tiny_base, tmp_path):
+    base_weights = load_file(tiny_base / "model.safetensors")
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "out",
+                        TrainOptions(**FAST, finetune="full", learning_rate=1e-3), report_to_mlflow=False)
+    assert res.finetune == "full" and res.global_step == 4
+    out = tmp_path / "out"
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+    tuned = load_file(out / "model.safetensors")
+    assert set(tuned) == set(base_weights)  # the same tensors, so it loads as a plain model
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(tuned[q], base_weights[q])  # base weights trained, not only adapters
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert resolve_precision("auto") == "bf16"
-    logs = []
-    res = train_adapter(tiny_base, records(), tmp_path / "ckpt", tmp_path / "adapter", TrainOptions(**FAST),
-                        report_to_mlflow=False, on_log=logs.append)
-    assert res.global_step == 4 and all(math.isfinite(d["loss"]) for d in logs if "loss" in d)
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4
+    assert AutoTokenizer.from_pretrained(out).chat_template  # evaluation needs the template next to the model
+
+
+def test_early_stopping_keeps_the_best_holdout_checkpoint(tiny_base, tmp_path):
+    # A learning rate this high makes the holdout loss worse after the first steps: training must stop early
+    # and end on the checkpoint with the lowest holdout loss, not the last one.
+    opts = TrainOptions(max_steps=40, per_device_train_batch_size=4, logging_steps=1, warmup_steps=0,
+                        learning_rate=0.5, eval_steps=2, save_steps=2, early_stopping_patience=2,
+                        load_best_model_at_end=True)
+    res = train_adapter(tiny_base, records(24), tmp_path / "ckpt", tmp_path / "adapter", opts,
+                        report_to_mlflow=False, eval_records=records(32)[24:])
+    evals = [(d["step"], d["eval_loss"]) for d in res.log_history if "eval_loss" in d]
+    assert len(evals) >= 3 and res.global_step < 40  # stopped early
+    best_step, best = min(evals, key=lambda e: e[1])
+    assert res.best_eval_loss == pytest.approx(best) and res.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert evals[-1][1] > best  # it stopped because holdout loss got worse
+
+
+def test_packing_keeps_assistant_labels_and_examples_apart(tiny_base, tmp_path):
+    """TRL 1.16 packs with best-fit decreasing and goes padding-free: one row per batch, position_ids restarting
+    at each example, no attention mask. On CPU (sdpa), transformers derives a block-diagonal mask from the
+    position_ids, so a packed example sees only itself: its logits match the example run alone."""
+    recs = records(6)
+    trainer = build_trainer(tiny_base, recs, tmp_path / "ckpt", TrainOptions(**FAST, packing=True),
+                            report_to_mlflow=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels, pos = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    starts = (pos == 0).nonzero().flatten().tolist()
+    assert len(starts) == 6  # all six examples fit one max_length bin: one packed row
+    tok = trainer.processing_class
+    supervised = tok.decode(ids[labels != -100])
+    assert supervised.count("<|end|>") == 6 and "<|user|>" not in supervised and "refund order" not in supervised
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        second = slice(starts[1], starts[2])
+        alone = model(input_ids=ids[second][None]).logits[0]
+    assert torch.allclose(packed[second], alone, atol=1e-4)  # no attention across the packed examples
+    res = train_adapter(tiny_base, recs, tmp_path / "ckpt2", tmp_path / "adapter", TrainOptions(**FAST, packing=True),
+                        report_to_mlflow=False)
+    assert res.global_step == 4 and math.isfinite(res.train_loss)

@@ -34,14 +34,18 @@ class AdapterModel(PythonModel):
         return generate(self.model, self.tokenizer, convs, max_new_tokens=max_new)
 
 
-def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model") -> mlflow.models.model.ModelInfo:
+def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
+                      finetune: str = "lora") -> mlflow.models.model.ModelInfo:
     """Log the adapter as a pyfunc model in the active run. A base built here (builtin) or given as a local
-    directory travels with the model as an artifact; a Hub model is referenced by id and revision."""
+    directory travels with the model as an artifact; a Hub model is referenced by id and revision. A full
+    fine-tune (`finetune="full"`) is a whole model in `adapter_dir` and needs no base."""
     import ft_pipeline
 
     artifacts = {"adapter": str(adapter_dir)}
-    config = {"max_new_tokens": 128}
-    if base["source"] == "hub":
+    config = {"max_new_tokens": 128, "finetune": finetune}
+    if finetune == "full":
+        pass
+    elif base["source"] == "hub":
         config["base_model"] = base["path"]
     else:
         artifacts["base_model"] = base["path"]

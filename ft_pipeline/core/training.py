@@ -1,7 +1,9 @@
-"""Supervised fine-tuning of a LoRA adapter with TRL's SFTTrainer and PEFT.
+"""Supervised fine-tuning with TRL's SFTTrainer: a PEFT LoRA adapter (optionally on a 4-bit base: QLoRA) or a
+full fine-tune.
 
-Loss is on assistant tokens only (the chat template's {% generation %} span); training resumes from the last
-checkpoint in its checkpoint folder, so a killed run loses at most one checkpoint interval."""
+Loss is on assistant tokens only (the chat template's {% generation %} span), and a check refuses to train when
+no token or every token would carry loss; training resumes from the last checkpoint in its checkpoint folder, so
+a killed run loses at most one checkpoint interval."""
 
 from __future__ import annotations
 
@@ -13,6 +15,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+
+FINETUNE_MODES = ("lora", "full")
+LAUNCHERS = ("in_process", "subprocess", "torchrun", "accelerate")
+# Knobs that change how a run is logged, saved or launched, not the weights it trains.
+_NOT_IN_FINGERPRINT = ("logging_steps", "save_steps", "save_total_limit", "launcher", "accelerate_config")
+
+
+class SupervisionError(ValueError):
+    """The training examples would train on no token, or on every token (a broken chat template)."""
 
 
 @dataclass
@@ -27,28 +39,70 @@ class TrainOptions:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    finetune: str = "lora"  # lora: train an adapter, base frozen; full: train every weight, save a whole model
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), LoRA on top
+    bnb_4bit_quant_type: str = "nf4"
     max_length: int = 1024  # longer examples are quarantined upstream, never truncated silently here
     seed: int = 0
     save_steps: int = 50
     save_total_limit: int = 2
     logging_steps: int = 10
     gradient_checkpointing: bool = False  # trades compute for memory; off for small models
+    group_by_length: bool = True  # batches of similar length: little padding without packing
     packing: bool = False
     precision: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU; or bf16 | fp16 | fp32
+    eval_steps: int = 0  # > 0: holdout loss every eval_steps steps (needs eval records)
+    early_stopping_patience: int = 0  # > 0: stop after this many evaluations without a better holdout loss
+    load_best_model_at_end: bool = False  # keep the checkpoint with the lowest holdout loss, not the last one
     trust_remote_code: bool = False
+    launcher: str = "in_process"  # in_process | subprocess | torchrun | accelerate (see ft_pipeline.train)
+    num_processes: int = 1  # processes (GPUs) for torchrun / accelerate; the global batch grows with it
+    accelerate_config: str = ""  # an accelerate config file (e.g. configs/accelerate/fsdp.yaml); empty: DDP
+
+    def __post_init__(self):
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        if self.load_in_4bit and self.finetune == "full":
+            raise ValueError("load_in_4bit (QLoRA) trains a LoRA adapter on a frozen 4-bit base; set finetune: lora")
+        if self.num_processes > 1 and self.launcher not in ("torchrun", "accelerate"):
+            raise ValueError(f"num_processes={self.num_processes} needs launcher torchrun or accelerate")
+        if (self.early_stopping_patience or self.load_best_model_at_end) and self.eval_steps <= 0:
+            raise ValueError("early stopping and load_best_model_at_end need eval_steps > 0 (holdout loss)")
+        if self.load_best_model_at_end and self.save_steps % self.eval_steps:
+            raise ValueError(f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple of "
+                             f"eval_steps ({self.eval_steps}): only saved checkpoints can be the best one")
 
     def fingerprint(self) -> str:
         """Changes whenever a knob that affects the trained weights changes (logging and saving do not)."""
-        knobs = {k: v for k, v in asdict(self).items() if k not in ("logging_steps", "save_steps", "save_total_limit")}
+        knobs = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
         return hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
     def to_params(self) -> dict:
         return {k: (",".join(v) if isinstance(v, list) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Supervision:
+    """How many tokens of the training examples carry loss."""
+
+    examples: int
+    tokens: int
+    supervised: int
+    examples_without_supervision: int
+
+    @property
+    def fraction(self) -> float:
+        return self.supervised / self.tokens if self.tokens else 0.0
 
 
 @dataclass
@@ -60,6 +114,10 @@ class TrainResult:
     resumed_from: str | None
     train_tokens: int
     log_history: list[dict]
+    supervision: Supervision | None = None
+    finetune: str = "lora"
+    best_checkpoint: str | None = None
+    best_eval_loss: float | None = None
 
 
 def resolve_precision(precision: str) -> str:
@@ -72,33 +130,66 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
-def sft_config(opts: TrainOptions, checkpoint_dir: Path, run_name: str, report_to_mlflow: bool):
+def quantization_config(opts: TrainOptions):
+    """A BitsAndBytesConfig for QLoRA, or None. Fails with a clear error where bitsandbytes or CUDA is missing."""
+    if not opts.load_in_4bit:
+        return None
+    import importlib.util
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("load_in_4bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes "
+                           "(on a Linux machine with a CUDA GPU); or use a LoRA preset without load_in_4bit")
+    if not torch.cuda.is_available():
+        raise RuntimeError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit training does not run on "
+                           "this machine's CPU; use configs/cpu_tiny.yaml or a LoRA preset without load_in_4bit")
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(opts.precision), torch.float32)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=opts.bnb_4bit_quant_type,
+                              bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True)
+
+
+def sft_config(opts: TrainOptions, checkpoint_dir: Path, run_name: str, report_to_mlflow: bool,
+               has_eval: bool = False):
     """The one place TrainOptions become an SFTConfig."""
     import torch
     from trl import SFTConfig
 
     precision = resolve_precision(opts.precision)
+    init = {"dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32"),
+            "trust_remote_code": opts.trust_remote_code, "use_safetensors": True}
+    if (quant := quantization_config(opts)) is not None:
+        init["quantization_config"] = quant
+    evaluate = has_eval and opts.eval_steps > 0
     return SFTConfig(
         output_dir=str(checkpoint_dir), run_name=run_name, max_steps=opts.max_steps,
-        per_device_train_batch_size=opts.per_device_train_batch_size,
+        per_device_train_batch_size=opts.per_device_train_batch_size, per_device_eval_batch_size=opts.per_device_train_batch_size,
         gradient_accumulation_steps=opts.gradient_accumulation_steps, learning_rate=opts.learning_rate,
         lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
         max_grad_norm=opts.max_grad_norm, max_length=opts.max_length, seed=opts.seed, data_seed=opts.seed,
         save_strategy="steps", save_steps=opts.save_steps, save_total_limit=opts.save_total_limit,
         logging_steps=opts.logging_steps, activation_checkpointing=opts.gradient_checkpointing,
         gradient_checkpointing=opts.gradient_checkpointing,
-        packing=opts.packing, assistant_only_loss=True,
-        # Batches of similar length waste less compute on padding.
-        train_sampling_strategy="group_by_length",
+        # Examples arrive tokenized with their assistant mask (see `tokenize`), from which TRL builds the labels:
+        # loss on assistant tokens only. TRL's own flag only applies to untokenized conversations.
+        packing=opts.packing, assistant_only_loss=False,
+        # Batches of similar length waste less compute on padding (packing makes this moot).
+        train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.packing else "random",
+        eval_strategy="steps" if evaluate else "no", eval_steps=opts.eval_steps if evaluate else None,
+        load_best_model_at_end=evaluate and (opts.load_best_model_at_end or opts.early_stopping_patience > 0),
+        metric_for_best_model="eval_loss" if evaluate else None, greater_is_better=False if evaluate else None,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataset_num_proc=None,
-        model_init_kwargs={"dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32"),
-                           "trust_remote_code": opts.trust_remote_code, "use_safetensors": True},
+        model_init_kwargs=init,
     )
 
 
 def lora_config(opts: TrainOptions):
+    """The LoRA adapter to train, or None for a full fine-tune."""
+    if opts.finetune == "full":
+        return None
     from peft import LoraConfig
 
     return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
@@ -106,25 +197,99 @@ def lora_config(opts: TrainOptions):
                       task_type="CAUSAL_LM")
 
 
-def to_dataset(records: list[dict]):
+def training_template(tok) -> str | None:
+    """The chat template TRL trains with: the tokenizer's own when it marks assistant turns with
+    {% generation %}, else TRL's patched training template for known model families (as SFTTrainer does)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if tok.chat_template is None:
+        raise SupervisionError("the tokenizer has no chat template: set one with a {% generation %} span around "
+                               "the assistant turns (or use TRL's chat_template_path)")
+    if has_generation_markers(tok.chat_template):
+        return None
+    try:
+        return get_training_chat_template(tok)
+    except ValueError as e:
+        raise SupervisionError("the chat template marks no assistant tokens ({% generation %} is missing) and TRL "
+                               "has no training template for this model family, so no token would carry loss; add "
+                               "{% generation %}...{% endgeneration %} around the assistant turns") from e
+
+
+def tokenize(tok, records: list[dict], max_length: int) -> tuple[list[dict], Supervision]:
+    """The examples as SFTTrainer trains on them (input_ids + assistant_masks from the chat template, like TRL's own
+    preprocessing), truncated to max_length, with how many tokens carry loss."""
+    template = training_template(tok)
+    rows, supervised, tokens, dead = [], 0, 0, 0
+    for r in records:
+        messages = [{k: m[k] for k in ("role", "content", "weight") if k in m} for m in r["messages"]]
+        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                      chat_template=template)
+        ids, mask = list(out["input_ids"])[:max_length], list(out["assistant_masks"])[:max_length]
+        n = sum(mask)
+        supervised, tokens, dead = supervised + n, tokens + len(ids), dead + (n == 0)
+        rows.append({"input_ids": ids, "assistant_masks": mask})
+    return rows, Supervision(len(rows), tokens, supervised, dead)
+
+
+def check_supervision(sup: Supervision) -> None:
+    """Refuse to train on nothing, or on everything: both mean the chat template's assistant span is broken."""
+    if sup.tokens == 0:
+        raise SupervisionError("no training examples to train on")
+    if sup.supervised == 0:
+        raise SupervisionError(f"no token of the {sup.examples} training examples is supervised: the chat template's "
+                               "{% generation %} span marks no assistant tokens (is it around the assistant content?)")
+    if sup.supervised == sup.tokens:
+        raise SupervisionError(f"every token of the {sup.examples} training examples is supervised, prompts and role "
+                               "markers included: the chat template's {% generation %} span covers the whole "
+                               "conversation instead of the assistant turns only")
+
+
+def to_dataset(rows: list[dict]):
     from datasets import Dataset
 
-    return Dataset.from_list([{"messages": [{k: m[k] for k in ("role", "content", "weight") if k in m}
-                                            for m in r["messages"]]} for r in records])
+    return Dataset.from_list(rows)
 
 
-def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, opts: TrainOptions,
-                  run_name: str = "sft", report_to_mlflow: bool = True, callbacks: list | None = None):
-    """An SFTTrainer for a LoRA adapter on `train_records` (loss on assistant tokens only)."""
+def load_tokenizer(base_dir: Path, opts: TrainOptions):
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=opts.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return SFTTrainer(model=str(base_dir), args=sft_config(opts, checkpoint_dir, run_name, report_to_mlflow),
-                      train_dataset=to_dataset(train_records), processing_class=tok,
-                      peft_config=lora_config(opts), callbacks=callbacks or [])
+    return tok
+
+
+def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, opts: TrainOptions,
+                  run_name: str = "sft", report_to_mlflow: bool = True, callbacks: list | None = None,
+                  eval_records: list[dict] | None = None):
+    """An SFTTrainer on `train_records` (loss on assistant tokens only, checked before training starts)."""
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    tok = load_tokenizer(base_dir, opts)
+    rows, supervision = tokenize(tok, train_records, opts.max_length)
+    check_supervision(supervision)
+    eval_ds = to_dataset(tokenize(tok, eval_records, opts.max_length)[0]) if eval_records else None
+    args = sft_config(opts, checkpoint_dir, run_name, report_to_mlflow, has_eval=eval_ds is not None)
+    callbacks = list(callbacks or [])
+    if eval_ds is not None and opts.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
+    model = str(base_dir)
+    if opts.load_in_4bit:
+        model = _load_kbit_model(base_dir, args)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(rows), eval_dataset=eval_ds,
+                         processing_class=tok, peft_config=lora_config(opts), callbacks=callbacks)
+    trainer.supervision = supervision
+    return trainer
+
+
+def _load_kbit_model(base_dir: Path, args):
+    """A 4-bit base prepared for training (fp32 norms, input grads for checkpointing), as QLoRA needs."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **args.model_init_kwargs)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
 
 
 class _Progress:
@@ -142,7 +307,7 @@ class _Progress:
                 if loss is not None and not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged: loss is {loss} at step {state.global_step}; "
                                              "lower the learning rate or check the data")
-                if on_log and logs:
+                if on_log and logs and state.is_world_process_zero:
                     done = state.global_step / max(state.max_steps, 1)
                     elapsed = time.monotonic() - self.t0
                     eta = elapsed / done * (1 - done) if done > 0 else float("nan")
@@ -153,23 +318,31 @@ class _Progress:
 
 def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, adapter_dir: Path,
                   opts: TrainOptions, run_name: str = "sft", report_to_mlflow: bool = True,
-                  on_log: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train (or resume from the last checkpoint in `checkpoint_dir`) and save the adapter to `adapter_dir`."""
+                  on_log: Callable[[dict], None] | None = None, eval_records: list[dict] | None = None,
+                  on_trainer: Callable | None = None) -> TrainResult:
+    """Train (or resume from the last checkpoint in `checkpoint_dir`) and save the adapter, or the whole model for
+    a full fine-tune, to `adapter_dir`. `on_trainer(trainer)` sees the trainer before training starts."""
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(checkpoint_dir))
-    trainer = build_trainer(base_dir, train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
-                            callbacks=[_Progress(on_log)])
+    trainer = build_trainer(Path(base_dir), train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
+                            callbacks=[_Progress(on_log)], eval_records=eval_records)
     trainer.remove_callback(PrinterCallback)  # logs go to on_log (the Dagster run log) instead of stdout
+    if on_trainer:
+        on_trainer(trainer)
     out = trainer.train(resume_from_checkpoint=last)
-    adapter_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.is_world_process_zero():
+        adapter_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(adapter_dir))
-    trainer.processing_class.save_pretrained(str(adapter_dir))
-    # Checkpoints exist to survive a crash; once the adapter is saved, a new materialization starts fresh.
-    shutil.rmtree(checkpoint_dir)
-    return TrainResult(adapter_dir=adapter_dir, global_step=trainer.state.global_step,
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(adapter_dir))
+        # Checkpoints exist to survive a crash; once the adapter is saved, a new materialization starts fresh.
+        shutil.rmtree(checkpoint_dir)
+    state = trainer.state
+    return TrainResult(adapter_dir=adapter_dir, global_step=state.global_step,
                        train_loss=float(out.training_loss), train_runtime_s=float(out.metrics.get("train_runtime", 0)),
-                       resumed_from=last, train_tokens=int(trainer.state.num_input_tokens_seen or 0),
-                       log_history=list(trainer.state.log_history))
+                       resumed_from=last, train_tokens=int(state.num_input_tokens_seen or 0),
+                       log_history=list(state.log_history), supervision=trainer.supervision, finetune=opts.finetune,
+                       best_checkpoint=state.best_model_checkpoint, best_eval_loss=state.best_metric)

@@ -2,6 +2,7 @@
 
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -52,32 +53,77 @@ class TrainConfig(dg.Config):
     learning_rate: float = _TRAIN_DEFAULTS.learning_rate
     lr_scheduler_type: str = _TRAIN_DEFAULTS.lr_scheduler_type
     warmup_steps: int = _TRAIN_DEFAULTS.warmup_steps
+    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
+    max_grad_norm: float = _TRAIN_DEFAULTS.max_grad_norm
+    finetune: str = _TRAIN_DEFAULTS.finetune
+    """lora: train a LoRA adapter on the frozen base; full: train every weight and save a whole model."""
     lora_r: int = _TRAIN_DEFAULTS.lora_r
     lora_alpha: int = _TRAIN_DEFAULTS.lora_alpha
     lora_dropout: float = _TRAIN_DEFAULTS.lora_dropout
     target_modules: str = "all-linear"
     modules_to_save: list[str] = _TRAIN_DEFAULTS.modules_to_save
+    load_in_4bit: bool = _TRAIN_DEFAULTS.load_in_4bit
+    """QLoRA: load the frozen base in 4-bit (needs bitsandbytes and a CUDA GPU)."""
+    bnb_4bit_quant_type: str = _TRAIN_DEFAULTS.bnb_4bit_quant_type
     max_length: int = _TRAIN_DEFAULTS.max_length
     seed: int = _TRAIN_DEFAULTS.seed
     save_steps: int = _TRAIN_DEFAULTS.save_steps
+    save_total_limit: int = _TRAIN_DEFAULTS.save_total_limit
     logging_steps: int = _TRAIN_DEFAULTS.logging_steps
     gradient_checkpointing: bool = _TRAIN_DEFAULTS.gradient_checkpointing
+    group_by_length: bool = _TRAIN_DEFAULTS.group_by_length
+    """Batch examples of similar length together, so little compute goes to padding."""
     packing: bool = _TRAIN_DEFAULTS.packing
     precision: str = _TRAIN_DEFAULTS.precision
+    eval_steps: int = _TRAIN_DEFAULTS.eval_steps
+    """Holdout loss every N steps (0 = never); needed by early stopping and load_best_model_at_end."""
+    early_stopping_patience: int = _TRAIN_DEFAULTS.early_stopping_patience
+    load_best_model_at_end: bool = _TRAIN_DEFAULTS.load_best_model_at_end
     trust_remote_code: bool = False
+    launcher: str = _TRAIN_DEFAULTS.launcher
+    """in_process, subprocess, torchrun or accelerate (several processes / GPUs with num_processes)."""
+    num_processes: int = _TRAIN_DEFAULTS.num_processes
+    accelerate_config: str = _TRAIN_DEFAULTS.accelerate_config
+    """With launcher accelerate: a config file, e.g. configs/accelerate/fsdp.yaml (relative to the checkout)."""
 
     def options(self) -> TrainOptions:
         return TrainOptions(**self.model_dump())
 
 
-@dg.asset(deps=["train_set", base_model], group_name="model", code_version="train-v1", pool="gpu",
+def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: dict, key: str, train: list[dict],
+           holdout: list[dict] | None) -> dict:
+    """Train in this process, or through ft_pipeline.train in a child process (torchrun / accelerate for several
+    processes) whose step logs stream into this run's log and whose metrics land in the active MLflow run."""
+    import mlflow
+
+    from ft_pipeline import settings
+    from ft_pipeline.core import launch, training
+
+    log = lambda d: context.log.info(  # noqa: E731
+        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
+    ckpt, run_name = home.checkpoints(key), f"sft-{key}"
+    if opts.launcher == "in_process":
+        from ft_pipeline.train import result_to_json
+
+        return result_to_json(training.train_adapter(base["path"], train, ckpt, home.adapter_dir, opts,
+                                                     run_name=run_name, on_log=log, eval_records=holdout))
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id}
+    return launch.train_in_child(opts, Path(base["path"]), home.split_dir / "train.jsonl", ckpt, home.adapter_dir,
+                                 result_json=home.models_dir / "train_result.json", run_name=run_name,
+                                 repo_root=settings.REPO_ROOT,
+                                 eval_jsonl=home.split_dir / "holdout.jsonl" if holdout is not None else None,
+                                 on_log=log, on_line=context.log.debug, env=env)
+
+
+@dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool="gpu",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    """A LoRA adapter trained with TRL's SFTTrainer on the train set (loss on assistant tokens only)."""
+    """A LoRA adapter (or a fully fine-tuned model) trained with TRL's SFTTrainer on the train set, loss on
+    assistant tokens only; the holdout set is used for holdout loss / early stopping when configured."""
     import mlflow
 
-    from ft_pipeline.core import registry, training
+    from ft_pipeline.core import registry
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     base = json.loads(home.base_info.read_text())
@@ -85,30 +131,34 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     train_path = home.split_dir / "train.jsonl"
     train = read_jsonl(train_path)
     opts = config.options()
+    holdout = read_jsonl(home.split_dir / "holdout.jsonl") if opts.eval_steps > 0 else None
     # Checkpoints are keyed by what is trained on what, so a resume never mixes data or settings.
     key = f"{manifest['train_sha256'][:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
-    log = lambda d: context.log.info(  # noqa: E731
-        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
     with mlflow_tracking.start_run(context, "train", "lora_adapter",
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
         log_jsonl_dataset(train, train_path, "train_set", "training", manifest["train_sha256"])
-        result = training.train_adapter(base["path"], train,
-                                        home.checkpoints(key), home.adapter_dir, opts,
-                                        run_name=f"sft-{key}", on_log=log)
-        mlflow.log_metrics({"final_train_loss": result.train_loss, "train_tokens": result.train_tokens,
-                            "train_runtime_s": result.train_runtime_s})
-        info = registry.log_adapter_model(home.adapter_dir, base)
+        result = _train(context, home, opts, base, key, train, holdout)
+        sup = result["supervision"]
+        mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
+                            "train_runtime_s": result["train_runtime_s"],
+                            "supervised_token_fraction": sup["supervised"] / sup["tokens"]}
+                           | ({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {}))
+        info = registry.log_adapter_model(home.adapter_dir, base, finetune=opts.finetune)
         registry.log_lineage(train)
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],
-               "global_step": result.global_step, "train_loss": result.train_loss}
+               "global_step": result["global_step"], "train_loss": result["train_loss"], "finetune": opts.finetune}
     home.adapter_info.write_text(json.dumps(adapter, indent=2))
     return dg.MaterializeResult(metadata={
         "adapter_dir": dg.MetadataValue.path(str(home.adapter_dir)), "model_uri": info.model_uri,
-        "train_loss": result.train_loss, "global_step": result.global_step, "train_tokens": result.train_tokens,
-        "train_runtime_s": round(result.train_runtime_s, 1), "resumed_from": result.resumed_from or "",
-        "train_config": dg.MetadataValue.json(opts.to_params()),
-        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
+        "finetune": opts.finetune, "train_loss": result["train_loss"], "global_step": result["global_step"],
+        "train_tokens": result["train_tokens"], "train_runtime_s": round(result["train_runtime_s"], 1),
+        "resumed_from": result["resumed_from"] or "", "supervised_token_fraction": round(sup["supervised"] / sup["tokens"], 4),
+        "examples_without_supervised_tokens": sup["examples_without_supervision"],
+        "train_config": dg.MetadataValue.json(opts.to_params()), "launcher": opts.launcher,
+        "world_size": result["world_size"],
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id)),
+        **({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {})})

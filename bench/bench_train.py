@@ -1,0 +1,233 @@
+"""Training throughput, side by side in one process: the pipeline's training vs a plain TRL script with
+defaults vs a minimal hand-written PyTorch loop, on the same model, data and number of steps.
+
+Model: builtin:tiny (4-layer, 128-wide Llama, byte-level tokenizer), LoRA r=16 on every linear layer plus
+trainable embeddings and head, exactly as the default preset trains it. Data: the demo drops in data/raw/ run
+through core (parse, canonicalize, clean, split); the train side. Every contender runs STEPS optimizer steps of
+the pipeline's default batch size on a CPU.
+
+- tokens/s counts real (non-pad) input tokens seen by the model, divided by the wall time of the training loop
+  (`trainer.train()`, or the hand-written loop), not model loading or tokenization. The count comes from the
+  batches the data collator actually produced.
+- The hand-written loop trains the same PEFT model with the same optimizer, learning rate, schedule and grad
+  clipping on the very batches the pipeline's collator produced, so the ratio is the framework's overhead.
+- The TRL script is what the TRL docs show: SFTTrainer + SFTConfig with defaults, given the same batch size,
+  learning rate, steps, LoRA config and assistant-only loss (the task), and `use_cpu=True, bf16=False` (which
+  a CPU needs). Its other knobs (gradient checkpointing on, random batches padded to the longest, ...) stay TRL's.
+- padding_efficiency: real / processed token positions over one epoch of the pipeline's default batches.
+- mlflow_overhead: wall time inside mlflow.* calls made during the pipeline's training (param logging at train
+  start, step metrics) / wall time of `train_adapter`, with a SQLite tracking store in a temp folder.
+
+The machine is shared and noisy, so each contender runs ROUNDS times, interleaved, and the best round counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+from bench._report import bench_line  # noqa: E402
+
+STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "10"))
+ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "2"))
+
+
+def demo_train_records() -> list[dict]:
+    """The demo drops through core, as the data assets do it: parse, canonicalize, clean, split."""
+    from ft_pipeline import settings
+    from ft_pipeline.core import cleaning, formats, splitting
+
+    found, _ = formats.find_drops(settings.REPO_ROOT / "data" / "raw")
+    drops = {}
+    for name, path in sorted(found.items()):
+        parsed = formats.read_drop(path)
+        drops[name] = cleaning.clean_records(cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
+    return splitting.split_examples(drops, holdout_fraction=0.1, seed=0).train
+
+
+class CountingCollator:
+    """Wraps a data collator; counts real and processed token positions of every batch it builds."""
+
+    def __init__(self, inner, pad_id: int, keep: bool = False):
+        self.inner, self.pad_id, self.keep = inner, pad_id, keep
+        self.real = self.processed = 0
+        self.batches: list[dict] = []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        ids = batch["input_ids"]
+        self.processed += ids.numel()
+        mask = batch.get("attention_mask")
+        # Padding-free batches have no attention mask: every position but the right padding is real.
+        self.real += int(mask.sum()) if mask is not None else int(sum(len(e["input_ids"]) for e in examples))
+        if self.keep:
+            self.batches.append({k: v.clone() for k, v in batch.items() if hasattr(v, "clone")})
+        return batch
+
+
+class MlflowTimer:
+    """Accumulates wall time spent inside the mlflow functions training calls."""
+
+    NAMES = ("log_metrics", "log_metric", "log_params", "log_param", "set_tags", "set_tag", "log_input",
+             "start_run", "end_run", "set_experiment", "active_run")
+
+    def __init__(self):
+        import mlflow
+
+        self.mlflow, self.seconds, self.calls, self.saved = mlflow, 0.0, 0, {}
+
+    def __enter__(self):
+        for name in self.NAMES:
+            fn = getattr(self.mlflow, name)
+            self.saved[name] = fn
+
+            @functools.wraps(fn)
+            def timed(*a, __fn=fn, **kw):
+                t = time.perf_counter()
+                try:
+                    return __fn(*a, **kw)
+                finally:
+                    self.seconds += time.perf_counter() - t
+                    self.calls += 1
+
+            setattr(self.mlflow, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(self.mlflow, name, fn)
+
+
+def run_pipeline(base: Path, records: list[dict], work: Path, keep_batches: bool):
+    """The pipeline's own training (core.training.train_adapter) with the default options, MLflow on."""
+    import mlflow
+
+    from ft_pipeline.core import training
+
+    opts = training.TrainOptions(max_steps=STEPS)
+    captured = {}
+
+    def wrap(trainer):
+        captured["c"] = trainer.data_collator = CountingCollator(trainer.data_collator,
+                                                                 trainer.processing_class.pad_token_id, keep_batches)
+
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
+    mlflow.set_experiment("bench")
+    with mlflow.start_run(), MlflowTimer() as timer:
+        t0 = time.perf_counter()
+        res = training.train_adapter(base, records, work / "ckpt", work / "adapter", opts, on_trainer=wrap)
+        wall = time.perf_counter() - t0
+    c = captured["c"]
+    return {"tok_s": c.real / res.train_runtime_s, "real": c.real, "processed": c.processed,
+            "loop_s": res.train_runtime_s, "wall_s": wall, "mlflow_s": timer.seconds, "mlflow_calls": timer.calls,
+            "batches": c.batches, "loss": res.train_loss, "opts": opts}
+
+
+def run_trl_defaults(base: Path, records: list[dict], work: Path, opts):
+    """What the TRL docs show, with the batch size, learning rate, steps and LoRA config of the pipeline."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list([{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+                            for r in records])
+    args = SFTConfig(output_dir=str(work / "trl"), max_steps=STEPS, per_device_train_batch_size=opts.per_device_train_batch_size,
+                     learning_rate=opts.learning_rate, assistant_only_loss=True, use_cpu=True, bf16=False,
+                     report_to=[], disable_tqdm=True)
+    peft = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, target_modules=opts.target_modules,
+                      modules_to_save=opts.modules_to_save, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=str(base), args=args, train_dataset=ds, peft_config=peft)
+    c = trainer.data_collator = CountingCollator(trainer.data_collator, trainer.processing_class.pad_token_id)
+    out = trainer.train()
+    runtime = out.metrics["train_runtime"]
+    return {"tok_s": c.real / runtime, "real": c.real, "processed": c.processed, "loop_s": runtime,
+            "loss": out.training_loss}
+
+
+def run_raw_loop(base: Path, batches: list[dict], opts):
+    """A minimal PyTorch loop: the same PEFT model, AdamW, schedule and clipping, over the pipeline's batches."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from ft_pipeline.core.training import lora_config
+
+    torch.manual_seed(opts.seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), lora_config(opts))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+    sched = get_scheduler(opts.lr_scheduler_type, optim, num_warmup_steps=opts.warmup_steps, num_training_steps=STEPS)
+    real = 0
+    t0 = time.perf_counter()
+    for batch in batches:
+        out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+        optim.step()
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        mask = batch.get("attention_mask")
+        real += int(mask.sum()) if mask is not None else int((batch["position_ids"] >= 0).sum())
+    loop = time.perf_counter() - t0
+    return {"tok_s": real / loop, "real": real, "loop_s": loop, "loss": float(out.loss)}
+
+
+def padding_efficiency(base: Path, records: list[dict], work: Path) -> tuple[float, int, int]:
+    """Real / processed token positions over one epoch of the batches the pipeline's defaults build."""
+    from ft_pipeline.core import training
+
+    trainer = training.build_trainer(base, records, work / "pad-ckpt", training.TrainOptions(), report_to_mlflow=False)
+    c = CountingCollator(trainer.data_collator, trainer.processing_class.pad_token_id)
+    trainer.data_collator = c
+    for _ in trainer.get_train_dataloader():
+        pass
+    return c.real / c.processed, c.real, c.processed
+
+
+def main() -> int:
+    import torch
+
+    from ft_pipeline.core.base_models import build_tiny
+
+    records = demo_train_records()
+    print(f"# model builtin:tiny, {len(records)} demo train examples, {STEPS} steps x batch "
+          f"{32}, {ROUNDS} interleaved rounds, torch threads {torch.get_num_threads()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = build_tiny(tmp / "base")
+        best = {"pipeline": None, "trl": None, "raw": None}
+        for r in range(ROUNDS):
+            work = tmp / f"round{r}"
+            work.mkdir()
+            p = run_pipeline(base, records, work, keep_batches=True)
+            t = run_trl_defaults(base, records, work, p["opts"])
+            w = run_raw_loop(base, p.pop("batches"), p["opts"])
+            for name, res in (("pipeline", p), ("trl", t), ("raw", w)):
+                print(f"# round {r} {name:8s} {res['tok_s']:8.0f} tok/s  loop {res['loop_s']:6.1f}s  "
+                      f"real {res['real']}  loss {res['loss']:.3f}", flush=True)
+                if best[name] is None or res["tok_s"] > best[name]["tok_s"]:
+                    best[name] = res
+        p = best["pipeline"]
+        print(f"# mlflow: {p['mlflow_calls']} calls, {p['mlflow_s']:.3f}s of {p['wall_s']:.1f}s train_adapter wall time")
+        eff, real, processed = padding_efficiency(base, records, tmp)
+        print(f"# padding: {real} real of {processed} processed token positions over one epoch")
+    ok = [bench_line("train.vs_trl", p["tok_s"] / best["trl"]["tok_s"], "x", ">=", 1.3),
+          bench_line("train.vs_raw_loop", p["tok_s"] / best["raw"]["tok_s"], "x", ">=", 0.85),
+          bench_line("train.padding_efficiency", eff, "ratio", ">=", 0.95),
+          bench_line("train.mlflow_overhead", p["mlflow_s"] / p["wall_s"], "ratio", "<=", 0.01)]
+    # A miss is a FAIL on its BENCH line; the runner (`python -m bench`) turns any FAIL into a non-zero exit.
+    return 0 if all(ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

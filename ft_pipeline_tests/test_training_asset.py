@@ -1,0 +1,80 @@
+"""The lora_adapter asset on a prepared home (tiny base, a small split): secrets never reach MLflow or Dagster,
+and the asset trains through torchrun with two CPU processes (gloo), streaming logs and metrics back."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.defs.model import lora_adapter
+from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline_tests.test_training import records
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_THIS_IS_A_TEST_TOKEN_1234567890abcdef"
+
+
+@pytest.fixture
+def home(tiny_base, tmp_path):
+    from ft_pipeline.core.base_models import content_hash
+    from ft_pipeline.jsonl import write_jsonl
+
+    h = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
+    h.models_dir.mkdir(parents=True)
+    h.base_info.write_text(json.dumps({"spec": "builtin:tiny", "path": str(tiny_base), "source": "builtin",
+                                       "revision": None, "content_sha256": content_hash(tiny_base)}))
+    recs = [{**r, "drop": "d.jsonl", "line": i + 1, "raw_sha256": f"{i:064x}", "id": f"id{i}"}
+            for i, r in enumerate(records(32))]
+    write_jsonl(h.split_dir / "train.jsonl", recs[:24])
+    write_jsonl(h.split_dir / "holdout.jsonl", recs[24:])
+    (h.split_dir / "manifest.json").write_text(json.dumps({"train_sha256": "a" * 64, "holdout_sha256": "b" * 64,
+                                                           "drops": {"d.jsonl": "c" * 16}}))
+    return h
+
+
+def materialize(home, tmp_path, **config):
+    mlflow_res = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    cfg = dict(max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_steps=2, warmup_steps=0) | config
+    instance = dg.DagsterInstance.ephemeral()
+    res = dg.materialize([lora_adapter], resources={"home": home, "mlflow_tracking": mlflow_res},
+                         run_config=dg.RunConfig(ops={"lora_adapter": {"config": cfg}}), instance=instance)
+    return res, [e.user_message for e in instance.all_logs(res.run_id)]
+
+
+def mlflow_run(tmp_path, run_id):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    return mlflow.MlflowClient().get_run(run_id)
+
+
+def test_tokens_never_reach_mlflow_or_dagster_metadata(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", SECRET)
+    res, messages = materialize(home, tmp_path)
+    assert res.success
+    md = res.asset_materializations_for_node("lora_adapter")[0].metadata
+    run = mlflow_run(tmp_path, json.loads(home.adapter_info.read_text())["training_run_id"])
+    assert "learning_rate" in run.data.params and "train.learning_rate" in run.data.params  # TRL's and ours
+    assert run.data.params.get("hub_token") in (None, "<HUB_TOKEN>")
+    assert run.data.params["train.trust_remote_code"] == "False"
+    texts = [*run.data.params.items(), *run.data.tags.items(), *((k, str(v.value)) for k, v in md.items()), *messages]
+    assert texts and not [kv for kv in texts if SECRET in str(kv)]
+    assert SECRET not in home.adapter_info.read_text()
+
+
+def test_asset_trains_under_torchrun_with_two_cpu_processes(home, tmp_path):
+    res, messages = materialize(home, tmp_path, launcher="torchrun", num_processes=2)
+    assert res.success
+    md = res.asset_materializations_for_node("lora_adapter")[0].metadata
+    assert md["launcher"].value == "torchrun" and md["world_size"].value == 2 and md["global_step"].value == 4
+    assert (home.adapter_dir / "adapter_model.safetensors").exists()
+    info = json.loads(home.adapter_info.read_text())
+    run = mlflow_run(tmp_path, info["training_run_id"])
+    # Rank 0 logged its step metrics into the asset's own MLflow run (one value per logging step).
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert any(m.startswith("step 4/4 loss=") for m in messages)  # rank 0's step logs, streamed back
