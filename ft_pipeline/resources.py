@@ -76,7 +76,10 @@ class MlflowTracking(dg.ConfigurableResource):
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
-        if exp is None:
+        if exp is None and self.tracking_uri.startswith(("http://", "https://")):
+            # A tracking server decides where artifacts go (its --artifacts-destination), for every client alike.
+            exp_id = mlflow.create_experiment(self.experiment)
+        elif exp is None:
             Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             exp_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
         else:

@@ -1,5 +1,6 @@
-"""Past one machine: the whole pipeline with Dagster's instance (runs, event log, schedules) and the MLflow
-tracking store and registry on a real PostgreSQL server started from Debian's packages for this test."""
+"""Past one machine: the whole pipeline with Dagster's instance (runs, event log, schedules) on a real PostgreSQL
+server started from Debian's packages for this test, and MLflow through a tracking server (`mlflow server`)
+whose store and registry live in the same PostgreSQL."""
 
 import glob
 import os
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +62,35 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, tmp_path):
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    """`mlflow server` on the Postgres database, serving artifacts from a local folder, as in the README."""
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                             f"postgresql+psycopg2://postgres@127.0.0.1:{postgres}/mlflow",
+                             "--artifacts-destination", str(tmp_path / "mlflow-artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("mlflow server did not start")
+            time.sleep(1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, mlflow_server, tmp_path):
     port = postgres
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir()
@@ -68,7 +98,7 @@ def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, tmp_path):
     shutil.copyfile(REPO_ROOT / "deploy" / "postgres" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {**os.environ, "FT_PIPELINE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(dagster_home),
            "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dagster",
-           "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"}
+           "MLFLOW_TRACKING_URI": mlflow_server}
     run = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
                           str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True,
                          timeout=900)
@@ -85,6 +115,10 @@ def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, tmp_path):
     assert int(sql("dagster", "select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'")) >= 9
     assert sql("mlflow", "select alias, version from registered_model_aliases") == "champion|1"
     assert int(sql("mlflow", "select count(*) from runs where status = 'FINISHED'")) >= 8
+    # Artifacts went through the server to its --artifacts-destination, not to a client-side folder.
+    assert sql("mlflow", "select artifact_location from experiments where name = 'ft_pipeline'").startswith(
+        "mlflow-artifacts:")
+    assert list((tmp_path / "mlflow-artifacts").rglob("adapter_model.safetensors"))
     # A second process reads the same stores back: the champion predicts from the Postgres-backed registry.
     code = ("import mlflow; m = mlflow.pyfunc.load_model('models:/ft-pipeline-adapter@champion'); "
             "print(type(m.predict(['Where is my order?'])[0]).__name__)")
