@@ -6,7 +6,7 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: run test test-fast bench ui clean
+.PHONY: run test test-fast bench ui backfill clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)
-	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET))
+	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 test: $(VENV)/.installed  ## fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,6 +35,10 @@ ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the sa
 	trap "kill $$mlflow_pid" EXIT INT TERM; \
 	echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)   Dagster UI: http://$(HOST):$(DAGSTER_PORT)"; \
 	cd "$$DAGSTER_HOME" && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+backfill: $(VENV)/.installed  ## re-ingest every drop partition as one Dagster backfill (the daemon of `make ui` runs it)
+	@set -a; eval "$$($(PY) -m ft_pipeline.cli env)"; set +a; \
+	$(VENV)/bin/dagster job backfill -j ingest_drop --all true --noprompt -w $(CURDIR)/workspace.yaml
 
 clean:  ## remove everything the pipeline wrote (not the venv)
 	rm -rf "$(FT_PIPELINE_HOME)"
