@@ -1,0 +1,49 @@
+"""The whole graph's work as one plain script: the same core functions the assets call, with no Dagster and
+none of the assets' own MLflow bookkeeping (per-asset runs, params, datasets). bench_orch.py times it against
+`ft-pipeline run`; the difference is what orchestration and per-asset tracking cost.
+
+usage: python bench/_orch_script.py HOME MAX_STEPS"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ft_pipeline import settings
+from ft_pipeline.core import base_models, cleaning, evaluation, formats, registry, splitting, training
+from ft_pipeline.jsonl import write_jsonl
+
+
+def main(home: Path, max_steps: int) -> None:
+    import mlflow
+
+    data = home / "data"
+    cleaned = {}
+    found, _ = formats.find_drops(settings.raw_dir())
+    for drop, path in sorted(found.items()):
+        parsed = formats.read_drop(path)
+        records = cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))
+        write_jsonl(data / "raw_examples" / f"{drop}.jsonl", records)
+        result = cleaning.clean_records(records, cleaning.CleaningOptions())
+        for stage, rows in (("cleaned", result.kept), ("quarantine", result.quarantined),
+                            ("duplicates", result.duplicates)):
+            write_jsonl(data / stage / f"{drop}.jsonl", rows)
+        cleaned[drop] = result.kept
+    base = base_models.resolve_base_model(base_models.BUILTIN_TINY, home / "models" / "base")
+    opts = splitting.SplitOptions()
+    split, length = splitting.prepare_split(cleaned, base_models.load_tokenizer(base.path), opts)
+    splitting.write_split(data / "split", split, length, opts, {d: "" for d in cleaned}, {})
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_experiment("bench_orch_script")
+    with mlflow.start_run() as run:
+        result = training.train_adapter(base.path, split.train, home / "checkpoints", home / "adapter",
+                                        training.TrainOptions(max_steps=max_steps))
+        info = registry.log_adapter_model(home / "adapter", base.to_json())
+    results = evaluation.evaluate_base_and_tuned(base.path, home / "adapter", split.holdout)
+    mv, _ = registry.register(info.model_uri, "bench-orch-script", run.info.run_id, {})
+    registry.set_champion("bench-orch-script", mv.version)
+    print(f"script: tuned field_accuracy {results['tuned']['metrics']['field_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
