@@ -87,3 +87,20 @@ def test_one_huge_line_is_quarantined_not_truncated(tmp_path):
     assert [r["line"] for r in out.kept] == [1]
     assert out.quarantined[0]["line"] == 2 and out.quarantined[0]["code"] == "too_long"
     assert out.quarantined[0]["raw"] == huge  # the original row, whole
+
+
+LONG = ("Hi, my Nimbus 5 laptop arrived with a cracked screen and the charger is missing from the box. "
+        "Order ORD-482913. Please send a replacement or tell me how to return it.")
+
+
+def test_minhash_near_duplicates_point_at_the_kept_example(tmp_path):
+    reworded = LONG.replace("Hi,", "Hello,")
+    rows = [chat(LONG), chat(reworded), chat(reworded), chat("A different question about my invoice.")]
+    out = clean_records(_drop(tmp_path, rows))
+    assert [r["line"] for r in out.kept] == [1, 4]
+    got = [(d["line"], d["kind"], d["method"], d["duplicate_of"]["line"]) for d in out.duplicates]
+    # Line 3 is an exact copy of line 2, which is itself a near-duplicate of line 1: it points at line 1, kept.
+    assert got == [(2, "near", "minhash", 1), (3, "exact", "exact", 1)]
+    assert 0.8 <= out.duplicates[0]["similarity"] < 1
+    no_minhash = clean_records(_drop(tmp_path, rows), CleaningOptions(near_dup=None))
+    assert [r["line"] for r in no_minhash.kept] == [1, 2, 4]

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ft_pipeline.core.formats import ParsedDrop, RowError, to_messages
+from ft_pipeline.core.near_dup import NearDupParams
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
@@ -25,6 +26,7 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 class CleaningOptions:
     redact_pii: bool = True
     max_chars: int = 4000  # a row longer than this (all messages together) is quarantined, never truncated
+    near_dup: NearDupParams | None = field(default_factory=NearDupParams)  # None: exact and normalized only
 
 
 @dataclass
@@ -141,10 +143,39 @@ def clean_records(records: list[dict], options: CleaningOptions | None = None) -
                "format": row["format"], "messages": messages}
         first = seen_exact.get(rec["id"]) or seen_near.get(rec["near_key"])
         if first is not None:
-            out.duplicates.append({**base, "kind": "exact" if rec["id"] in seen_exact else "near", "id": rec["id"],
-                                   "duplicate_of": {"id": first["id"], "drop": first["drop"], "line": first["line"]}})
+            out.duplicates.append(duplicate_entry(rec, first, "exact" if rec["id"] in seen_exact else "near",
+                                                  "exact" if rec["id"] in seen_exact else "normalized"))
             continue
         seen_exact[rec["id"]] = rec
         seen_near[rec["near_key"]] = rec
         out.kept.append(rec)
+    if opts.near_dup is not None:
+        out.kept, more = remove_near_duplicates(out.kept, opts.near_dup)
+        out.duplicates = sorted(repoint(out.duplicates, more) + more, key=lambda d: d["line"])
     return out
+
+
+def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: float = 1.0) -> dict:
+    """What a removed duplicate records: itself, how it was matched, and the kept example it duplicates."""
+    return {"drop": rec["drop"], "line": rec["line"], "raw_sha256": rec.get("raw_sha256"), "kind": kind,
+            "method": method, "similarity": round(float(similarity), 4), "id": rec["id"],
+            "duplicate_of": {k: first[k] for k in ("id", "drop", "line")}}
+
+
+def remove_near_duplicates(kept: list[dict], params: NearDupParams) -> tuple[list[dict], list[dict]]:
+    """MinHash/LSH pass over examples in order: (still kept, removed as near-duplicates of an earlier kept one)."""
+    from ft_pipeline.core import near_dup
+
+    sig = near_dup.signatures((r["messages"] for r in kept), params)
+    dup_of, sim = near_dup.dedup(sig, params)
+    removed = [duplicate_entry(r, kept[d], "near", "minhash", s)
+               for r, d, s in zip(kept, dup_of.tolist(), sim.tolist()) if d >= 0]
+    return [r for r, d in zip(kept, dup_of.tolist()) if d < 0], removed
+
+
+def repoint(duplicates: list[dict], removed: list[dict]) -> list[dict]:
+    """Duplicates that pointed at an example the MinHash pass then removed point at the example that one
+    duplicates instead, so `duplicate_of` always names a kept example."""
+    to = {d["id"]: d["duplicate_of"] for d in removed}
+    return [{**d, "duplicate_of": to[d["duplicate_of"]["id"]]} if d["duplicate_of"]["id"] in to else d
+            for d in duplicates]
