@@ -8,7 +8,7 @@ from ft_pipeline.resources import default_resources
 defs = dg.Definitions(
     assets=[data.raw_examples, data.cleaned_examples, data.train_holdout_split, model.base_model, model.lora_adapter,
             evaluation.evaluation_report, registry.registered_model],
-    asset_checks=[evaluation.beats_base_and_champion],
+    asset_checks=[evaluation.beats_base_and_champion, data.no_near_duplicate_across_split],
     jobs=[jobs.ingest_drop_job, jobs.train_and_register_job],
     sensors=[sensors.raw_drops_sensor],
     resources=default_resources(),

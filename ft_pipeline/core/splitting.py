@@ -89,3 +89,54 @@ def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list
     ref = lambda r: {k: r.get(k) for k in ("id", "drop", "line")}  # noqa: E731
     return [{"holdout": ref(holdout[i]), "train": ref(train[j]), "similarity": round(s, 4)}
             for i, j, s in near_dup.cross_pairs(sig_h, sig_t, params)]
+
+
+@dataclass
+class SplitOptions:
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    near_dup: NearDupParams | None = field(default_factory=NearDupParams)
+    stratify_by: str | None = None
+    max_tokens: int = 1024  # training's max_length
+    on_too_long: str = "quarantine"  # or "fail"
+
+
+def prepare_split(drops: dict[str, list[dict]], tokenizer, opts: SplitOptions):
+    """Token-length policy on every cleaned example (so a too-long example never represents a cluster), then
+    the split. Returns (Split, LengthResult); raises TooManyTokensError with on_too_long="fail"."""
+    from ft_pipeline.core.token_policy import apply_length_policy, count_tokens
+
+    records = [r for d in sorted(drops) for r in drops[d]]
+    length = apply_length_policy(records, count_tokens([r["messages"] for r in records], tokenizer),
+                                 opts.max_tokens, opts.on_too_long)
+    by_drop: dict[str, list[dict]] = {d: [] for d in drops}
+    for r in length.kept:
+        by_drop[r["drop"]].append(r)
+    split = split_examples(by_drop, opts.holdout_fraction, opts.seed, opts.near_dup, opts.stratify_by)
+    return split, length
+
+
+def write_split(out_dir, split: Split, length, opts: SplitOptions, drops: dict[str, str], skipped: dict) -> dict:
+    """Write train, holdout, duplicates, the too-long quarantine, the token histogram and the manifest; return
+    the manifest. Accounting: rows_in = train + holdout + duplicates + too_long."""
+    from ft_pipeline.core.formats import sha256_file
+    from ft_pipeline.core.token_policy import histogram_png, length_summary
+    from ft_pipeline.jsonl import write_jsonl
+
+    files = {"train": split.train, "holdout": split.holdout, "cross_drop_duplicates": split.cross_drop_duplicates,
+             "too_long": length.too_long}
+    for name, rows in files.items():
+        write_jsonl(out_dir / f"{name}.jsonl", rows)
+    (out_dir / "token_lengths.png").write_bytes(histogram_png(length.counts, opts.max_tokens))
+    counts = {k: len(v) for k, v in files.items()}
+    manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops, "skipped": skipped,
+                "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
+                "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long,
+                "rows_in": len(length.counts), **counts,
+                "rows_accounted_for": len(length.counts) == sum(counts.values()),
+                "token_lengths": length_summary(length.counts),
+                "stratify_by": opts.stratify_by, "strata": split.strata,
+                "train_sha256": sha256_file(out_dir / "train.jsonl"),
+                "holdout_sha256": sha256_file(out_dir / "holdout.jsonl")}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
