@@ -89,8 +89,9 @@ def test_one_huge_line_is_quarantined_not_truncated(tmp_path):
     assert out.quarantined[0]["raw"] == huge  # the original row, whole
 
 
-LONG = ("Hi, my Nimbus 5 laptop arrived with a cracked screen and the charger is missing from the box. "
-        "Order ORD-482913. Please send a replacement or tell me how to return it.")
+LONG = ("Hi, my Nimbus 5 laptop arrived with a cracked screen and the charger is missing from the box. The "
+        "courier left it at the door in the rain. Order ORD-482913. Please send a replacement or tell me how to "
+        "return it and get my money back, I need a working laptop for work by Friday.")
 
 
 def test_minhash_near_duplicates_point_at_the_kept_example(tmp_path):

@@ -12,13 +12,10 @@ recall (see `NearDupParams.bands`)."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-_WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
 _MUL = 0x01000193  # FNV-1 32-bit prime: folds the n token hashes of a shingle into one
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 _BATCH_SHINGLES = 1 << 16  # rows of the (shingles x num_perm) matrix permuted at once: 16 MB at 64 perms
@@ -61,17 +58,44 @@ def _bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def tokens(messages: list[dict]) -> list[str]:
-    """The words an example is compared on: each message's role, then its words, casefolded."""
-    out = []
-    for m in messages:
-        out.append(m["role"])
-        out.extend(w for w in _WORD_SPLIT.split(m["content"].casefold()) if w)
-    return out
+# Bytes that are part of words: ASCII letters and digits, and every byte of a non-ASCII character.
+_KEEP = set(range(ord("a"), ord("z") + 1)) | set(range(ord("0"), ord("9") + 1)) | set(range(0x80, 0x100))
+_TO_SPACE = bytes(b if b in _KEEP else 0x20 for b in range(256))
 
 
-def _token_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+def normalized(messages: list[dict]) -> bytes:
+    """The UTF-8 text an example is compared on: each message's role, then its content, casefolded, with every
+    ASCII byte that is not a letter or digit (punctuation, underscore, whitespace) made a space. One bytes
+    translation instead of a Unicode regex: 10-20x faster, and non-ASCII punctuation (an em dash) simply stays
+    part of the word it touches."""
+    return " ".join(f"{m['role']} {m['content']}" for m in messages).casefold().encode().translate(_TO_SPACE)
+
+
+def tokens(messages: list[dict]) -> list[bytes]:
+    return normalized(messages).split()
+
+
+_P = 0x100000001B3  # odd, so invertible mod 2^64: word hashes come from prefix sums (see _word_hashes)
+_P_INV = pow(_P, -1, 1 << 64)
+_FMIX64 = (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33)
+_M64 = (1 << 64) - 1
+
+
+def _fmix64_int(h: int) -> int:
+    s1, m1, s2, m2, s3 = _FMIX64
+    h ^= h >> s1
+    h = (h * m1) & _M64
+    h ^= h >> s2
+    h = (h * m2) & _M64
+    return h ^ (h >> s3)
+
+
+def word_hash(word: bytes) -> int:
+    """32-bit hash of a word: the polynomial sum(byte_k * P^(len-1-k)) mod 2^64 of its UTF-8 bytes, mixed."""
+    h = 0
+    for byte in word:
+        h = (h * _P + byte) & _M64
+    return _fmix64_int(h) >> 32
 
 
 def shingle_hash(word_hashes: list[int]) -> int:
@@ -83,8 +107,9 @@ def shingle_hash(word_hashes: list[int]) -> int:
 
 
 def shingles(messages: list[dict], ngram: int) -> set[int]:
-    """The shingle hashes of one example (an example shorter than `ngram` words is one shingle)."""
-    th = [_token_hash(w) for w in tokens(messages)]
+    """The shingle hashes of one example (an example shorter than `ngram` words is one shingle), one at a time:
+    the reference `signatures` is tested against."""
+    th = [word_hash(w) for w in tokens(messages)]
     if len(th) < ngram:
         return {shingle_hash(th)}
     return {shingle_hash(th[i:i + ngram]) for i in range(len(th) - ngram + 1)}
@@ -99,6 +124,15 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(s3))
 
 
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    s1, m1, s2, m2, s3 = (np.uint64(x) for x in _FMIX64)
+    h = h ^ (h >> s1)
+    h = h * m1
+    h = h ^ (h >> s2)
+    h = h * m2
+    return h ^ (h >> s3)
+
+
 def permutations(params: NearDupParams) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters for (num_perm, seed), generated the same way."""
     gen = np.random.RandomState(params.seed)
@@ -107,47 +141,59 @@ def permutations(params: NearDupParams) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-class _TokenHasher:
-    """Word -> 32-bit hash, memoized: a vocabulary is far smaller than a corpus."""
+class _Powers:
+    """P^i and P^-i mod 2^64 for i < n, grown on demand (numpy's uint64 products wrap, which is the modulo)."""
 
-    def __init__(self, limit: int = 2_000_000):
-        self.cache: dict[str, int] = {}
-        self.limit = limit
+    def __init__(self):
+        self.p = self.q = np.ones(0, dtype=np.uint64)
 
-    def __call__(self, words: list[str]) -> list[int]:
-        cache = self.cache
-        if len(cache) > self.limit:
-            cache.clear()
-        out = []
-        for w in words:
-            h = cache.get(w)
-            if h is None:
-                h = cache[w] = _token_hash(w)
-            out.append(h)
-        return out
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.p) < n:
+            n2 = max(2 * n, 2 * len(self.p))
+            with np.errstate(over="ignore"):
+                self.p = np.cumprod(np.r_[np.uint64(1), np.full(n2 - 1, _P, dtype=np.uint64)], dtype=np.uint64)
+                self.q = np.cumprod(np.r_[np.uint64(1), np.full(n2 - 1, _P_INV, dtype=np.uint64)], dtype=np.uint64)
+        return self.p[:n], self.q[:n]
+
+
+def _word_hashes(texts: list[bytes], powers: _Powers) -> tuple[np.ndarray, np.ndarray]:
+    """(32-bit hash of every word of every text, in order; words per text), for normalized texts, at once:
+    a word's polynomial hash is a difference of prefix sums of byte_k * P^-k, scaled by P^end."""
+    buf = np.frombuffer(b" ".join(texts), dtype=np.uint8)  # the space keeps words from spanning two texts
+    offsets = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+    sep = buf == 32
+    word = ~sep
+    first = np.flatnonzero(word & np.concatenate(([True], sep[:-1])))
+    last = np.flatnonzero(word & np.concatenate((sep[1:], [True])))
+    p, q = powers.get(len(buf))
+    with np.errstate(over="ignore"):
+        prefix = np.cumsum(buf.astype(np.uint64) * q, dtype=np.uint64)
+        before = np.where(first > 0, prefix[np.maximum(first - 1, 0)], np.uint64(0))
+        h = (prefix[last] - before) * p[last]
+    th = (_fmix64(h) >> np.uint64(32)).astype(np.uint32)
+    doc = np.searchsorted(offsets, first, side="right") - 1
+    return th, np.bincount(doc, minlength=len(texts)).astype(np.int64)
 
 
 def signatures(examples, params: NearDupParams, batch: int = 4096) -> np.ndarray:
     """MinHash signatures (len(examples) x num_perm, uint32) of an iterable of message lists."""
     a, b = permutations(params)
-    hasher = _TokenHasher()
+    powers = _Powers()
     parts, pending = [], []
     for messages in examples:
-        pending.append(hasher(tokens(messages)))
+        pending.append(normalized(messages))
         if len(pending) >= batch:
-            parts.append(_signature_batch(pending, params.ngram, a, b))
+            parts.append(_signature_batch(*_word_hashes(pending, powers), params.ngram, a, b))
             pending = []
     if pending or not parts:
-        parts.append(_signature_batch(pending, params.ngram, a, b))
+        parts.append(_signature_batch(*_word_hashes(pending, powers), params.ngram, a, b))
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _signature_batch(token_hashes: list[list[int]], n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty((len(token_hashes), len(a)), dtype=np.uint32)
-    if not token_hashes:
+def _signature_batch(flat: np.ndarray, counts: np.ndarray, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((len(counts), len(a)), dtype=np.uint32)
+    if not len(counts):
         return out
-    counts = np.fromiter((len(t) for t in token_hashes), dtype=np.int64, count=len(token_hashes))
-    flat = np.fromiter((h for t in token_hashes for h in t), dtype=np.uint32, count=int(counts.sum()))
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     # Every position p starts the n-gram flat[p:p+n]; it is a shingle of its example when it fits inside it.
     sh = flat.copy()
@@ -157,21 +203,22 @@ def _signature_batch(token_hashes: list[list[int]], n: int, a: np.ndarray, b: np
         sh = (sh * np.uint32(_MUL)) ^ nxt
     pos = np.arange(len(flat)) - np.repeat(starts, counts)
     valid = pos <= np.repeat(counts - n, counts)
-    short = np.flatnonzero(counts < n)  # examples with fewer than n words are one shingle of all their words
-    for i in short:
-        sh[starts[i]] = shingle_hash(token_hashes[i])
+    for i in np.flatnonzero(counts < n):  # fewer than n words: one shingle of all of them
+        sh[starts[i]] = shingle_hash(flat[starts[i]:starts[i] + counts[i]].tolist())
         valid[starts[i]] = True
     sh = _fmix32(sh[valid])
     n_sh = np.maximum(counts - n + 1, 1)
     sh_starts = np.concatenate(([0], np.cumsum(n_sh)))
     # Permute in slabs of whole examples so the (shingles x num_perm) matrix stays small.
     i = 0
-    while i < len(token_hashes):
+    while i < len(counts):
         j = int(np.searchsorted(sh_starts, sh_starts[i] + _BATCH_SHINGLES, side="right")) - 1
-        j = min(max(j, i + 1), len(token_hashes))
+        j = min(max(j, i + 1), len(counts))
         lo, hi = sh_starts[i], sh_starts[j]
-        phv = sh[lo:hi, None] * a + b
-        out[i:j] = np.minimum.reduceat(phv, sh_starts[i:j] - lo, axis=0)
+        # (num_perm x shingles), reduced along the contiguous axis: ~10x faster than the transposed layout.
+        phv = a[:, None] * sh[None, lo:hi]
+        phv += b[:, None]
+        out[i:j] = np.minimum.reduceat(phv, sh_starts[i:j] - lo, axis=1).T
         i = j
     return out
 
