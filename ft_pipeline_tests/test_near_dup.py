@@ -115,3 +115,9 @@ def test_bad_params_are_rejected():
         NearDupParams(threshold=0)
     with pytest.raises(ValueError, match="num_perm"):
         NearDupParams(num_perm=1)
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.5, 32), (0.7, 64), (0.8, 64), (0.8, 128), (0.9, 128), (0.95, 256)])
+def test_bands_are_datasketchs_choice(threshold, num_perm):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+    assert NearDupParams(threshold=threshold, num_perm=num_perm).bands == (lsh.b, lsh.r)

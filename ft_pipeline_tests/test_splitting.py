@@ -106,3 +106,43 @@ def test_stratified_holdout_share_per_stratum_is_close_to_target():
 ])
 def test_stratum_of(field, answer, expected):
     assert stratum_of(rec("a", 1, "q", answer), field) == expected
+
+
+def test_reusing_cleaning_signatures_gives_the_same_split():
+    from ft_pipeline.core.near_dup import signatures
+
+    a = [rec("a", i, question(i)) for i in range(200)]
+    b = [rec("b", i, question(i).replace("What can you do", "What will you do")) for i in range(0, 200, 3)]
+    b += [rec("b", 500, question(3))]  # normalized-exact copy: dropped before the MinHash pass, with its signature
+    sigs = {d: signatures([r["messages"] for r in rows], ND) for d, rows in (("a", a), ("b", b))}
+    fresh = split_examples({"a": a, "b": b}, 0.2, 0, near_dup=ND)
+    reused = split_examples({"a": a, "b": b}, 0.2, 0, near_dup=ND, signatures=sigs)
+    assert (fresh.train, fresh.holdout, fresh.cross_drop_duplicates) == \
+        (reused.train, reused.holdout, reused.cross_drop_duplicates)
+    assert len(fresh.cross_drop_duplicates) >= 60
+
+
+def test_streamed_file_split_equals_the_in_memory_split(tmp_path):
+    import json
+
+    from ft_pipeline.core.near_dup import signatures
+    from ft_pipeline.core.splitting import SplitOptions, split_files
+
+    a = [rec("a.jsonl", i, question(i)) for i in range(150)]
+    b = [rec("b.jsonl", i, question(i).replace("What can you do", "What will you do")) for i in range(0, 150, 2)]
+    b += [rec("b.jsonl", 900 + i, question(900 + i)) for i in range(60)] + [rec("b.jsonl", 999, question(4))]
+    paths = {}
+    for name, rows in (("a.jsonl", a), ("b.jsonl", b)):
+        paths[name] = tmp_path / name
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = split_examples({"a.jsonl": a, "b.jsonl": b}, 0.2, 0, near_dup=ND, stratify_by="drop")
+    for sigs in (None, {"a.jsonl": signatures([r["messages"] for r in a], ND)}):  # computed, or cleaning's reused
+        out = tmp_path / f"out{bool(sigs)}"
+        out.mkdir()
+        manifest = split_files(paths, out, SplitOptions(0.2, 0, ND, "drop"), signatures=sigs)
+        got = {n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()]
+               for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
+        assert (got["train"], got["holdout"], got["cross_drop_duplicates"]) == \
+            (want.train, want.holdout, want.cross_drop_duplicates)
+        assert got["too_long"] == [] and manifest["rows_accounted_for"] and manifest["rows_in"] == len(a) + len(b)
+        assert manifest["strata"] == want.strata and len(want.cross_drop_duplicates) >= 70

@@ -4,7 +4,6 @@ training will see) and quarantine, or fail on, what is longer than training's `m
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,31 +24,30 @@ def count_tokens(examples: list[list[dict]], tokenizer, batch: int = 512) -> np.
     return counts
 
 
-@dataclass
-class LengthResult:
-    kept: list[dict]
-    too_long: list[dict]  # quarantine entries: drop, line, id, tokens, max_tokens, code, reason, messages
-    counts: np.ndarray  # tokens of every example measured, kept or not
-
-
-def apply_length_policy(records: list[dict], counts: np.ndarray, max_tokens: int, on_too_long: str) -> LengthResult:
+def too_long(counts: np.ndarray, max_tokens: int, on_too_long: str, where) -> np.ndarray:
+    """Mask of the examples longer than `max_tokens`. With on_too_long="fail" and any such example, raise
+    TooManyTokensError naming the first few by `where(i)` (e.g. "drop line 7")."""
     if on_too_long not in ON_TOO_LONG:
         raise ValueError(f"on_too_long must be one of {ON_TOO_LONG}, got {on_too_long!r}")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     over = counts > max_tokens
-    too_long = [{"drop": r["drop"], "line": r["line"], "id": r["id"], "raw_sha256": r.get("raw_sha256"),
-                 "tokens": int(n), "max_tokens": max_tokens, "code": "too_many_tokens",
-                 "reason": f"{int(n)} tokens with the base model's chat template, the limit is {max_tokens} "
-                           "(training's max_length); raise max_tokens or shorten the example, it is never truncated",
-                 "messages": r["messages"]}
-                for r, n, o in zip(records, counts.tolist(), over.tolist()) if o]
-    if too_long and on_too_long == "fail":
-        named = ", ".join(f"{t['drop']} line {t['line']} ({t['tokens']} tokens)" for t in too_long[:5])
-        more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
-        raise TooManyTokensError(f"{len(too_long)} example(s) longer than max_tokens={max_tokens}: {named}{more}; "
+    if over.any() and on_too_long == "fail":
+        idx = np.flatnonzero(over)
+        named = ", ".join(f"{where(int(i))} ({int(counts[i])} tokens)" for i in idx[:5])
+        more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+        raise TooManyTokensError(f"{len(idx)} example(s) longer than max_tokens={max_tokens}: {named}{more}; "
                                  "set on_too_long='quarantine' to leave them out instead")
-    return LengthResult([r for r, o in zip(records, over.tolist()) if not o], too_long, counts)
+    return over
+
+
+def too_long_entry(rec: dict, tokens: int, max_tokens: int) -> dict:
+    """The quarantine entry of a too-long example: where it came from, its length and why it is out."""
+    return {"drop": rec["drop"], "line": rec["line"], "id": rec["id"], "raw_sha256": rec.get("raw_sha256"),
+            "tokens": tokens, "max_tokens": max_tokens, "code": "too_many_tokens",
+            "reason": f"{tokens} tokens with the base model's chat template, the limit is {max_tokens} "
+                      "(training's max_length); raise max_tokens or shorten the example, it is never truncated",
+            "messages": rec["messages"]}
 
 
 def length_summary(counts: np.ndarray) -> dict:

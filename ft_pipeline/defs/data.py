@@ -87,7 +87,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v1",
+@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v2",
           kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("rows_accounted_for", asset="cleaned_examples", blocking=True,
                                          description="rows in = kept + quarantined + duplicates")])
@@ -95,6 +95,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
     import mlflow
+    import numpy as np
 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
@@ -106,7 +107,9 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     write_jsonl(paths["quarantine"], result.quarantined)
     write_jsonl(paths["duplicates"], result.duplicates)
     write_jsonl(paths["cleaned"], result.kept)
-    stats = result.stats()
+    # The kept rows' MinHash signatures, for the split to reuse instead of recomputing (same parameters only).
+    np.save(home.data("cleaned", drop, suffix=".minhash.npy"), result.signatures)
+    stats = {**result.stats(), "near_dup": config.near_dup_params().to_json()}
     raw_sha = json.loads(home.data("raw_examples", drop, suffix=".meta.json").read_text())["raw_sha256"]
     # The check recounts the files on disk rather than trusting the in-memory lists it is checking.
     counted = {k: count_lines(p) for k, p in paths.items()}
@@ -160,9 +163,12 @@ class SplitConfig(NearDupConfig):
                                       self.max_tokens, self.on_too_long)
 
 
-def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome) -> tuple[dict, dict, dict]:
-    """The cleaned records of every registered drop whose raw file is unchanged since it was cleaned."""
-    cleaned, used, skipped = {}, {}, {}
+def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params: NearDupParams):
+    """The cleaned files of every registered drop whose raw file is unchanged since it was cleaned, with
+    their MinHash signatures where cleaning computed them with `params`."""
+    import numpy as np
+
+    cleaned, used, skipped, signatures = {}, {}, {}, {}
     for drop in sorted(context.instance.get_dynamic_partitions(drops.name)):
         stats_path, raw = home.data("cleaned", drop, suffix=".stats.json"), home.raw_file(drop)
         if not stats_path.exists() or not raw.exists():
@@ -172,11 +178,14 @@ def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome) -> tup
         if recorded["raw_sha256"] != formats.sha256_file(raw):
             skipped[drop] = "raw file changed since it was cleaned; re-materialize cleaned_examples"
             continue
-        cleaned[drop] = read_jsonl(home.data("cleaned", drop))
+        cleaned[drop] = home.data("cleaned", drop)
         used[drop] = recorded["cleaned_sha256"][:16]
+        sig_path = home.data("cleaned", drop, suffix=".minhash.npy")
+        if recorded.get("near_dup") == params.to_json() and sig_path.exists():
+            signatures[drop] = np.load(sig_path)
     if not cleaned:
         raise dg.Failure(f"no cleaned drop to split (skipped: {skipped or 'no drops registered'})")
-    return cleaned, used, skipped
+    return cleaned, used, skipped, signatures
 
 
 def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
@@ -201,30 +210,30 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
-    cleaned, used, skipped = _cleaned_drops(context, home)
+    cleaned, used, skipped, signatures = _cleaned_drops(context, home, config.near_dup_params())
     if not home.base_info.exists():
         raise dg.Failure(f"{home.base_info} is missing: materialize base_model first (its tokenizer measures lengths)")
     tokenizer = base_models.load_tokenizer(json.loads(home.base_info.read_text())["path"])
+    out = home.split_dir
     try:
-        split, length = splitting.prepare_split(cleaned, tokenizer, config.options())
+        manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped)
     except TooManyTokensError as e:
         raise dg.Failure(description=str(e)) from e
-    out = home.split_dir
-    manifest = splitting.write_split(out, split, length, config.options(), used, skipped)
+    train, holdout = read_jsonl(out / "train.jsonl"), read_jsonl(out / "holdout.jsonl")
     tokens = manifest["token_lengths"]
     with mlflow_tracking.start_run(context, "split", "train_set",
                                    tags={"dagster.data_version": manifest["train_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
                            "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
                            "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
-        mlflow.log_metrics({"train_examples": len(split.train), "holdout_examples": len(split.holdout),
-                            "cross_drop_duplicates": len(split.cross_drop_duplicates),
-                            "too_long": len(length.too_long),
+        mlflow.log_metrics({"train_examples": len(train), "holdout_examples": len(holdout),
+                            "cross_drop_duplicates": manifest["cross_drop_duplicates"],
+                            "too_long": manifest["too_long"],
                             **{k: v for k, v in tokens.items() if k.startswith("tokens_")}})
         mlflow.log_dict(manifest, "split_manifest.json")
         mlflow.log_artifact(str(out / "token_lengths.png"))
-        log_jsonl_dataset(split.train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
-        log_jsonl_dataset(split.holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
+        log_jsonl_dataset(train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
+        log_jsonl_dataset(holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
     shared = {"drops": dg.MetadataValue.json(used), "skipped_drops": dg.MetadataValue.json(skipped),
               "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
@@ -234,9 +243,9 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
               "token_histogram": _png_markdown((out / "token_lengths.png").read_bytes(), "tokens per example"),
               "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link}
     if config.stratify_by:
-        shared["strata"] = dg.MetadataValue.json(split.strata)
-    for key, rows, sha in (("train_set", split.train, manifest["train_sha256"]),
-                           ("holdout_set", split.holdout, manifest["holdout_sha256"])):
+        shared["strata"] = dg.MetadataValue.json(manifest["strata"])
+    for key, rows, sha in (("train_set", train, manifest["train_sha256"]),
+                           ("holdout_set", holdout, manifest["holdout_sha256"])):
         yield dg.MaterializeResult(
             asset_key=key, data_version=dg.DataVersion(sha[:16]),
             metadata={"file": dg.MetadataValue.path(str(out / f"{key.split('_')[0]}.jsonl")), "examples": len(rows),
