@@ -9,7 +9,7 @@ defs = dg.Definitions(
     assets=automation.with_automation(
         [data.raw_examples, data.cleaned_examples, data.train_holdout_split, model.base_model, model.lora_adapter,
          evaluation.evaluation_report, registry.registered_model, registry.merged_model]),
-    asset_checks=[evaluation.beats_base_and_champion],
+    asset_checks=[evaluation.beats_base_and_champion, data.no_near_duplicate_across_split],
     jobs=[jobs.ingest_drop_job, jobs.train_and_register_job],
     sensors=[sensors.raw_drops_sensor, automation.automation_sensor],
     resources=default_resources(),

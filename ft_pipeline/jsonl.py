@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Iterable
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps(r, ensure_ascii=False) does, built once
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     n = 0
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(_encode(r) + "\n")
             n += 1
     tmp.replace(path)  # readers never see a half-written file
     return n

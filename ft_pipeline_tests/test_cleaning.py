@@ -87,3 +87,72 @@ def test_one_huge_line_is_quarantined_not_truncated(tmp_path):
     assert [r["line"] for r in out.kept] == [1]
     assert out.quarantined[0]["line"] == 2 and out.quarantined[0]["code"] == "too_long"
     assert out.quarantined[0]["raw"] == huge  # the original row, whole
+
+
+LONG = ("Hi, my Nimbus 5 laptop arrived with a cracked screen and the charger is missing from the box. The "
+        "courier left it at the door in the rain. Order ORD-482913. Please send a replacement or tell me how to "
+        "return it and get my money back, I need a working laptop for work by Friday.")
+
+
+def test_minhash_near_duplicates_point_at_the_kept_example(tmp_path):
+    reworded = LONG.replace("Hi,", "Hello,")
+    rows = [chat(LONG), chat(reworded), chat(reworded), chat("A different question about my invoice.")]
+    out = clean_records(_drop(tmp_path, rows))
+    assert [r["line"] for r in out.kept] == [1, 4]
+    got = [(d["line"], d["kind"], d["method"], d["duplicate_of"]["line"]) for d in out.duplicates]
+    # Line 3 is an exact copy of line 2, which is itself a near-duplicate of line 1: it points at line 1, kept.
+    assert got == [(2, "near", "minhash", 1), (3, "exact", "exact", 1)]
+    assert 0.8 <= out.duplicates[0]["similarity"] < 1
+    no_minhash = clean_records(_drop(tmp_path, rows), CleaningOptions(near_dup=None))
+    assert [r["line"] for r in no_minhash.kept] == [1, 2, 4]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ft_pipeline.core.cleaning import normalize_many, redact_many  # noqa: E402
+
+PIECES = st.sampled_from([" ", "  ", "\t", "\r\n", "\n", "\u00a0", "\u2003", "e\u0301", "a", "Zz", "@", ".", "-",
+                          "jo@example.com", "+1 415-555-0132", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00",
+                          "(212) 555-0187", "ORD-482913", "\x00", "\u0301"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(PIECES, max_size=12).map("".join), max_size=6))
+def test_batch_normalize_and_redact_equal_one_at_a_time(texts):
+    assert normalize_many(texts) == [normalize_text(t) for t in texts]
+    one, many = Counter(), Counter()
+    assert redact_many(texts, many) == [redact(t, one) for t in texts]
+    assert one == many
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "assistant"]), st.lists(PIECES, max_size=8).map("".join)),
+                         min_size=1, max_size=3), max_size=5))
+def test_batch_near_dup_keys_equal_one_at_a_time(convs):
+    from ft_pipeline.core.cleaning import near_dup_key, near_dup_keys
+
+    examples = [[{"role": r, "content": c + "_x_ÉÈ—'"} for r, c in conv] for conv in convs]
+    assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant"]), st.text(max_size=30)), min_size=1, max_size=3))
+def test_example_id_is_sha256_of_the_compact_json(conv):
+    import hashlib
+
+    from ft_pipeline.core.cleaning import example_id
+
+    messages = [{"role": r, "content": c} for r, c in conv]
+    blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    assert example_id(messages) == hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "system"]), st.text(alphabet=st.characters(max_codepoint=127), max_size=25)),
+                         min_size=1, max_size=3), max_size=5))
+def test_ascii_near_dup_keys_equal_the_regex_ones(convs):
+    from ft_pipeline.core.cleaning import near_dup_key, near_dup_keys
+
+    examples = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
+    assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]

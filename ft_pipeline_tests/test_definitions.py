@@ -11,15 +11,16 @@ from ft_pipeline.definitions import defs
 GRAPH = {
     "raw_examples": ("data", []),
     "cleaned_examples": ("data", ["raw_examples"]),
-    "train_set": ("data", ["cleaned_examples"]),
-    "holdout_set": ("data", ["cleaned_examples"]),
+    "train_set": ("data", ["base_model", "cleaned_examples"]),
+    "holdout_set": ("data", ["base_model", "cleaned_examples"]),
     "base_model": ("model", []),
     "lora_adapter": ("model", ["base_model", "holdout_set", "train_set"]),
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
 }
-CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion")}
+CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion"),
+          ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split")}
 
 
 def test_asset_graph_snapshot():

@@ -140,3 +140,10 @@ def load_model_and_tokenizer(path: Path | str, dtype: str = "float32", device: s
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def load_tokenizer(path: Path | str, trust_remote_code: bool = False):
+    """Only the tokenizer (with its chat template) of a base model directory: what the data layer measures with."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)

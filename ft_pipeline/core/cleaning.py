@@ -12,19 +12,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ft_pipeline.core.formats import ParsedDrop, RowError, to_messages
+from ft_pipeline.core.near_dup import NearDupParams
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _PHONE = re.compile(r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3}[ .-]?\d{3,4}(?!\d)")
 _PUNCT_WS = re.compile(r"[\W_]+", re.UNICODE)
-_SPACES = re.compile(r"[ \t\u00a0]+")
+_SPACES = re.compile(r"[\t\u00a0]|[ \t\u00a0]{2,}")  # what "runs of spaces become one space" changes
+_TRAILING_WS = re.compile(r"[^\S\n]+(?=\n|\x00|\Z)")
+_SEP = "\x00"  # no pattern here can match across it, and it is not whitespace: texts are joined with it
 
 
 @dataclass
 class CleaningOptions:
     redact_pii: bool = True
     max_chars: int = 4000  # a row longer than this (all messages together) is quarantined, never truncated
+    near_dup: NearDupParams | None = field(default_factory=NearDupParams)  # None: exact and normalized only
 
 
 @dataclass
@@ -34,6 +38,7 @@ class CleanedDrop:
     duplicates: list[dict] = field(default_factory=list)
     rows_in: int = 0
     pii_counts: Counter = field(default_factory=Counter)
+    signatures: object = None  # MinHash signatures of `kept` (numpy, one row each), for the split to reuse
 
     @property
     def quarantine_reasons(self) -> Counter:
@@ -51,6 +56,46 @@ def normalize_text(text: str) -> str:
     """NFC, Unix line ends, no trailing spaces, runs of spaces collapsed, outer whitespace stripped."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     return "\n".join(_SPACES.sub(" ", ln).rstrip() for ln in text.split("\n")).strip()
+
+
+_CHUNK = 4096  # texts joined at once: bounds the joined copies (4 bytes a character once one text has an emoji)
+
+
+def _chunked(fn):
+    """Apply a batch function to a long list a chunk at a time: the same result, bounded memory."""
+    def run(texts: list, *args):
+        if len(texts) <= _CHUNK:
+            return fn(texts, *args)
+        return [x for i in range(0, len(texts), _CHUNK) for x in fn(texts[i:i + _CHUNK], *args)]
+    run.__doc__ = fn.__doc__
+    return run
+
+
+@_chunked
+def normalize_many(texts: list[str]) -> list[str]:
+    """`normalize_text` of each text, done as a few C-level passes over all of them joined (the same result)."""
+    joined = _SEP.join(texts)
+    if joined.count(_SEP) != max(len(texts) - 1, 0):  # a text holds the separator itself: one at a time
+        return [normalize_text(t) for t in texts]
+    joined = unicodedata.normalize("NFC", joined).replace("\r\n", "\n").replace("\r", "\n")
+    joined = _TRAILING_WS.sub("", _SPACES.sub(" ", joined))
+    return [t.strip() for t in joined.split(_SEP)] if texts else []
+
+
+@_chunked
+def redact_many(texts: list[str], counts: Counter) -> list[str]:
+    """`redact` of each text, done as one pass per pattern over the texts that can match it, joined (the same
+    result: no pattern can match the separator, and the lookarounds see it as the start or end of a text)."""
+    if _SEP in "".join(texts):
+        return [redact(t, counts) for t in texts]
+    out = list(texts)
+    for kind, pattern, valid, possible in _REDACTIONS:
+        idx = [i for i, t in enumerate(out) if possible(t)]
+        if idx:
+            done = pattern.sub(_redactor(kind, valid, counts), _SEP.join(out[i] for i in idx)).split(_SEP)
+            for i, t in zip(idx, done):
+                out[i] = t
+    return out
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -71,33 +116,75 @@ def _iban_ok(s: str) -> bool:
     return int(num) % 97 == 1
 
 
+_DIGITS = b"0123456789"
+_IBAN_HINT = re.compile(r"[A-Z]{2}\d{2}")
+
+
+def _digits(text: str) -> int:
+    b = text.encode("utf-8", "surrogatepass")
+    return len(b) - len(b.translate(None, _DIGITS))
+
+
+# (kind, pattern, validator, necessary condition): a text failing the condition cannot match the pattern, so
+# the batch form skips it without changing the result; regex scanning is the cost of redaction.
+_REDACTIONS = (
+    ("EMAIL", _EMAIL, None, lambda t: "@" in t),
+    ("IBAN", _IBAN, _iban_ok, lambda t: _IBAN_HINT.search(t) is not None),
+    ("CARD", _CARD, lambda s: _luhn_ok(re.sub(r"\D", "", s)), lambda t: _digits(t) >= 13),
+    ("PHONE", _PHONE, None, lambda t: _digits(t) >= 8),
+)
+
+
+def _redactor(kind, valid, counts):
+    def repl(m):
+        if valid and not valid(m.group(0)):
+            return m.group(0)
+        counts[kind] += 1
+        return f"[{kind}]"
+    return repl
+
+
 def redact(text: str, counts: Counter) -> str:
     """Replace emails, IBANs, card numbers (Luhn-valid) and phone numbers with [KIND] placeholders."""
-
-    def sub(pattern, kind, valid=None):
-        def repl(m):
-            if valid and not valid(m.group(0)):
-                return m.group(0)
-            counts[kind] += 1
-            return f"[{kind}]"
-        return lambda t: pattern.sub(repl, t)
-
-    for step in (sub(_EMAIL, "EMAIL"), sub(_IBAN, "IBAN", _iban_ok),
-                 sub(_CARD, "CARD", lambda s: _luhn_ok(re.sub(r"\D", "", s))), sub(_PHONE, "PHONE")):
-        text = step(text)
+    for kind, pattern, valid, _ in _REDACTIONS:
+        text = pattern.sub(_redactor(kind, valid, counts), text)
     return text
 
 
+_json_str = json.encoder.encode_basestring  # a str as a JSON string, ensure_ascii=False (C-accelerated)
+# ASCII letters and digits stay, every other ASCII byte (punctuation, "_", whitespace) becomes a space, and the
+# separator stays itself: for ASCII text, the words _PUNCT_WS leaves.
+_ASCII_WORDS = bytes(b if chr(b).isalnum() or b == 0 else 0x20 for b in range(128)) + bytes(range(128, 256))
+_PUNCT_WS_BATCH = re.compile(r"[^\w\x00]+")  # _PUNCT_WS once "_" is a space, not crossing the separator
+
+
 def example_id(messages: list[dict]) -> str:
-    """Stable id of a normalized example: the same conversation always has the same id."""
-    blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Stable id of a normalized example: the same conversation always has the same id (sha256 of the compact
+    JSON [[role, content], ...], assembled from the C string encoder json.dumps itself uses)."""
+    blob = "[" + ",".join(f"[{_json_str(m['role'])},{_json_str(m['content'])}]" for m in messages) + "]"
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def near_dup_key(messages: list[dict]) -> str:
     """Key that two near-identical examples share: case, punctuation and whitespace do not count."""
     parts = [m["role"] + ":" + _PUNCT_WS.sub(" ", m["content"].casefold()).strip() for m in messages]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+@_chunked
+def near_dup_keys(examples: list[list[dict]]) -> list[str]:
+    """`near_dup_key` of each example, with the punctuation pass done once over all contents joined."""
+    contents = [m["content"] for msgs in examples for m in msgs]
+    joined = _SEP.join(contents)
+    if joined.count(_SEP) != max(len(contents) - 1, 0):
+        return [near_dup_key(msgs) for msgs in examples]
+    if joined.isascii():  # the common case: a byte translation, not a Unicode regex (the same words)
+        folded = iter(" ".join(t.split()) for t in joined.lower().encode().translate(_ASCII_WORDS).decode()
+                      .split(_SEP))
+    else:
+        folded = iter(_PUNCT_WS_BATCH.sub(" ", joined.casefold().replace("_", " ")).split(_SEP))
+    return [hashlib.sha256("\x1f".join(m["role"] + ":" + next(folded).strip() for m in msgs).encode())
+            .hexdigest()[:16] for msgs in examples]
 
 
 def canonicalize(parsed: ParsedDrop, fmt: str) -> list[dict]:
@@ -123,28 +210,66 @@ def clean_records(records: list[dict], options: CleaningOptions | None = None) -
     out = CleanedDrop(rows_in=len(records))
     seen_exact: dict[str, dict] = {}
     seen_near: dict[str, dict] = {}
+    # Normalize and redact every content of the drop in a few passes over the joined text, not row by row.
+    usable = [row for row in records if "messages" in row]
+    normed = iter(normalize_many([m["content"] for row in usable for m in row["messages"]]))
+    normed_rows = {id(row): [next(normed) for _ in row["messages"]] for row in usable}
+    fits = [c for row in usable if sum(map(len, normed_rows[id(row)])) <= opts.max_chars for c in normed_rows[id(row)]]
+    redacted = iter(redact_many(fits, out.pii_counts) if opts.redact_pii else fits)
+    fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
+               if sum(map(len, normed_rows[id(row)])) <= opts.max_chars]
+    near_keys, fitting_messages = iter(near_dup_keys(fitting)), iter(fitting)
     for row in records:
         base = {k: row[k] for k in ("drop", "line", "raw_sha256")}
         if "messages" not in row:
             out.quarantined.append({**base, "code": row["code"], "reason": row["reason"], "raw": row["raw"]})
             continue
-        messages = [{**m, "content": normalize_text(m["content"])} for m in row["messages"]]
-        n_chars = sum(len(m["content"]) for m in messages)
+        n_chars = sum(map(len, normed_rows[id(row)]))
         if n_chars > opts.max_chars:
             out.quarantined.append({**base, "code": "too_long", "raw": row["raw"],
                                     "reason": f"too long: {n_chars} characters, the limit is {opts.max_chars} "
                                               "(raise max_chars or shorten the example; rows are never truncated)"})
             continue
-        if opts.redact_pii:
-            messages = [{**m, "content": redact(m["content"], out.pii_counts)} for m in messages]
-        rec = {"id": example_id(messages), "near_key": near_dup_key(messages), **base,
-               "format": row["format"], "messages": messages}
+        rec = {"id": None, "near_key": next(near_keys), **base, "format": row["format"],
+               "messages": next(fitting_messages)}
+        rec["id"] = example_id(rec["messages"])
         first = seen_exact.get(rec["id"]) or seen_near.get(rec["near_key"])
         if first is not None:
-            out.duplicates.append({**base, "kind": "exact" if rec["id"] in seen_exact else "near", "id": rec["id"],
-                                   "duplicate_of": {"id": first["id"], "drop": first["drop"], "line": first["line"]}})
+            out.duplicates.append(duplicate_entry(rec, first, "exact" if rec["id"] in seen_exact else "near",
+                                                  "exact" if rec["id"] in seen_exact else "normalized"))
             continue
         seen_exact[rec["id"]] = rec
         seen_near[rec["near_key"]] = rec
         out.kept.append(rec)
+    if opts.near_dup is not None:
+        out.kept, more, out.signatures = remove_near_duplicates(out.kept, opts.near_dup)
+        out.duplicates = sorted(repoint(out.duplicates, more) + more, key=lambda d: d["line"])
     return out
+
+
+def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: float = 1.0) -> dict:
+    """What a removed duplicate records: itself, how it was matched, and the kept example it duplicates."""
+    return {"drop": rec["drop"], "line": rec["line"], "raw_sha256": rec.get("raw_sha256"), "kind": kind,
+            "method": method, "similarity": round(float(similarity), 4), "id": rec["id"],
+            "duplicate_of": {k: first[k] for k in ("id", "drop", "line")}}
+
+
+def remove_near_duplicates(kept: list[dict], params: NearDupParams, sig=None) -> tuple[list[dict], list[dict], object]:
+    """MinHash/LSH pass over examples in order: (still kept, removed as near-duplicates of an earlier kept one,
+    signatures of the still kept). `sig`: the examples' signatures when already computed with `params`."""
+    from ft_pipeline.core import near_dup
+
+    if sig is None:
+        sig = near_dup.signatures((r["messages"] for r in kept), params)
+    dup_of, sim = near_dup.dedup(sig, params)
+    removed = [duplicate_entry(r, kept[d], "near", "minhash", s)
+               for r, d, s in zip(kept, dup_of.tolist(), sim.tolist()) if d >= 0]
+    return [r for r, d in zip(kept, dup_of.tolist()) if d < 0], removed, sig[dup_of < 0]
+
+
+def repoint(duplicates: list[dict], removed: list[dict]) -> list[dict]:
+    """Duplicates that pointed at an example the MinHash pass then removed point at the example that one
+    duplicates instead, so `duplicate_of` always names a kept example."""
+    to = {d["id"]: d["duplicate_of"] for d in removed}
+    return [{**d, "duplicate_of": to[d["duplicate_of"]["id"]]} if d["duplicate_of"]["id"] in to else d
+            for d in duplicates]

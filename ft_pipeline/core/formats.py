@@ -36,7 +36,7 @@ class RowError(ValueError):
         self.code = code
 
 
-@dataclass
+@dataclass(slots=True)  # one per input row: slots keep a million of them small
 class RawRow:
     line: int  # 1-based line in the file (JSONL, CSV, JSON array) or row number (Parquet)
     text: str  # the original text of the row

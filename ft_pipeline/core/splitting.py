@@ -1,12 +1,26 @@
 """Merge cleaned drops, drop duplicates across drops, and split train/holdout by a stable hash.
 
-Membership depends only on the example's near-duplicate key and the seed, so adding a drop never moves an
-existing example, and near-duplicates always land on the same side."""
+Drops are merged in name order, rows in file order. Exact and near-duplicates (normalized key, then MinHash/LSH
+at the configured threshold) of an earlier kept example are removed and recorded with the example they
+duplicate, so each near-duplicate cluster enters the split as one example: its earliest member, the cluster's
+canonical representative. That example's side is a function of its normalized key and the seed alone. Adding a
+drop whose name sorts after the existing ones (the date-prefixed names do) therefore never changes which
+existing example is kept or on which side it is; its near-duplicates of existing examples are removed."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ft_pipeline.core.cleaning import duplicate_entry
+from ft_pipeline.core.near_dup import NearDupParams
+
+NO_STRATUM = "(none)"
 
 
 @dataclass
@@ -14,6 +28,17 @@ class Split:
     train: list[dict] = field(default_factory=list)
     holdout: list[dict] = field(default_factory=list)
     cross_drop_duplicates: list[dict] = field(default_factory=list)
+    strata: dict[str, dict] = field(default_factory=dict)  # stratum -> {train, holdout, holdout_share}
+
+
+@dataclass
+class SplitOptions:
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    near_dup: NearDupParams | None = field(default_factory=NearDupParams)
+    stratify_by: str | None = None
+    max_tokens: int = 1024  # training's max_length
+    on_too_long: str = "quarantine"  # or "fail"
 
 
 def holdout_bucket(near_key: str, seed: int) -> float:
@@ -22,19 +47,203 @@ def holdout_bucket(near_key: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: int) -> Split:
-    """`drops` maps drop name to its cleaned records; drops are merged in name order, lines in file order."""
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
-    out, seen = Split(), {}
-    for drop in sorted(drops):
-        for rec in drops[drop]:
-            first = seen.get(rec["near_key"])
-            if first is not None:
-                out.cross_drop_duplicates.append({"drop": rec["drop"], "line": rec["line"], "id": rec["id"],
-                                                  "duplicate_of": {k: first[k] for k in ("id", "drop", "line")}})
-                continue
-            seen[rec["near_key"]] = rec
-            side = out.holdout if holdout_bucket(rec["near_key"], seed) < holdout_fraction else out.train
-            side.append(rec)
+def stratum_of(rec: dict, stratify_by: str) -> str:
+    """The stratum of an example: a record field (`drop`, `format`), or `answer.<key>` for a key of the JSON
+    object in the last assistant message (e.g. `answer.intent` for the demo task). Missing: "(none)"."""
+    if stratify_by.startswith("answer."):
+        try:
+            answer = json.loads(rec["messages"][-1]["content"])
+        except json.JSONDecodeError:
+            return NO_STRATUM
+        value = answer.get(stratify_by.removeprefix("answer.")) if isinstance(answer, dict) else None
+    else:
+        value = rec.get(stratify_by)
+    return NO_STRATUM if value is None else str(value)
+
+
+@dataclass
+class Assignment:
+    """What the split decided for each example (row i of the merged input): `side` 0 train, 1 holdout,
+    DUPLICATE or TOO_LONG; for a duplicate, `dup_of` (the kept example's row), `method` and `similarity`."""
+
+    side: np.ndarray
+    dup_of: np.ndarray
+    method: list[str | None]
+    similarity: np.ndarray
+
+
+DUPLICATE, TOO_LONG = -1, -2
+
+
+def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> Assignment:
+    """The split's decisions for examples in merge order (drops by name, rows in file order): too-long rows
+    out; a normalized-exact copy of an earlier kept row out; then a MinHash near-duplicate of an earlier kept
+    row out (`sig`: their signatures, or a function of the surviving rows' indices returning them); the rest
+    dealt by `holdout_bucket` of the normalized key. A duplicate always points at a kept row."""
+    if not 0 < opts.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, got {opts.holdout_fraction}")
+    from ft_pipeline.core import near_dup
+
+    n = len(near_keys)
+    side = np.zeros(n, dtype=np.int8)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    similarity = np.ones(n, dtype=np.float32)
+    method: list[str | None] = [None] * n
+    if too_long is not None:
+        side[too_long] = TOO_LONG
+    first: dict[str, int] = {}
+    for i, key in enumerate(near_keys):
+        if side[i] == TOO_LONG:
+            continue
+        j = first.setdefault(key, i)
+        if j != i:
+            side[i], dup_of[i], method[i] = DUPLICATE, j, "normalized"
+    rows = np.flatnonzero(side == 0)
+    if opts.near_dup is not None and rows.size:
+        sub = sig(rows) if callable(sig) else sig[rows]
+        d, sim = near_dup.dedup(sub, opts.near_dup)
+        for k in np.flatnonzero(d >= 0).tolist():
+            i = int(rows[k])
+            side[i], dup_of[i], method[i], similarity[i] = DUPLICATE, rows[d[k]], "minhash", sim[k]
+        for i in np.flatnonzero((side == DUPLICATE) & (dup_of >= 0)).tolist():
+            if side[dup_of[i]] == DUPLICATE:  # its target was a MinHash duplicate: point at what that kept
+                dup_of[i] = dup_of[dup_of[i]]
+    for i in np.flatnonzero(side == 0).tolist():
+        side[i] = holdout_bucket(near_keys[i], opts.seed) < opts.holdout_fraction
+    return Assignment(side, dup_of, method, similarity)
+
+
+def _strata(values: list[str], side: np.ndarray) -> dict[str, dict]:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for v, s in zip(values, side.tolist()):
+        if s >= 0:
+            counts[v]["holdout" if s else "train"] += 1
+    return {v: {"train": c["train"], "holdout": c["holdout"],
+                "holdout_share": round(c["holdout"] / (c["train"] + c["holdout"]), 4)} for v, c in sorted(counts.items())}
+
+
+def _dup_entry(rec: dict, a: Assignment, i: int, ref: dict) -> dict:
+    return duplicate_entry(rec, ref, "near", a.method[i], float(a.similarity[i]))
+
+
+def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: int,
+                   near_dup: NearDupParams | None = None, stratify_by: str | None = None,
+                   signatures: dict | None = None) -> Split:
+    """`drops` maps drop name to its cleaned records. `near_dup` None: exact and normalized duplicates only.
+    `signatures`: drop -> MinHash signatures of its records computed with `near_dup` (cleaning's), reused."""
+    from ft_pipeline.core import near_dup as nd
+
+    records = [r for d in sorted(drops) for r in drops[d]]
+    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by)
+    if signatures and all(d in signatures and len(signatures[d]) == len(drops[d]) for d in drops):
+        sig = np.concatenate([signatures[d] for d in sorted(drops)]) if records else None
+    else:
+        sig = lambda rows: nd.signatures((records[i]["messages"] for i in rows), near_dup)  # noqa: E731
+    a = assign([r["near_key"] for r in records], sig, opts)
+    out = Split()
+    for i, r in enumerate(records):
+        if a.side[i] == DUPLICATE:
+            out.cross_drop_duplicates.append(_dup_entry(r, a, i, records[a.dup_of[i]]))
+        else:
+            (out.holdout if a.side[i] else out.train).append(r)
+    if stratify_by:
+        out.strata = _strata([stratum_of(r, stratify_by) for r in records], a.side)
     return out
+
+
+def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list[dict]:
+    """Near-duplicate pairs across the split, recomputed from the examples: (holdout example, train example,
+    estimated Jaccard). Empty when the split keeps every near-duplicate cluster on one side."""
+    from ft_pipeline.core import near_dup
+
+    sig_h = near_dup.signatures((r["messages"] for r in holdout), params)
+    sig_t = near_dup.signatures((r["messages"] for r in train), params)
+    ref = lambda r: {k: r.get(k) for k in ("id", "drop", "line")}  # noqa: E731
+    return [{"holdout": ref(holdout[i]), "train": ref(train[j]), "similarity": round(s, 4)}
+            for i, j, s in near_dup.cross_pairs(sig_h, sig_t, params)]
+
+
+def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tokenizer=None,
+                signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None) -> dict:
+    """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized key,
+    id, line, token count, stratum) and the MinHash signatures (`signatures[drop]`, cleaning's, reused when
+    given), a second pass copies each kept line to train or holdout and writes the duplicates and the
+    too-long quarantine. Token lengths use `tokenizer` (None: not measured). Returns the manifest.
+    Accounting: rows_in = train + holdout + duplicates + too_long."""
+    from ft_pipeline.core import near_dup as nd
+    from ft_pipeline.core.formats import sha256_file
+    from ft_pipeline.core.token_policy import count_tokens, histogram_png, length_summary, too_long, too_long_entry
+
+    names = sorted(cleaned)
+    keys, ids, lines, row_drop, strata, tokens, sigs = [], [], [], [], [], [], []
+    for di, name in enumerate(names):
+        batch, start = [], len(keys)
+        with open(cleaned[name], encoding="utf-8") as f:
+            for text in f:
+                rec = json.loads(text)
+                keys.append(rec["near_key"])
+                ids.append(rec["id"])
+                lines.append(rec["line"])
+                row_drop.append(di)
+                if opts.stratify_by:
+                    strata.append(stratum_of(rec, opts.stratify_by))
+                batch.append(rec["messages"])
+                if len(batch) >= 2048:
+                    tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
+                    if opts.near_dup and (signatures or {}).get(name) is None:
+                        sigs.append(nd.signatures(batch, opts.near_dup))
+                    batch = []
+        if batch:
+            tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
+        sig = (signatures or {}).get(name)
+        if opts.near_dup and sig is not None and len(sig) == len(keys) - start:
+            sigs.append(sig)
+        elif opts.near_dup:
+            if sig is not None:
+                raise ValueError(f"{name}: {len(sig)} signatures for {len(keys) - start} rows")
+            if batch:
+                sigs.append(nd.signatures(batch, opts.near_dup))
+    counts = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
+    over = (too_long(counts, opts.max_tokens, opts.on_too_long, lambda i: f"{names[row_drop[i]]} line {lines[i]}")
+            if tokenizer else np.zeros(len(keys), dtype=bool))
+    all_sig = np.concatenate(sigs) if sigs else None
+    a = assign(keys, all_sig, opts, over)
+    ref = lambda j: {"id": ids[j], "drop": names[row_drop[j]], "line": lines[j]}  # noqa: E731
+    outs = {n: open(out_dir / f"{n}.jsonl.tmp", "w", encoding="utf-8")
+            for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
+    n_out = Counter()
+    try:
+        i = 0
+        for name in names:
+            with open(cleaned[name], encoding="utf-8") as f:
+                for text in f:
+                    s = int(a.side[i])
+                    if s >= 0:
+                        outs["holdout" if s else "train"].write(text)
+                        n_out["holdout" if s else "train"] += 1
+                    elif s == DUPLICATE:
+                        outs["cross_drop_duplicates"].write(
+                            json.dumps(_dup_entry(json.loads(text), a, i, ref(a.dup_of[i])), ensure_ascii=False) + "\n")
+                        n_out["cross_drop_duplicates"] += 1
+                    else:
+                        outs["too_long"].write(json.dumps(too_long_entry(json.loads(text), int(counts[i]),
+                                                                         opts.max_tokens), ensure_ascii=False) + "\n")
+                        n_out["too_long"] += 1
+                    i += 1
+    finally:
+        for f in outs.values():
+            f.close()
+    for n in outs:
+        (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
+    (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
+    manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
+                "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
+                "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
+                **{n: n_out[n] for n in outs}, "rows_accounted_for": len(keys) == sum(n_out.values()),
+                "token_lengths": length_summary(counts) if tokenizer else {"examples": 0},
+                "stratify_by": opts.stratify_by,
+                "strata": _strata(strata, a.side) if opts.stratify_by else {},
+                "train_sha256": sha256_file(out_dir / "train.jsonl"),
+                "holdout_sha256": sha256_file(out_dir / "holdout.jsonl")}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

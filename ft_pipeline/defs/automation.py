@@ -39,6 +39,7 @@ def split_condition() -> dg.AutomationCondition:
 def train_condition(cron: str) -> dg.AutomationCondition:
     inputs_changed = (AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()).since_last_handled()
     return (AC.cron_tick_passed(cron) & (inputs_changed | AC.missing()) & ~AC.any_deps_missing()
+            & AC.all_deps_blocking_checks_passed()
             & _not_busy()).with_label(f"on {cron}, if inputs changed since the last training")
 
 

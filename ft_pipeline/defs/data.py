@@ -6,7 +6,10 @@ from collections import Counter
 
 import dagster as dg
 
-from ft_pipeline.core import cleaning, formats, splitting
+from ft_pipeline.core import base_models, cleaning, formats, splitting
+from ft_pipeline.core.near_dup import NearDupParams
+from ft_pipeline.core.token_policy import TooManyTokensError
+from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
@@ -20,7 +23,20 @@ class RawExamplesConfig(dg.Config):
     prompt_completion or text."""
 
 
-class CleaningConfig(dg.Config):
+class NearDupConfig(dg.Config):
+    near_dup_threshold: float = 0.8
+    """Examples whose word-pair sets have an estimated Jaccard similarity at least this are near-duplicates:
+    the later one is removed and recorded with the example it duplicates. 1.0 removes only identical sets."""
+    near_dup_num_perm: int = 64
+    """MinHash permutations: more gives a more precise similarity estimate, proportionally slower."""
+    near_dup_ngram: int = 2
+    """Compare examples on word n-grams of this size (case, punctuation and whitespace ignored)."""
+
+    def near_dup_params(self) -> NearDupParams:
+        return NearDupParams(self.near_dup_threshold, self.near_dup_num_perm, self.near_dup_ngram)
+
+
+class CleaningConfig(NearDupConfig):
     redact_pii: bool = True
     """Replace emails, phone numbers, card numbers and IBANs with [EMAIL], [PHONE], [CARD], [IBAN]."""
     max_chars: int = 4000
@@ -71,7 +87,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v1",
+@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v2",
           kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("rows_accounted_for", asset="cleaned_examples", blocking=True,
                                          description="rows in = kept + quarantined + duplicates")])
@@ -79,17 +95,21 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
     import mlflow
+    import numpy as np
 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     drop = context.partition_key
     records = read_jsonl(home.data("raw_examples", drop))
-    result = cleaning.clean_records(records, cleaning.CleaningOptions(config.redact_pii, config.max_chars))
+    result = cleaning.clean_records(records, cleaning.CleaningOptions(config.redact_pii, config.max_chars,
+                                                                      config.near_dup_params()))
     paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates")}
     write_jsonl(paths["quarantine"], result.quarantined)
     write_jsonl(paths["duplicates"], result.duplicates)
     write_jsonl(paths["cleaned"], result.kept)
-    stats = result.stats()
+    # The kept rows' MinHash signatures, for the split to reuse instead of recomputing (same parameters only).
+    np.save(home.data("cleaned", drop, suffix=".minhash.npy"), result.signatures)
+    stats = {**result.stats(), "near_dup": config.near_dup_params().to_json()}
     raw_sha = json.loads(home.data("raw_examples", drop, suffix=".meta.json").read_text())["raw_sha256"]
     # The check recounts the files on disk rather than trusting the in-memory lists it is checking.
     counted = {k: count_lines(p) for k, p in paths.items()}
@@ -103,7 +123,8 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
         json.dumps({**stats, "raw_sha256": raw_sha, "cleaned_sha256": cleaned_hash}, indent=2))
     with mlflow_tracking.start_run(context, f"clean-{drop}", "cleaned_examples",
                                    tags={"dagster.data_version": cleaned_hash[:16]}) as (run, exp_id):
-        mlflow.log_params({"drop": drop, "redact_pii": config.redact_pii, "max_chars": config.max_chars})
+        mlflow.log_params({"drop": drop, "redact_pii": config.redact_pii, "max_chars": config.max_chars,
+                           **config.near_dup_params().to_json()})
         mlflow.log_metrics({"rows_in": stats["rows_in"], "kept": stats["kept"], "quarantined": stats["quarantined"],
                             "duplicates": stats["duplicates"],
                             **{f"quarantined.{k}": v for k, v in stats["quarantined_by_reason"].items()},
@@ -116,33 +137,38 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                   "quarantine_file": dg.MetadataValue.path(str(paths["quarantine"])),
                   "rows_in": stats["rows_in"], "rows_kept": stats["kept"], "rows_quarantined": stats["quarantined"],
                   "rows_duplicate": stats["duplicates"],
+                  "duplicates_by_kind": dg.MetadataValue.json(stats["duplicates_by_kind"]),
                   "quarantined_by_reason": dg.MetadataValue.json(stats["quarantined_by_reason"]),
                   "pii_redacted_by_kind": dg.MetadataValue.json(stats["pii_redacted_by_kind"]),
                   "quarantine_sample": _table(result.quarantined[:10], ["line", "reason", "raw"]),
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-class SplitConfig(dg.Config):
+class SplitConfig(NearDupConfig):
     holdout_fraction: float = 0.1
     seed: int = 0
     """Changing the seed re-deals every example; keep it fixed so the holdout stays comparable over time."""
+    stratify_by: str | None = None
+    """Report the holdout share per stratum: a record field (`drop`, `format`) or `answer.<key>`, a key of the
+    JSON answer (e.g. `answer.intent`). Sides stay a function of the example's hash, so they do not change."""
+    max_tokens: int = TrainOptions().max_length
+    """Longest example in tokens (base model's tokenizer and chat template); keep it equal to training's
+    max_length so that nothing is truncated there."""
+    on_too_long: str = "quarantine"
+    """quarantine: longer examples go to split/too_long.jsonl with drop, line, token count and reason;
+    fail: the split fails naming them."""
+
+    def options(self) -> splitting.SplitOptions:
+        return splitting.SplitOptions(self.holdout_fraction, self.seed, self.near_dup_params(), self.stratify_by,
+                                      self.max_tokens, self.on_too_long)
 
 
-@dg.multi_asset(
-    specs=[dg.AssetSpec("train_set", deps=[cleaned_examples], group_name="data", code_version="split-v1",
-                        kinds={"python", "json"}, owners=OWNERS,
-                        description="Training examples from every drop, deduplicated across drops."),
-           dg.AssetSpec("holdout_set", deps=[cleaned_examples], group_name="data", code_version="split-v1",
-                        kinds={"python", "json"}, owners=OWNERS,
-                        description="Held-out examples, chosen by a stable hash so adding data never moves one.")],
-)
-def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
-                        mlflow_tracking: MlflowTracking):
-    import mlflow
+def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params: NearDupParams):
+    """The cleaned files of every registered drop whose raw file is unchanged since it was cleaned, with
+    their MinHash signatures where cleaning computed them with `params`."""
+    import numpy as np
 
-    from ft_pipeline.core.tracking import log_jsonl_dataset
-
-    cleaned, used, skipped = {}, {}, {}
+    cleaned, used, skipped, signatures = {}, {}, {}, {}
     for drop in sorted(context.instance.get_dynamic_partitions(drops.name)):
         stats_path, raw = home.data("cleaned", drop, suffix=".stats.json"), home.raw_file(drop)
         if not stats_path.exists() or not raw.exists():
@@ -152,35 +178,96 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         if recorded["raw_sha256"] != formats.sha256_file(raw):
             skipped[drop] = "raw file changed since it was cleaned; re-materialize cleaned_examples"
             continue
-        cleaned[drop] = read_jsonl(home.data("cleaned", drop))
+        cleaned[drop] = home.data("cleaned", drop)
         used[drop] = recorded["cleaned_sha256"][:16]
+        sig_path = home.data("cleaned", drop, suffix=".minhash.npy")
+        if recorded.get("near_dup") == params.to_json() and sig_path.exists():
+            signatures[drop] = np.load(sig_path)
     if not cleaned:
         raise dg.Failure(f"no cleaned drop to split (skipped: {skipped or 'no drops registered'})")
-    split = splitting.split_examples(cleaned, config.holdout_fraction, config.seed)
+    return cleaned, used, skipped, signatures
+
+
+def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+    import base64
+
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+_SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_name="data", code_version="split-v2",
+                   kinds={"python", "json"}, owners=OWNERS)
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec("train_set", **_SPLIT_SPEC,
+                        description="Training examples from every drop, deduplicated across drops."),
+           dg.AssetSpec("holdout_set", **_SPLIT_SPEC,
+                        description="Held-out examples, chosen by a stable hash so adding data never moves one.")],
+)
+def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
+                        mlflow_tracking: MlflowTracking):
+    import mlflow
+
+    from ft_pipeline.core.tracking import log_jsonl_dataset
+
+    cleaned, used, skipped, signatures = _cleaned_drops(context, home, config.near_dup_params())
+    if not home.base_info.exists():
+        raise dg.Failure(f"{home.base_info} is missing: materialize base_model first (its tokenizer measures lengths)")
+    tokenizer = base_models.load_tokenizer(json.loads(home.base_info.read_text())["path"])
     out = home.split_dir
-    write_jsonl(out / "train.jsonl", split.train)
-    write_jsonl(out / "holdout.jsonl", split.holdout)
-    write_jsonl(out / "cross_drop_duplicates.jsonl", split.cross_drop_duplicates)
-    manifest = {"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": used, "skipped": skipped,
-                "train": len(split.train), "holdout": len(split.holdout),
-                "cross_drop_duplicates": len(split.cross_drop_duplicates),
-                "train_sha256": formats.sha256_file(out / "train.jsonl"),
-                "holdout_sha256": formats.sha256_file(out / "holdout.jsonl")}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    try:
+        manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped)
+    except TooManyTokensError as e:
+        raise dg.Failure(description=str(e)) from e
+    train, holdout = read_jsonl(out / "train.jsonl"), read_jsonl(out / "holdout.jsonl")
+    tokens = manifest["token_lengths"]
     with mlflow_tracking.start_run(context, "split", "train_set",
                                    tags={"dagster.data_version": manifest["train_sha256"][:16]}) as (run, exp_id):
-        mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used)})
-        mlflow.log_metrics({"train_examples": len(split.train), "holdout_examples": len(split.holdout),
-                            "cross_drop_duplicates": len(split.cross_drop_duplicates)})
+        mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
+                           "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
+                           "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
+        mlflow.log_metrics({"train_examples": len(train), "holdout_examples": len(holdout),
+                            "cross_drop_duplicates": manifest["cross_drop_duplicates"],
+                            "too_long": manifest["too_long"],
+                            **{k: v for k, v in tokens.items() if k.startswith("tokens_")}})
         mlflow.log_dict(manifest, "split_manifest.json")
-        log_jsonl_dataset(split.train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
-        log_jsonl_dataset(split.holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
+        mlflow.log_artifact(str(out / "token_lengths.png"))
+        log_jsonl_dataset(train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
+        log_jsonl_dataset(holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
-    for key, rows, sha in (("train_set", split.train, manifest["train_sha256"]),
-                           ("holdout_set", split.holdout, manifest["holdout_sha256"])):
+    shared = {"drops": dg.MetadataValue.json(used), "skipped_drops": dg.MetadataValue.json(skipped),
+              "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
+              "cross_drop_duplicates": manifest["cross_drop_duplicates"],
+              "too_long_file": dg.MetadataValue.path(str(out / "too_long.jsonl")),
+              "token_lengths": dg.MetadataValue.json(tokens), **{k: v for k, v in tokens.items() if k != "examples"},
+              "token_histogram": _png_markdown((out / "token_lengths.png").read_bytes(), "tokens per example"),
+              "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link}
+    if config.stratify_by:
+        shared["strata"] = dg.MetadataValue.json(manifest["strata"])
+    for key, rows, sha in (("train_set", train, manifest["train_sha256"]),
+                           ("holdout_set", holdout, manifest["holdout_sha256"])):
         yield dg.MaterializeResult(
             asset_key=key, data_version=dg.DataVersion(sha[:16]),
             metadata={"file": dg.MetadataValue.path(str(out / f"{key.split('_')[0]}.jsonl")), "examples": len(rows),
-                      "drops": dg.MetadataValue.json(used), "skipped_drops": dg.MetadataValue.json(skipped),
-                      "by_drop": dg.MetadataValue.json(dict(Counter(r["drop"] for r in rows))),
-                      "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link})
+                      "by_drop": dg.MetadataValue.json(dict(Counter(r["drop"] for r in rows))), **shared})
+
+
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec("no_near_duplicate_across_split", asset=k, blocking=True,
+                             description="No holdout example has a near-duplicate in train (MinHash LSH recomputed "
+                                         "from the written files at the split's threshold)")
+           for k in ("train_set", "holdout_set")])
+def no_near_duplicate_across_split(home: PipelineHome):
+    manifest = json.loads((home.split_dir / "manifest.json").read_text())
+    params = NearDupParams(**(manifest["near_dup"] or NearDupParams().to_json()))
+    train, holdout = (read_jsonl(home.split_dir / f"{n}.jsonl") for n in ("train", "holdout"))
+    pairs = splitting.leaks(train, holdout, params)
+    meta = {"pairs": len(pairs), "threshold": params.threshold, "train": len(train), "holdout": len(holdout),
+            "offending_pairs": dg.MetadataValue.json(pairs[:50])}
+    text = "; ".join(f"holdout {p['holdout']['drop']} line {p['holdout']['line']} ~ train {p['train']['drop']} "
+                     f"line {p['train']['line']} ({p['similarity']:.2f})" for p in pairs[:10])
+    for key in ("train_set", "holdout_set"):
+        yield dg.AssetCheckResult(asset_key=key, check_name="no_near_duplicate_across_split", passed=not pairs,
+                                  severity=dg.AssetCheckSeverity.ERROR, metadata=meta,
+                                  description=f"{len(pairs)} near-duplicate pair(s) across the split: {text}"
+                                  if pairs else "no near-duplicate pair across train and holdout")

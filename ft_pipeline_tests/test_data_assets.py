@@ -1,0 +1,87 @@
+"""The data assets on the demo drops, materialized into tmp_path: the split measures token lengths with the
+base model's tokenizer, quarantines (or fails on) what is too long, accounts for every row, shows a histogram,
+and its blocking check recomputes near-duplicates across the split and fails on a split that leaks."""
+
+import base64
+import json
+import shutil
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.defs import data, model
+from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline.settings import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data_assets")
+    shutil.copytree(REPO_ROOT / "data" / "raw", tmp / "raw")
+    resources = {"home": PipelineHome(home=str(tmp / "home"), raw_dir=str(tmp / "raw")),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                                                   artifact_root=str(tmp / "artifacts"))}
+    instance = dg.DagsterInstance.ephemeral()
+    drops = sorted(p.name for p in (tmp / "raw").iterdir())
+    instance.add_dynamic_partitions("drops", drops)
+    for drop in drops:
+        assert dg.materialize([data.raw_examples, data.cleaned_examples], partition_key=drop, instance=instance,
+                              resources=resources).success
+    assert dg.materialize([model.base_model], instance=instance, resources=resources).success
+    return tmp, instance, resources
+
+
+def split(env, **config):
+    tmp, instance, resources = env
+    return dg.materialize([data.train_holdout_split, data.no_near_duplicate_across_split], instance=instance,
+                          resources=resources, raise_on_error=False,
+                          run_config=dg.RunConfig(ops={"train_holdout_split": data.SplitConfig(**config)}))
+
+
+def test_split_quarantines_too_long_rows_and_accounts_for_every_row(env):
+    tmp = env[0]
+    res = split(env, max_tokens=200, stratify_by="answer.intent")
+    assert res.success
+    out = tmp / "home" / "data" / "split"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows_accounted_for"] is True
+    assert manifest["rows_in"] == sum(len((tmp / "home" / "data" / "cleaned" / f"{d}.jsonl").read_text().splitlines())
+                                      for d in manifest["drops"])
+    too_long = [json.loads(line) for line in (out / "too_long.jsonl").read_text().splitlines()]
+    assert len(too_long) == manifest["too_long"] > 0
+    assert all(t["tokens"] > 200 and t["drop"] in manifest["drops"] and t["line"] > 0 and "200" in t["reason"]
+               for t in too_long)
+    train_ids = {json.loads(line)["id"] for line in (out / "train.jsonl").read_text().splitlines()}
+    assert not train_ids & {t["id"] for t in too_long}  # quarantined, not truncated into train
+    assert set(manifest["strata"]) >= {"refund", "shipping_status"}
+    md = res.asset_materializations_for_node("train_holdout_split")[0].metadata
+    assert md["too_long"].value == manifest["too_long"] and md["tokens_max"].value > 200
+    png = md["token_histogram"].value.split("base64,")[1].rstrip(")")
+    assert base64.b64decode(png).startswith(b"\x89PNG")
+    checks = res.get_asset_check_evaluations()
+    assert {(c.asset_key.to_user_string(), c.passed) for c in checks} == {("train_set", True), ("holdout_set", True)}
+
+
+def test_split_fails_naming_the_rows_when_told_to(env):
+    res = split(env, max_tokens=200, on_too_long="fail")
+    assert not res.success
+    failure = next(e for e in res.all_events if e.is_step_failure).step_failure_data.user_failure_data.description
+    assert "longer than max_tokens=200" in failure and " line " in failure and "tokens)" in failure
+
+
+def test_near_dup_check_fails_on_a_leaking_split(env):
+    tmp = env[0]
+    assert split(env).success  # default max_tokens: nothing in the demo data is too long
+    out = tmp / "home" / "data" / "split"
+    assert json.loads((out / "manifest.json").read_text())["too_long"] == 0
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    victim = max(train, key=lambda r: len(r["messages"][-2]["content"]))
+    twin = {**victim, "id": "leaked", "drop": "leak.jsonl", "line": 1,
+            "messages": victim["messages"][:-2] + [{"role": "user", "content": victim["messages"][-2]["content"] + " thx"},
+                                                   victim["messages"][-1]]}
+    with open(out / "holdout.jsonl", "a") as f:
+        f.write(json.dumps(twin) + "\n")
+    results = list(data.no_near_duplicate_across_split(home=env[2]["home"]))
+    assert [r.passed for r in results] == [False, False]
+    assert f"holdout leak.jsonl line 1 ~ train {victim['drop']} line {victim['line']}" in results[0].description
+    assert results[0].metadata["pairs"].value == 1
