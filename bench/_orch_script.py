@@ -11,14 +11,16 @@ from pathlib import Path
 
 from ft_pipeline import settings
 from ft_pipeline.core import base_models, cleaning, evaluation, formats, registry, splitting, training
-from ft_pipeline.jsonl import write_jsonl
+from ft_pipeline.jsonl import read_jsonl, write_jsonl
 
 
 def main(home: Path, max_steps: int) -> None:
     import mlflow
 
     data = home / "data"
-    cleaned = {}
+    for stage in ("raw_examples", "cleaned", "quarantine", "duplicates", "split"):
+        (data / stage).mkdir(parents=True, exist_ok=True)
+    cleaned, signatures = {}, {}
     found, _ = formats.find_drops(settings.raw_dir())
     for drop, path in sorted(found.items()):
         parsed = formats.read_drop(path)
@@ -28,18 +30,18 @@ def main(home: Path, max_steps: int) -> None:
         for stage, rows in (("cleaned", result.kept), ("quarantine", result.quarantined),
                             ("duplicates", result.duplicates)):
             write_jsonl(data / stage / f"{drop}.jsonl", rows)
-        cleaned[drop] = result.kept
+        cleaned[drop], signatures[drop] = data / "cleaned" / f"{drop}.jsonl", result.signatures
     base = base_models.resolve_base_model(base_models.BUILTIN_TINY, home / "models" / "base")
-    opts = splitting.SplitOptions()
-    split, length = splitting.prepare_split(cleaned, base_models.load_tokenizer(base.path), opts)
-    splitting.write_split(data / "split", split, length, opts, {d: "" for d in cleaned}, {})
+    splitting.split_files(cleaned, data / "split", splitting.SplitOptions(), base_models.load_tokenizer(base.path),
+                          signatures)
+    train, holdout = read_jsonl(data / "split" / "train.jsonl"), read_jsonl(data / "split" / "holdout.jsonl")
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_experiment("bench_orch_script")
     with mlflow.start_run() as run:
-        result = training.train_adapter(base.path, split.train, home / "checkpoints", home / "adapter",
+        result = training.train_adapter(base.path, train, home / "checkpoints", home / "adapter",
                                         training.TrainOptions(max_steps=max_steps))
         info = registry.log_adapter_model(home / "adapter", base.to_json())
-    results = evaluation.evaluate_base_and_tuned(base.path, home / "adapter", split.holdout)
+    results = evaluation.evaluate_base_and_tuned(base.path, home / "adapter", holdout)
     mv, _ = registry.register(info.model_uri, "bench-orch-script", run.info.run_id, {})
     registry.set_champion("bench-orch-script", mv.version)
     print(f"script: tuned field_accuracy {results['tuned']['metrics']['field_accuracy']:.3f}")
