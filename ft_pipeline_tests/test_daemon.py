@@ -3,8 +3,6 @@ every drop partition, and training runs launched at the same time that never tra
 `ft_pipeline/gpu` tag limit for queued runs, the `gpu` pool for runs that bypass the queue) and leave the MLflow
 store whole."""
 
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._env import demo_drops, isolated_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +33,7 @@ def _wait(pred, what, timeout=900):
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daemon")
-    raw = tmp / "raw"
-    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
-    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DAGSTER_HOME", None)
+    env = isolated_env(tmp, demo_drops(tmp))
     # `ft-pipeline env` copies the repo's dagster.yaml into $FT_PIPELINE_HOME/dagster, as `make ui` does.
     subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "env"], env=env, check=True, capture_output=True)
     env["DAGSTER_HOME"] = str(tmp / "home" / "dagster")

@@ -2,15 +2,13 @@
 drop fails only its own partition, the model is registered as champion and predicts in a fresh process."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._env import demo_drops, isolated_env
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +23,9 @@ def run_cli(env, *args):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    raw = tmp / "raw"
-    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
+    raw = demo_drops(tmp)
     (raw / "2026-04-broken.json").write_text('[{"instruction": "x", "output": "y"},\n{"instruction": ')
-    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DAGSTER_HOME", None)
+    env = isolated_env(tmp, raw)
     first = run_cli(env, "run", "--preset", str(SMOKE))
     return tmp, env, first
 

@@ -4,8 +4,6 @@ content changes and for training only on the retrain cron after its inputs chang
 
 import datetime as dt
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +11,7 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._env import demo_drops, isolated_env
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +29,7 @@ def run_cli(env, *args):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("orch")
-    raw = tmp / "raw"
-    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
-    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home"), "FT_PIPELINE_RAW_DIR": str(raw)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DAGSTER_HOME", None)
-    env.pop("FT_PIPELINE_RETRAIN_CRON", None)
+    env = isolated_env(tmp, demo_drops(tmp))
     first = run_cli(env, "run", "--preset", str(SMOKE))
     return tmp, env, first
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._env import isolated_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -96,7 +97,7 @@ def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, mlflow_serv
     dagster_home.mkdir()
     # The documented deployment config (deploy/postgres/dagster.yaml), filled in through its env var.
     shutil.copyfile(REPO_ROOT / "deploy" / "postgres" / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(dagster_home),
+    env = {**isolated_env(tmp_path), "DAGSTER_HOME": str(dagster_home),
            "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dagster",
            "MLFLOW_TRACKING_URI": mlflow_server}
     run = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",

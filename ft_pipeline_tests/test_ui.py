@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._env import isolated_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,9 +49,7 @@ def servers(tmp_path_factory):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     tmp = tmp_path_factory.mktemp("ui")
-    env = {**os.environ, "FT_PIPELINE_HOME": str(tmp / "home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DAGSTER_HOME", None)
+    env = isolated_env(tmp)
     run = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
                           str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]

@@ -1,0 +1,27 @@
+"""The environment for the CLI, dagster and mlflow subprocesses the slow tests start: every store under a
+temporary folder, and nothing of the user's own settings leaking in."""
+
+import os
+import shutil
+from pathlib import Path
+
+from ft_pipeline.settings import REPO_ROOT
+
+# Each would point a subprocess at the user's own stores or change what the automation does.
+_USER_SETTINGS = ("MLFLOW_TRACKING_URI", "DAGSTER_HOME", "FT_PIPELINE_RETRAIN_CRON", "FT_PIPELINE_RAW_DIR")
+
+
+def isolated_env(tmp: Path, raw: Path | None = None) -> dict:
+    """FT_PIPELINE_HOME=tmp/home, drops from `raw` (default: the repo's data/raw)."""
+    env = {k: v for k, v in os.environ.items() if k not in _USER_SETTINGS}
+    env["FT_PIPELINE_HOME"] = str(tmp / "home")
+    if raw is not None:
+        env["FT_PIPELINE_RAW_DIR"] = str(raw)
+    return env
+
+
+def demo_drops(tmp: Path) -> Path:
+    """A copy of the demo drops under tmp, for tests that add, change or break drops."""
+    raw = tmp / "raw"
+    shutil.copytree(REPO_ROOT / "data" / "raw", raw)
+    return raw
