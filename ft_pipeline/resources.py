@@ -9,6 +9,25 @@ import dagster as dg
 from ft_pipeline import settings
 
 
+@contextlib.contextmanager
+def _sqlite_store_lock(tracking_uri: str):
+    """An exclusive lock across processes for a sqlite:/// tracking store (a file beside the database); a no-op
+    for other stores, which handle their own concurrency."""
+    import fcntl
+
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class PipelineHome(dg.ConfigurableResource):
     """Every file the pipeline reads or writes, as an absolute path under `home` (and `raw_dir` for drops)."""
 
@@ -75,15 +94,18 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
-        exp = mlflow.get_experiment_by_name(self.experiment)
-        if exp is None and self.tracking_uri.startswith(("http://", "https://")):
-            # A tracking server decides where artifacts go (its --artifacts-destination), for every client alike.
-            exp_id = mlflow.create_experiment(self.experiment)
-        elif exp is None:
-            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
-            exp_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
-        else:
-            exp_id = exp.experiment_id
+        # The first client of a fresh SQLite store creates its tables and the experiment. Runs started together
+        # (a backfill over every drop) would race there: "table ... already exists". One at a time, then.
+        with _sqlite_store_lock(self.tracking_uri):
+            exp = mlflow.get_experiment_by_name(self.experiment)
+            if exp is None and self.tracking_uri.startswith(("http://", "https://")):
+                # A tracking server decides where artifacts go (its --artifacts-destination), for every client.
+                exp_id = mlflow.create_experiment(self.experiment)
+            elif exp is None:
+                Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+                exp_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
+            else:
+                exp_id = exp.experiment_id
         mlflow.set_experiment(experiment_id=exp_id)
         return exp_id
 
