@@ -4,17 +4,19 @@ functions against a naive per-row baseline, side by side in one run (about 3-5 m
 `python -m bench data` (or `make bench BENCH=data`) prints:
   data.speedup              rows/s of the pipeline path / rows/s of the naive path (the same work), goal >= 3
   data.near_dup_rows_per_s  MinHash signatures + LSH dedup of every parsed row, one process, goal >= 20000
-  data.peak_rss_gb          largest peak RSS of a pipeline process on the 1M rows, goal <= 2
+  data.peak_rss_gb          largest peak RSS of a pipeline stage on the 1M rows, its worker processes included
+                            (sampled every 20 ms), goal <= 2
 
 The rows are 4 drops (400k JSONL chat, 200k JSON Alpaca array, 200k CSV prompt/completion, 200k Parquet chat)
 of generated support messages, deterministic from a seed, with exact duplicates (6%), re-worded near-duplicates
 (6%) and unusable rows (1%).
 
-Pipeline path, as Dagster runs it: one process per drop (read_drop, canonicalize, clean_records with MinHash,
-cleaned JSONL and signatures written; in Dagster raw_examples and cleaned_examples are two steps, so one process
-here holds more than either), then one process for split_files (streams the cleaned files, reuses the
-signatures; no tokenizer, so no token-length policy, which the naive path does not do either). Its time is the
-sum of the stages' work, one after another, imports excluded.
+Pipeline path, as the ingest_drop job runs it: one process per drop doing both of its steps, raw_examples
+(read_drop, canonical records streamed to JSONL) then cleaned_examples (that JSONL streamed back a chunk at a
+time through clean_stream, whose worker processes, one per core, clean chunks side by side; kept rows, quarantine,
+duplicates and MinHash signatures written); then one process for split_files (streams the cleaned files, reuses
+the signatures; no tokenizer, so no token-length policy, which the naive path does not do either). Its time is
+the sum of the stages' wall times, one after another, imports excluded.
 
 Naive path, one process, the same work row by row: `json.loads` per line (`csv`, `json.loads` of the array,
 pyarrow for the other files), the same validation, normalization and redaction functions, raw-row hashes and
@@ -124,6 +126,9 @@ def write_drops(out: Path, n: int, seed: int) -> dict[str, Path]:
 # writing its cleaned JSONL and MinHash signatures; then the split in one process, streaming those files.
 
 def clean_drop(path: Path, out_dir: Path) -> dict:
+    """One drop as the ingest_drop job runs it in one process: raw_examples (parse, canonical records streamed
+    to JSONL), then cleaned_examples (those records streamed back a chunk at a time through cleaning, the kept
+    ones written as they pass, signatures saved for the split)."""
     import numpy as np
     import pyarrow.parquet  # noqa: F401  imported before the clock starts, as the naive path does
 
@@ -132,12 +137,16 @@ def clean_drop(path: Path, out_dir: Path) -> dict:
 
     t0 = time.perf_counter()
     parsed = formats.read_drop(path)
-    records = cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))
+    raw_jsonl = out_dir / f"{path.name}.raw.jsonl"
+    write_jsonl(raw_jsonl, cleaning.iter_canonical(parsed, formats.detect_format(parsed.rows, path)))
     del parsed
-    out = cleaning.clean_records(records)
-    write_jsonl(out_dir / f"{path.name}.jsonl", out.kept)
+    with open(raw_jsonl, encoding="utf-8") as lines:
+        out = cleaning.clean_stream(lines, out_dir / f"{path.name}.jsonl")
+    write_jsonl(out_dir / f"{path.name}.quarantine", out.quarantined)
+    write_jsonl(out_dir / f"{path.name}.duplicates", out.duplicates)
     np.save(out_dir / f"{path.name}.npy", out.signatures)
-    return {"rows": out.rows_in, "seconds": time.perf_counter() - t0, "kept": len(out.kept),
+    raw_jsonl.unlink()
+    return {"rows": out.rows_in, "seconds": time.perf_counter() - t0, "kept": out.kept_count,
             "duplicates": len(out.duplicates), "quarantined": len(out.quarantined)}
 
 
@@ -282,6 +291,37 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # no /proc: KiB, an upper bound
 
 
+class TreeRss:
+    """Peak RSS of this process and its worker processes together (cleaning runs a pool), sampled every
+    20 ms by a thread."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.me, self.peak, self.done = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import psutil
+
+        while not self.done.wait(0.02):
+            total = 0
+            for p in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop_gb(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.peak / 1e9
+
+
 def run_child(mode: str, *args: Path) -> dict:
     """Run one stage in a fresh process, which reports its own work time and peak RSS."""
     proc = subprocess.run([sys.executable, __file__, "--child", mode, *map(str, args)], capture_output=True, text=True,
@@ -293,8 +333,9 @@ def run_child(mode: str, *args: Path) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        tree = TreeRss()
         result = child(sys.argv[2], *sys.argv[3:])
-        result["peak_rss_gb"] = peak_rss_gb()
+        result["peak_rss_gb"] = max(peak_rss_gb(), tree.stop_gb())  # this process alone, or with its workers
         print(json.dumps(result))
         sys.exit(0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 
-_encode = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps(r, ensure_ascii=False) does, built once
+encode = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps(r, ensure_ascii=False) does, built once
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
@@ -15,7 +15,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(_encode(r) + "\n")
+            f.write(encode(r) + "\n")
             n += 1
     tmp.replace(path)  # readers never see a half-written file
     return n

@@ -156,3 +156,33 @@ def test_ascii_near_dup_keys_equal_the_regex_ones(convs):
 
     examples = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
     assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
+
+
+def test_stream_in_chunks_and_worker_processes_gives_the_same_files(tmp_path):
+    """Chunk boundaries and worker processes change nothing: the kept file, duplicates (each naming the example
+    it duplicates, across chunks), quarantine, personal data counts and signatures are those of one pass."""
+    import numpy as np
+
+    from ft_pipeline.core.cleaning import clean_stream
+    from ft_pipeline.jsonl import write_jsonl
+
+    words = "order refund late broken screen charger box card account reset please help".split()
+    rows = []
+    for i in range(300):
+        text = " ".join(words[(i * 7 + k) % len(words)] for k in range(12)) + f" ticket {i % 97}"
+        rows.append(chat(text + (" mail a@example.com" if i % 11 == 0 else ""), json.dumps({"n": i % 97})))
+        if i % 13 == 0:
+            rows.append("{not json")
+    rows += rows[:200:20]  # exact copies, chunks after their originals
+    raw = tmp_path / "raw.jsonl"
+    write_jsonl(raw, _drop(tmp_path, rows))
+    lines = raw.read_text().splitlines(keepends=True)
+    one = clean_stream(lines, tmp_path / "one.jsonl", chunk_rows=10_000, workers=0)
+    many = clean_stream(lines, tmp_path / "many.jsonl", chunk_rows=37, workers=2)
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "many.jsonl").read_bytes()
+    assert one.kept_count == many.kept_count > 0 and one.rows_in == many.rows_in == len(rows)
+    assert many.duplicates == one.duplicates and {d["method"] for d in one.duplicates} >= {"exact", "minhash"}
+    assert many.quarantined == one.quarantined and len(one.quarantined) == 24
+    assert many.pii_counts == one.pii_counts == Counter({"EMAIL": 30})  # 28 rows with an address, 2 copies
+    assert np.array_equal(many.signatures, one.signatures) and len(one.signatures) == one.kept_count
+    assert one.rows_in == one.kept_count + len(one.quarantined) + len(one.duplicates)

@@ -31,6 +31,35 @@ def env(tmp_path_factory):
     return tmp, instance, resources
 
 
+def test_cleaning_a_drop_in_worker_processes_inside_a_dagster_step_writes_the_same_files(env, tmp_path,
+                                                                                       monkeypatch):
+    """A drop of more than one chunk is cleaned by a pool of worker processes started from the Dagster step
+    (spawned: a step's process has threads); with 100-row chunks the demo drop takes that path, and its files
+    are byte for byte those of the one-chunk run above."""
+    from ft_pipeline.core import cleaning
+
+    tmp, instance, _ = env
+    drop = sorted(p.name for p in (tmp / "raw").iterdir())[0]
+    monkeypatch.setattr(cleaning, "CHUNK_ROWS", 100)
+    from concurrent.futures import ProcessPoolExecutor
+
+    submitted = []
+    submit = ProcessPoolExecutor.submit
+    monkeypatch.setattr(ProcessPoolExecutor, "submit",
+                        lambda pool, fn, *a, **k: submitted.append(fn.__name__) or submit(pool, fn, *a, **k))
+    resources = {"home": PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp / "raw")),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                                   artifact_root=str(tmp_path / "artifacts"))}
+    res = dg.materialize([data.raw_examples, data.cleaned_examples], partition_key=drop, instance=instance,
+                         resources=resources)
+    assert res.success and len(submitted) > 3 and set(submitted) == {"_prepare_chunk"}
+    check = res.get_asset_check_evaluations()[0]
+    assert check.passed and check.metadata["rows_in"].value > 300
+    for kind in ("cleaned", "quarantine", "duplicates"):
+        ours = (tmp_path / "home" / "data" / kind / f"{drop}.jsonl").read_bytes()
+        assert ours == (tmp / "home" / "data" / kind / f"{drop}.jsonl").read_bytes(), kind
+
+
 def split(env, **config):
     tmp, instance, resources = env
     return dg.materialize([data.train_holdout_split, data.no_near_duplicate_across_split], instance=instance,

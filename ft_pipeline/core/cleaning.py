@@ -11,6 +11,12 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ft_pipeline.core.bulk import batches, no_cycle_gc
 from ft_pipeline.core.formats import ParsedDrop, RowError, to_messages
 from ft_pipeline.core.near_dup import NearDupParams
 
@@ -33,7 +39,8 @@ class CleaningOptions:
 
 @dataclass
 class CleanedDrop:
-    kept: list[dict] = field(default_factory=list)
+    kept: list[dict] = field(default_factory=list)  # filled by clean_records only; clean_stream writes a file
+    kept_count: int = 0
     quarantined: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     rows_in: int = 0
@@ -45,7 +52,7 @@ class CleanedDrop:
         return Counter(q["code"] for q in self.quarantined)
 
     def stats(self) -> dict:
-        return {"rows_in": self.rows_in, "kept": len(self.kept), "quarantined": len(self.quarantined),
+        return {"rows_in": self.rows_in, "kept": self.kept_count, "quarantined": len(self.quarantined),
                 "duplicates": len(self.duplicates),
                 "duplicates_by_kind": dict(Counter(d["kind"] for d in self.duplicates)),
                 "quarantined_by_reason": dict(self.quarantine_reasons),
@@ -187,10 +194,9 @@ def near_dup_keys(examples: list[list[dict]]) -> list[str]:
             .hexdigest()[:16] for msgs in examples]
 
 
-def canonicalize(parsed: ParsedDrop, fmt: str) -> list[dict]:
+def iter_canonical(parsed: ParsedDrop, fmt: str) -> Iterator[dict]:
     """One record per input row: its provenance and original text, and either chat `messages` or the reason
     (`code`, `reason`) it could not be converted."""
-    out = []
     for row in parsed.rows:
         rec = {"drop": parsed.drop, "line": row.line, "format": fmt,
                "raw_sha256": hashlib.sha256(row.text.encode("utf-8", errors="replace")).hexdigest(), "raw": row.text}
@@ -200,51 +206,163 @@ def canonicalize(parsed: ParsedDrop, fmt: str) -> list[dict]:
             rec["messages"] = to_messages(row.data, fmt)
         except RowError as e:
             rec.update(code=e.code, reason=str(e))
-        out.append(rec)
-    return out
+        yield rec
+
+
+def canonicalize(parsed: ParsedDrop, fmt: str) -> list[dict]:
+    """`iter_canonical` as a list."""
+    with no_cycle_gc():
+        return list(iter_canonical(parsed, fmt))
+
+
+CHUNK_ROWS = 16384  # rows cleaned at once: bounds memory to a chunk of records plus a few small fields a row
 
 
 def clean_records(records: list[dict], options: CleaningOptions | None = None) -> CleanedDrop:
-    """Quarantine unusable rows, normalize, redact personal data, and drop exact and near duplicates."""
+    """`clean_stream` of a list, with the kept records read back into `kept`."""
+    import tempfile
+    from pathlib import Path
+
+    from ft_pipeline.jsonl import read_jsonl
+
+    with tempfile.TemporaryDirectory(prefix="ft_clean_") as tmp:
+        out = clean_stream(records, Path(tmp) / "kept.jsonl", options)
+        out.kept = read_jsonl(Path(tmp) / "kept.jsonl")
+    return out
+
+
+def clean_stream(rows: Iterable[dict | str], kept_path: Path, options: CleaningOptions | None = None,
+                 chunk_rows: int | None = None, workers: int | None = None) -> CleanedDrop:
+    """Quarantine unusable rows, normalize, redact personal data, and drop exact and near duplicates, a chunk
+    of rows at a time; the kept records are written to `kept_path` (JSONL), not returned. `rows` are canonical
+    records, or their JSONL lines (parsed by the workers).
+
+    Each chunk's per-row work (parse, normalize, redact, ids, MinHash signatures) is independent of the others,
+    so `workers` processes do it side by side (None: one per CPU, at most 4; 0 or 1, or a single chunk: this
+    process); this process takes their results in order and does what depends on the rows before: exact and
+    normalized dedup, then the MinHash/LSH pass over every signature. Memory stays at a few chunks plus, per
+    kept row, its signature and the fields a duplicate entry names; kept candidates go to a side file first and
+    are copied to `kept_path` once the MinHash pass has run."""
+    from ft_pipeline.core import near_dup
+
     opts = options or CleaningOptions()
-    out = CleanedDrop(rows_in=len(records))
-    seen_exact: dict[str, dict] = {}
-    seen_near: dict[str, dict] = {}
-    # Normalize and redact every content of the drop in a few passes over the joined text, not row by row.
-    usable = [row for row in records if "messages" in row]
-    normed = iter(normalize_many([m["content"] for row in usable for m in row["messages"]]))
-    normed_rows = {id(row): [next(normed) for _ in row["messages"]] for row in usable}
-    fits = [c for row in usable if sum(map(len, normed_rows[id(row)])) <= opts.max_chars for c in normed_rows[id(row)]]
-    redacted = iter(redact_many(fits, out.pii_counts) if opts.redact_pii else fits)
-    fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
-               if sum(map(len, normed_rows[id(row)])) <= opts.max_chars]
-    near_keys, fitting_messages = iter(near_dup_keys(fitting)), iter(fitting)
-    for row in records:
-        base = {k: row[k] for k in ("drop", "line", "raw_sha256")}
-        if "messages" not in row:
-            out.quarantined.append({**base, "code": row["code"], "reason": row["reason"], "raw": row["raw"]})
-            continue
-        n_chars = sum(map(len, normed_rows[id(row)]))
-        if n_chars > opts.max_chars:
-            out.quarantined.append({**base, "code": "too_long", "raw": row["raw"],
+    out = CleanedDrop()
+    seen_exact: dict[str, dict] = {}  # example id -> the kept example's reference
+    seen_near: dict[str, dict] = {}  # normalized key -> the same
+    refs: list[dict] = []  # per written candidate: what a duplicate entry names
+    sigs = []
+    cand_path = kept_path.with_name(kept_path.name + (".candidates" if opts.near_dup else ".tmp"))
+    with no_cycle_gc(), open(cand_path, "w", encoding="utf-8") as f:
+        for prep in _prepared_chunks(batches(rows, chunk_rows or CHUNK_ROWS), opts, workers):
+            out.rows_in += prep["rows"]
+            out.quarantined += prep["quarantined"]
+            out.pii_counts.update(prep["pii"])
+            keep = []
+            for rid, key, ref, line in prep["candidates"]:
+                first = seen_exact.get(rid) or seen_near.get(key)
+                if first is not None:
+                    exact = rid in seen_exact
+                    out.duplicates.append(duplicate_entry(ref, first, "exact" if exact else "near",
+                                                          "exact" if exact else "normalized"))
+                    keep.append(False)
+                    continue
+                seen_exact[rid] = seen_near[key] = {"id": rid, "drop": ref["drop"], "line": ref["line"]}
+                f.write(line)
+                refs.append(ref)
+                keep.append(True)
+            if opts.near_dup is not None:
+                sigs.append(prep["signatures"][np.array(keep, dtype=bool)])
+    del seen_exact, seen_near
+    if opts.near_dup is None:
+        out.kept_count = len(refs)
+        cand_path.replace(kept_path)
+        return out
+    sig = np.concatenate(sigs) if sigs else np.zeros((0, opts.near_dup.num_perm), dtype=np.uint32)
+    dup_of, sim = near_dup.dedup(sig, opts.near_dup)
+    removed = [duplicate_entry(refs[i], refs[dup_of[i]], "near", "minhash", sim[i])
+               for i in np.flatnonzero(dup_of >= 0).tolist()]
+    out.duplicates = sorted(repoint(out.duplicates, removed) + removed, key=lambda d: d["line"])
+    out.signatures = sig[dup_of < 0]
+    keep = (dup_of < 0).tolist()
+    tmp = kept_path.with_name(kept_path.name + ".tmp")
+    with open(cand_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        dst.writelines(line for line, k in zip(src, keep) if k)
+    out.kept_count = int(sum(keep))
+    tmp.replace(kept_path)
+    cand_path.unlink()
+    return out
+
+
+def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int | None) -> Iterator[dict]:
+    """`_prepare_chunk` of each chunk, in order: here when there is one chunk or one worker, otherwise in a
+    pool of worker processes with a few chunks in flight (so memory stays bounded however long the input)."""
+    import os
+    from collections import deque
+
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    first = next(chunks, None)
+    second = next(chunks, None) if first is not None else None
+    if second is None or workers <= 1:
+        for chunk in (c for c in (first, second) if c is not None):
+            yield _prepare_chunk(chunk, opts)
+        for chunk in chunks:
+            yield _prepare_chunk(chunk, opts)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fork of a process with threads (a Dagster step has several) can deadlock in the child.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = deque(pool.submit(_prepare_chunk, c, opts) for c in (first, second))
+        for chunk in chunks:
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(_prepare_chunk, chunk, opts))
+        while pending:
+            yield pending.popleft().result()
+
+
+def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
+    """The per-row work on one chunk, which depends on no other row: quarantined rows (unconvertible or too
+    long), and for each other row in order (id, normalized key, reference, its cleaned JSONL line), with the
+    personal data counts and, when near-dup is on, the rows' MinHash signatures."""
+    from ft_pipeline.core import near_dup
+    from ft_pipeline.jsonl import encode
+
+    with no_cycle_gc():
+        records = [json.loads(r) if isinstance(r, str) else r for r in rows]
+        pii: Counter = Counter()
+        quarantined = []
+        # Normalize and redact every content of the chunk in a few passes over the joined text, not row by row.
+        usable = [row for row in records if "messages" in row]
+        normed = iter(normalize_many([m["content"] for row in usable for m in row["messages"]]))
+        normed_rows = {id(row): [next(normed) for _ in row["messages"]] for row in usable}
+        fits = [c for row in usable if sum(map(len, normed_rows[id(row)])) <= opts.max_chars
+                for c in normed_rows[id(row)]]
+        redacted = iter(redact_many(fits, pii) if opts.redact_pii else fits)
+        fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
+                   if sum(map(len, normed_rows[id(row)])) <= opts.max_chars]
+        near_keys, fitting_messages = iter(near_dup_keys(fitting)), iter(fitting)
+        candidates = []
+        for row in records:
+            base = {k: row[k] for k in ("drop", "line", "raw_sha256")}
+            if "messages" not in row:
+                quarantined.append({**base, "code": row["code"], "reason": row["reason"], "raw": row["raw"]})
+                continue
+            n_chars = sum(map(len, normed_rows[id(row)]))
+            if n_chars > opts.max_chars:
+                quarantined.append({**base, "code": "too_long", "raw": row["raw"],
                                     "reason": f"too long: {n_chars} characters, the limit is {opts.max_chars} "
                                               "(raise max_chars or shorten the example; rows are never truncated)"})
-            continue
-        rec = {"id": None, "near_key": next(near_keys), **base, "format": row["format"],
-               "messages": next(fitting_messages)}
-        rec["id"] = example_id(rec["messages"])
-        first = seen_exact.get(rec["id"]) or seen_near.get(rec["near_key"])
-        if first is not None:
-            out.duplicates.append(duplicate_entry(rec, first, "exact" if rec["id"] in seen_exact else "near",
-                                                  "exact" if rec["id"] in seen_exact else "normalized"))
-            continue
-        seen_exact[rec["id"]] = rec
-        seen_near[rec["near_key"]] = rec
-        out.kept.append(rec)
-    if opts.near_dup is not None:
-        out.kept, more, out.signatures = remove_near_duplicates(out.kept, opts.near_dup)
-        out.duplicates = sorted(repoint(out.duplicates, more) + more, key=lambda d: d["line"])
-    return out
+                continue
+            messages = next(fitting_messages)
+            rec = {"id": example_id(messages), "near_key": next(near_keys), **base, "format": row["format"],
+                   "messages": messages}
+            candidates.append((rec["id"], rec["near_key"], {"id": rec["id"], **base}, encode(rec) + "\n"))
+        sig = (near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None and fitting
+               else np.zeros((0, opts.near_dup.num_perm if opts.near_dup else 0), dtype=np.uint32))
+    return {"rows": len(records), "quarantined": quarantined, "pii": pii, "candidates": candidates,
+            "signatures": sig}
 
 
 def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: float = 1.0) -> dict:
@@ -252,19 +370,6 @@ def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: 
     return {"drop": rec["drop"], "line": rec["line"], "raw_sha256": rec.get("raw_sha256"), "kind": kind,
             "method": method, "similarity": round(float(similarity), 4), "id": rec["id"],
             "duplicate_of": {k: first[k] for k in ("id", "drop", "line")}}
-
-
-def remove_near_duplicates(kept: list[dict], params: NearDupParams, sig=None) -> tuple[list[dict], list[dict], object]:
-    """MinHash/LSH pass over examples in order: (still kept, removed as near-duplicates of an earlier kept one,
-    signatures of the still kept). `sig`: the examples' signatures when already computed with `params`."""
-    from ft_pipeline.core import near_dup
-
-    if sig is None:
-        sig = near_dup.signatures((r["messages"] for r in kept), params)
-    dup_of, sim = near_dup.dedup(sig, params)
-    removed = [duplicate_entry(r, kept[d], "near", "minhash", s)
-               for r, d, s in zip(kept, dup_of.tolist(), sim.tolist()) if d >= 0]
-    return [r for r, d in zip(kept, dup_of.tolist()) if d < 0], removed, sig[dup_of < 0]
 
 
 def repoint(duplicates: list[dict], removed: list[dict]) -> list[dict]:

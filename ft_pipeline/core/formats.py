@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ft_pipeline.core.bulk import no_cycle_gc
+
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 FORMATS = ("openai_chat", "sharegpt", "alpaca", "prompt_completion", "text")
 DROP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -89,6 +91,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+@no_cycle_gc()
 def read_drop(path: Path) -> ParsedDrop:
     path = Path(path)
     suffix = path.suffix.lower()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.cleaning import duplicate_entry
 from ft_pipeline.core.near_dup import NearDupParams
 
@@ -163,6 +164,7 @@ def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list
             for i, j, s in near_dup.cross_pairs(sig_h, sig_t, params)]
 
 
+@no_cycle_gc()
 def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tokenizer=None,
                 signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None) -> dict:
     """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized key,
@@ -212,6 +214,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     outs = {n: open(out_dir / f"{n}.jsonl.tmp", "w", encoding="utf-8")
             for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
     n_out = Counter()
+    by_drop = {"train": Counter(), "holdout": Counter()}
     try:
         i = 0
         for name in names:
@@ -221,6 +224,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                     if s >= 0:
                         outs["holdout" if s else "train"].write(text)
                         n_out["holdout" if s else "train"] += 1
+                        by_drop["holdout" if s else "train"][name] += 1
                     elif s == DUPLICATE:
                         outs["cross_drop_duplicates"].write(
                             json.dumps(_dup_entry(json.loads(text), a, i, ref(a.dup_of[i])), ensure_ascii=False) + "\n")
@@ -240,6 +244,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                 "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
                 "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
                 **{n: n_out[n] for n in outs}, "rows_accounted_for": len(keys) == sum(n_out.values()),
+                "by_drop": {side: dict(c) for side, c in by_drop.items()},
                 "token_lengths": length_summary(counts) if tokenizer else {"examples": 0},
                 "stratify_by": opts.stratify_by,
                 "strata": _strata(strata, a.side) if opts.stratify_by else {},

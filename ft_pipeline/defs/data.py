@@ -11,6 +11,7 @@ from ft_pipeline.core.near_dup import NearDupParams
 from ft_pipeline.core.token_policy import TooManyTokensError
 from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.defs.partitions import drops
+from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
@@ -65,23 +66,32 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
-    records = cleaning.canonicalize(parsed, fmt)
-    write_jsonl(home.data("raw_examples", context.partition_key), records)
-    file_hash = parsed.sha256
+    unconverted = Counter()
+
+    def counted(records):
+        for rec in records:
+            if "code" in rec:
+                unconverted[rec["code"]] += 1
+            yield rec
+
+    raw_examples_path = home.data("raw_examples", context.partition_key)
+    with no_cycle_gc():  # records stream to the file: one row's objects at a time
+        n_rows = write_jsonl(raw_examples_path, counted(cleaning.iter_canonical(parsed, fmt)))
+    file_hash, file_format = parsed.sha256, parsed.file_format
+    del parsed
     # What the records were made from, for cleaned_examples to record as its provenance.
     home.data("raw_examples", context.partition_key, suffix=".meta.json").write_text(
         json.dumps({"raw_sha256": file_hash, "format": fmt}))
-    unconverted = Counter(r["code"] for r in records if "code" in r)
     with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
                                    tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
-        mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": parsed.file_format,
+        mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": file_format,
                            "format_override": config.format})
-        mlflow.log_metrics({"rows": len(records), "rows_not_converted": sum(unconverted.values())})
-        log_jsonl_dataset(records, path, f"raw@{context.partition_key}", "raw", file_hash)
+        mlflow.log_metrics({"rows": n_rows, "rows_not_converted": sum(unconverted.values())})
+        log_jsonl_dataset(raw_examples_path, f"raw@{context.partition_key}", "raw", file_hash)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(file_hash[:16]),
-        metadata={"file": dg.MetadataValue.path(str(path)), "detected_format": fmt, "file_format": parsed.file_format,
-                  "rows": len(records), "rows_not_converted": sum(unconverted.values()),
+        metadata={"file": dg.MetadataValue.path(str(path)), "detected_format": fmt, "file_format": file_format,
+                  "rows": n_rows, "rows_not_converted": sum(unconverted.values()),
                   "not_converted_by_reason": dg.MetadataValue.json(dict(unconverted)),
                   "raw_sha256": file_hash,
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
@@ -100,13 +110,15 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     drop = context.partition_key
-    records = read_jsonl(home.data("raw_examples", drop))
-    result = cleaning.clean_records(records, cleaning.CleaningOptions(config.redact_pii, config.max_chars,
-                                                                      config.near_dup_params()))
     paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates")}
+    # Streamed: raw_examples' lines a chunk at a time, cleaned by worker processes side by side, the kept
+    # records written to the cleaned file as they come.
+    with open(home.data("raw_examples", drop), encoding="utf-8") as raw_lines:
+        result = cleaning.clean_stream(raw_lines, paths["cleaned"],
+                                       cleaning.CleaningOptions(config.redact_pii, config.max_chars,
+                                                                config.near_dup_params()))
     write_jsonl(paths["quarantine"], result.quarantined)
     write_jsonl(paths["duplicates"], result.duplicates)
-    write_jsonl(paths["cleaned"], result.kept)
     # The kept rows' MinHash signatures, for the split to reuse instead of recomputing (same parameters only).
     np.save(home.data("cleaned", drop, suffix=".minhash.npy"), result.signatures)
     stats = {**result.stats(), "near_dup": config.near_dup_params().to_json()}
@@ -115,9 +127,9 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     counted = {k: count_lines(p) for k, p in paths.items()}
     accounted = counted["cleaned"] + counted["quarantine"] + counted["duplicates"]
     check = dg.AssetCheckResult(
-        check_name="rows_accounted_for", passed=accounted == len(records),
+        check_name="rows_accounted_for", passed=accounted == result.rows_in,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"rows_in": len(records), **{f"rows_{k}": v for k, v in counted.items()}})
+        metadata={"rows_in": result.rows_in, **{f"rows_{k}": v for k, v in counted.items()}})
     cleaned_hash = formats.sha256_file(paths["cleaned"])
     home.data("cleaned", drop, suffix=".stats.json").write_text(
         json.dumps({**stats, "raw_sha256": raw_sha, "cleaned_sha256": cleaned_hash}, indent=2))
@@ -130,7 +142,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                             **{f"quarantined.{k}": v for k, v in stats["quarantined_by_reason"].items()},
                             **{f"pii.{k}": v for k, v in stats["pii_redacted_by_kind"].items()}})
         mlflow.log_dict(stats, "cleaning_stats.json")
-        log_jsonl_dataset(result.kept, paths["cleaned"], f"cleaned@{drop}", "cleaned", cleaned_hash)
+        log_jsonl_dataset(paths["cleaned"], f"cleaned@{drop}", "cleaned", cleaned_hash)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(cleaned_hash[:16]), check_results=[check],
         metadata={"cleaned_file": dg.MetadataValue.path(str(paths["cleaned"])),
@@ -219,21 +231,20 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped)
     except TooManyTokensError as e:
         raise dg.Failure(description=str(e)) from e
-    train, holdout = read_jsonl(out / "train.jsonl"), read_jsonl(out / "holdout.jsonl")
     tokens = manifest["token_lengths"]
     with mlflow_tracking.start_run(context, "split", "train_set",
                                    tags={"dagster.data_version": manifest["train_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
                            "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
                            "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
-        mlflow.log_metrics({"train_examples": len(train), "holdout_examples": len(holdout),
+        mlflow.log_metrics({"train_examples": manifest["train"], "holdout_examples": manifest["holdout"],
                             "cross_drop_duplicates": manifest["cross_drop_duplicates"],
                             "too_long": manifest["too_long"],
                             **{k: v for k, v in tokens.items() if k.startswith("tokens_")}})
         mlflow.log_dict(manifest, "split_manifest.json")
         mlflow.log_artifact(str(out / "token_lengths.png"))
-        log_jsonl_dataset(train, out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
-        log_jsonl_dataset(holdout, out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
+        log_jsonl_dataset(out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
+        log_jsonl_dataset(out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
     shared = {"drops": dg.MetadataValue.json(used), "skipped_drops": dg.MetadataValue.json(skipped),
               "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
@@ -244,12 +255,11 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
               "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link}
     if config.stratify_by:
         shared["strata"] = dg.MetadataValue.json(manifest["strata"])
-    for key, rows, sha in (("train_set", train, manifest["train_sha256"]),
-                           ("holdout_set", holdout, manifest["holdout_sha256"])):
+    for side in ("train", "holdout"):
         yield dg.MaterializeResult(
-            asset_key=key, data_version=dg.DataVersion(sha[:16]),
-            metadata={"file": dg.MetadataValue.path(str(out / f"{key.split('_')[0]}.jsonl")), "examples": len(rows),
-                      "by_drop": dg.MetadataValue.json(dict(Counter(r["drop"] for r in rows))), **shared})
+            asset_key=f"{side}_set", data_version=dg.DataVersion(manifest[f"{side}_sha256"][:16]),
+            metadata={"file": dg.MetadataValue.path(str(out / f"{side}.jsonl")), "examples": manifest[side],
+                      "by_drop": dg.MetadataValue.json(manifest["by_drop"][side]), **shared})
 
 
 @dg.multi_asset_check(

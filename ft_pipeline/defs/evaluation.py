@@ -55,7 +55,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     with mlflow_tracking.start_run(context, "evaluate", "evaluation_report",
                                    parent_run_id=adapter["training_run_id"]) as (run, exp_id):
         manifest = json.loads((home.split_dir / "manifest.json").read_text())
-        log_jsonl_dataset(holdout, home.split_dir / "holdout.jsonl", "holdout_set", "evaluation",
+        log_jsonl_dataset(home.split_dir / "holdout.jsonl", "holdout_set", "evaluation",
                           manifest["holdout_sha256"])
         evaluation.log_to_mlflow(results, report_md, samples, diff, figures, adapter["model_id"])
     return dg.MaterializeResult(metadata={

@@ -138,7 +138,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
-        log_jsonl_dataset(train, train_path, "train_set", "training", manifest["train_sha256"])
+        log_jsonl_dataset(train_path, "train_set", "training", manifest["train_sha256"])
         result = _train(context, home, opts, base, key, train, holdout)
         sup = result["supervision"]
         mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
