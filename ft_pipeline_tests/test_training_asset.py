@@ -1,5 +1,6 @@
 """The lora_adapter asset on a prepared home (tiny base, a small split): secrets never reach MLflow or Dagster,
-and the asset trains through torchrun with two CPU processes (gloo), streaming logs and metrics back."""
+and the asset trains through torchrun and through accelerate launch with two CPU processes (gloo), streaming logs
+and metrics back."""
 
 import json
 
@@ -64,11 +65,13 @@ def test_tokens_never_reach_mlflow_or_dagster_metadata(home, tmp_path, monkeypat
     assert SECRET not in home.adapter_info.read_text()
 
 
-def test_asset_trains_under_torchrun_with_two_cpu_processes(home, tmp_path):
-    res, messages = materialize(home, tmp_path, launcher="torchrun", num_processes=2)
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_asset_trains_under_a_launcher_with_two_cpu_processes(home, tmp_path, launcher):
+    res, messages = materialize(home, tmp_path, launcher=launcher, num_processes=2)
     assert res.success
     md = res.asset_materializations_for_node("lora_adapter")[0].metadata
-    assert md["launcher"].value == "torchrun" and md["world_size"].value == 2 and md["global_step"].value == 4
+    # world_size is what the launcher told the training processes (WORLD_SIZE): 2 means two ranks really ran.
+    assert md["launcher"].value == launcher and md["world_size"].value == 2 and md["global_step"].value == 4
     assert (home.adapter_dir / "adapter_model.safetensors").exists()
     info = json.loads(home.adapter_info.read_text())
     run = mlflow_run(tmp_path, info["training_run_id"])

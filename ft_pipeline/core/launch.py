@@ -31,10 +31,13 @@ def launch_command(opts: TrainOptions, repo_root: Path) -> list[str]:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", n, "--num_machines", "1"]
         if opts.accelerate_config:
             cmd += ["--config_file", str((repo_root / opts.accelerate_config).resolve())]
-        elif not torch.cuda.is_available():
-            cmd += ["--cpu"]  # several CPU processes, gloo backend (how CI exercises this path)
         elif opts.num_processes > 1:
+            # accelerate's torch.distributed launcher: one process per GPU (nccl) or, on a machine without a GPU,
+            # CPU processes over gloo (how CI exercises this path). `--cpu` would start ONE process whatever
+            # --num_processes says: accelerate 1.15 starts several CPU processes only through mpirun (a hostfile).
             cmd += ["--multi_gpu"]
+        elif not torch.cuda.is_available():
+            cmd += ["--cpu"]
         return [*cmd, *entry]
     raise ValueError(f"launcher {opts.launcher!r} does not start a child process")
 
