@@ -1,5 +1,5 @@
 """GPU tier (skipped without CUDA): the GPU presets' architecture, a Qwen2 model built locally from a config
-(no download), trains a few steps in bf16 with LoRA, and with QLoRA on a 4-bit base."""
+(no download), trains a few steps in bf16 with LoRA, with QLoRA on a 4-bit base, and under FSDP on every GPU."""
 
 import math
 
