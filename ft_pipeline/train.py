@@ -3,6 +3,9 @@
     python -m ft_pipeline.train --config configs/cpu_tiny.yaml --base-dir BASE --train-jsonl train.jsonl --out OUT
     torchrun --nproc_per_node 4 -m ft_pipeline.train --config configs/multi_gpu_qwen.yaml ...
     accelerate launch --num_processes 4 [--config_file configs/accelerate/fsdp.yaml] -m ft_pipeline.train ...
+    accelerate launch --multi_gpu --num_processes 2 -m ft_pipeline.train ...   (2 CPU processes, gloo, on a CPU)
+
+(`accelerate launch --cpu --num_processes 2` would start one process; FSDP needs GPUs, see check_fsdp.)
 
 The options come from a preset's `ops.lora_adapter.config` (`--config`) and/or `--options-json`. Rank 0 prints
 every step log as one `FT_LOG {json}` line (the lora_adapter asset streams them into the Dagster run log) and

@@ -1,5 +1,6 @@
 """The lora_adapter asset on a prepared home (tiny base, a small split): secrets never reach MLflow or Dagster,
-and the asset trains through torchrun with two CPU processes (gloo), streaming logs and metrics back."""
+the asset trains through torchrun and through accelerate launch with two CPU processes (gloo), streaming logs and
+metrics back, and an FSDP accelerate config on CPU (which accelerate 1.15 would silently run as DDP) fails clearly."""
 
 import json
 
@@ -33,12 +34,13 @@ def home(tiny_base, tmp_path):
     return h
 
 
-def materialize(home, tmp_path, **config):
+def materialize(home, tmp_path, raise_on_error=True, **config):
     mlflow_res = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
     cfg = dict(max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_steps=2, warmup_steps=0) | config
     instance = dg.DagsterInstance.ephemeral()
     res = dg.materialize([lora_adapter], resources={"home": home, "mlflow_tracking": mlflow_res},
-                         run_config=dg.RunConfig(ops={"lora_adapter": {"config": cfg}}), instance=instance)
+                         run_config=dg.RunConfig(ops={"lora_adapter": {"config": cfg}}), instance=instance,
+                         raise_on_error=raise_on_error)
     return res, [e.user_message for e in instance.all_logs(res.run_id)]
 
 
@@ -64,11 +66,13 @@ def test_tokens_never_reach_mlflow_or_dagster_metadata(home, tmp_path, monkeypat
     assert SECRET not in home.adapter_info.read_text()
 
 
-def test_asset_trains_under_torchrun_with_two_cpu_processes(home, tmp_path):
-    res, messages = materialize(home, tmp_path, launcher="torchrun", num_processes=2)
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_asset_trains_under_a_launcher_with_two_cpu_processes(home, tmp_path, launcher):
+    res, messages = materialize(home, tmp_path, launcher=launcher, num_processes=2)
     assert res.success
     md = res.asset_materializations_for_node("lora_adapter")[0].metadata
-    assert md["launcher"].value == "torchrun" and md["world_size"].value == 2 and md["global_step"].value == 4
+    # world_size is what the launcher told the training processes (WORLD_SIZE): 2 means two ranks really ran.
+    assert md["launcher"].value == launcher and md["world_size"].value == 2 and md["global_step"].value == 4
     assert (home.adapter_dir / "adapter_model.safetensors").exists()
     info = json.loads(home.adapter_info.read_text())
     run = mlflow_run(tmp_path, info["training_run_id"])
@@ -78,3 +82,30 @@ def test_asset_trains_under_torchrun_with_two_cpu_processes(home, tmp_path):
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert any(m.startswith("step 4/4 loss=") for m in messages)  # rank 0's step logs, streamed back
+
+
+def test_fsdp_on_cpu_fails_clearly_instead_of_silently_training_ddp(home, tmp_path):
+    """accelerate 1.15 enables FSDP only on GPU-like devices: with use_cpu it runs the processes as MULTI_CPU DDP
+    and ignores the FSDP config. The asset must say so, not train unsharded under an FSDP label."""
+    import yaml
+
+    from ft_pipeline.settings import REPO_ROOT
+
+    cfg = yaml.safe_load((REPO_ROOT / "configs" / "accelerate" / "fsdp.yaml").read_text())
+    cfg.update(use_cpu=True, mixed_precision="no")  # the repo's FSDP config (fsdp_config unchanged), for a CPU
+    assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
+    config_file = tmp_path / "fsdp_cpu.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    res, _ = materialize(home, tmp_path, raise_on_error=False, launcher="accelerate", num_processes=2,
+                         accelerate_config=str(config_file))  # absolute: repo_root / it is the path itself
+    assert not res.success
+    [failure] = [e for e in res.all_events if e.is_step_failure]
+    error, texts = failure.step_failure_data.error, []
+    while error is not None:  # Dagster's step error, caused by train_in_child's RuntimeError
+        texts.append(error.message)
+        error = error.cause
+    text = "\n".join(texts)
+    # The child's own error leads the message, even where torchrun's failure report fills the output's tail.
+    assert "exited with 1: ft_pipeline.core.training.FsdpUnavailableError: the accelerate config asks for FSDP" in text
+    assert "DistributedType.MULTI_CPU on cpu" in text
+    assert not (home.adapter_dir / "adapter_model.safetensors").exists()

@@ -1,5 +1,5 @@
 """GPU tier (skipped without CUDA): the GPU presets' architecture, a Qwen2 model built locally from a config
-(no download), trains a few steps in bf16 with LoRA, and with QLoRA on a 4-bit base."""
+(no download), trains a few steps in bf16 with LoRA, with QLoRA on a 4-bit base, and under FSDP on every GPU."""
 
 import math
 
@@ -60,3 +60,34 @@ def test_qlora_preset_trains_on_a_4bit_base(small_qwen, tmp_path):
     assert type(base_linear).__name__ == "Linear4bit"  # the frozen base really is 4-bit
     res = train_adapter(small_qwen, records(), tmp_path / "ckpt2", tmp_path / "adapter", opts, report_to_mlflow=False)
     assert res.global_step == 4 and math.isfinite(res.train_loss)
+
+
+def test_fsdp_config_saves_a_complete_adapter(small_qwen, tmp_path):
+    """configs/accelerate/fsdp.yaml (FSDP2, checkpoints as SHARDED_STATE_DICT) on every GPU of the machine: the final
+    save is a full, unsharded adapter with the single-process adapter's tensors and shapes (Trainer.save_model alone
+    writes no weights under a sharded state dict), and it loads with peft and generates."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ft_pipeline.core.launch import train_in_child
+    from ft_pipeline.jsonl import write_jsonl
+
+    single = preset_options("multi_gpu_qwen.yaml", launcher="in_process", num_processes=1, accelerate_config="")
+    train_adapter(small_qwen, records(), tmp_path / "ckpt1", tmp_path / "single", single, report_to_mlflow=False)
+    write_jsonl(tmp_path / "train.jsonl", records())
+    n = torch.cuda.device_count()
+    opts = preset_options("multi_gpu_qwen.yaml", num_processes=n, accelerate_config="configs/accelerate/fsdp.yaml")
+    res = train_in_child(opts, small_qwen, tmp_path / "train.jsonl", tmp_path / "ckpt", tmp_path / "fsdp",
+                         tmp_path / "result.json", run_name="sft", repo_root=REPO_ROOT)
+    assert res["world_size"] == n and res["global_step"] == 4
+    full = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    ref = load_file(tmp_path / "single" / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in full.items()} == {k: v.shape for k, v in ref.items()}
+    assert all(v.abs().sum() > 0 for k, v in full.items() if "lora_B" in k)  # B starts at zero: it trained
+    tok = AutoTokenizer.from_pretrained(tmp_path / "fsdp")
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_qwen), tmp_path / "fsdp")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "refund order ORD-100001 please"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = tuned.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -15,6 +16,9 @@ from typing import Callable
 from ft_pipeline.core.training import TrainOptions
 
 LOG_PREFIX = "FT_LOG "  # a step log line from the child: LOG_PREFIX + json
+# The last line of a Python traceback, as a rank prints it ("[rank0]: pkg.SomeError: message"): the child's own
+# error, which a launcher's report (torchrun's ChildFailedError summary) can push out of the output's tail.
+_ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::.*)?)$")
 
 
 def launch_command(opts: TrainOptions, repo_root: Path) -> list[str]:
@@ -31,10 +35,13 @@ def launch_command(opts: TrainOptions, repo_root: Path) -> list[str]:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", n, "--num_machines", "1"]
         if opts.accelerate_config:
             cmd += ["--config_file", str((repo_root / opts.accelerate_config).resolve())]
-        elif not torch.cuda.is_available():
-            cmd += ["--cpu"]  # several CPU processes, gloo backend (how CI exercises this path)
         elif opts.num_processes > 1:
+            # accelerate's torch.distributed launcher: one process per GPU (nccl) or, on a machine without a GPU,
+            # CPU processes over gloo (how CI exercises this path). `--cpu` would start ONE process whatever
+            # --num_processes says: accelerate 1.15 starts several CPU processes only through mpirun (a hostfile).
             cmd += ["--multi_gpu"]
+        elif not torch.cuda.is_available():
+            cmd += ["--cpu"]
         return [*cmd, *entry]
     raise ValueError(f"launcher {opts.launcher!r} does not start a child process")
 
@@ -55,6 +62,7 @@ def train_in_child(opts: TrainOptions, base_dir: Path, train_jsonl: Path, checkp
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1",
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     tail: deque[str] = deque(maxlen=40)
+    first_error = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
                           cwd=repo_root, bufsize=1) as proc:
         for line in proc.stdout:
@@ -64,9 +72,12 @@ def train_in_child(opts: TrainOptions, base_dir: Path, train_jsonl: Path, checkp
                     on_log(json.loads(line[len(LOG_PREFIX):]))
                 continue
             tail.append(line)
+            if first_error is None and (m := _ERROR_LINE.match(line)):
+                first_error = m.group(1)
             if on_line:
                 on_line(line)
     if proc.returncode != 0:
         raise RuntimeError(f"training ({opts.launcher}, {opts.num_processes} process(es)) exited with "
-                           f"{proc.returncode}; its last output:\n" + "\n".join(tail))
+                           f"{proc.returncode}" + (f": {first_error}" if first_error else "")
+                           + "\nits last output:\n" + "\n".join(tail))
     return json.loads(result_json.read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -316,6 +317,24 @@ class _Progress:
         return Progress()
 
 
+class FsdpUnavailableError(RuntimeError):
+    """The accelerate config asks for FSDP, but accelerate did not turn it on for this run."""
+
+
+def check_fsdp(trainer) -> None:
+    """Refuse to train when `accelerate launch` was given an FSDP config (ACCELERATE_USE_FSDP=true) that accelerate
+    then ignored: accelerate 1.15 turns FSDP on only for GPU-like devices, and on CPU it runs the processes as plain
+    DDP over gloo (MULTI_CPU), which would silently train unsharded."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        raise FsdpUnavailableError(
+            "the accelerate config asks for FSDP (distributed_type: FSDP), but accelerate did not enable it: "
+            f"it runs these processes as {trainer.accelerator.distributed_type} "
+            f"on {trainer.accelerator.device.type}. accelerate 1.15 enables FSDP only on GPUs (and other "
+            "accelerators); on CPU it would train plain DDP and ignore every FSDP setting. On CPU, use launcher "
+            "accelerate or torchrun without accelerate_config (accelerate launch without --config_file): DDP "
+            "over gloo.")
+
+
 def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, adapter_dir: Path,
                   opts: TrainOptions, run_name: str = "sft", report_to_mlflow: bool = True,
                   on_log: Callable[[dict], None] | None = None, eval_records: list[dict] | None = None,
@@ -330,11 +349,16 @@ def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     trainer = build_trainer(Path(base_dir), train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
                             callbacks=[_Progress(on_log)], eval_records=eval_records)
     trainer.remove_callback(PrinterCallback)  # logs go to on_log (the Dagster run log) instead of stdout
+    check_fsdp(trainer)
     if on_trainer:
         on_trainer(trainer)
     out = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         adapter_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.is_fsdp_enabled:
+        # Checkpoints may stay sharded (fsdp_state_dict_type: SHARDED_STATE_DICT), but Trainer.save_model then
+        # writes no weights at all: gather the full state dict (every rank takes part) for the final save.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(adapter_dir))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(adapter_dir))
