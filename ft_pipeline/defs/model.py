@@ -1,6 +1,7 @@
 """Model assets: the base model as a local directory, and the LoRA adapter trained on the train set."""
 
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     holdout = read_jsonl(home.split_dir / "holdout.jsonl") if opts.eval_steps > 0 else None
     # Checkpoints are keyed by what is trained on what, so a resume never mixes data or settings.
     key = f"{manifest['train_sha256'][:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
+    if opts.accelerate_config:  # FSDP checkpoints are sharded: never resume one as a DDP run's, or back
+        key += "-" + hashlib.sha256(opts.accelerate_config.encode()).hexdigest()[:8]
     with mlflow_tracking.start_run(context, "train", "lora_adapter",
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
