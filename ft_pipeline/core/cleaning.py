@@ -10,7 +10,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -221,7 +221,6 @@ CHUNK_ROWS = 16384  # rows cleaned at once: bounds memory to a chunk of records 
 def clean_records(records: list[dict], options: CleaningOptions | None = None) -> CleanedDrop:
     """`clean_stream` of a list, with the kept records read back into `kept`."""
     import tempfile
-    from pathlib import Path
 
     from ft_pipeline.jsonl import read_jsonl
 
@@ -300,12 +299,9 @@ def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int
     from collections import deque
 
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
-    first = next(chunks, None)
-    second = next(chunks, None) if first is not None else None
-    if second is None or workers <= 1:
-        for chunk in (c for c in (first, second) if c is not None):
-            yield _prepare_chunk(chunk, opts)
-        for chunk in chunks:
+    head = list(islice(chunks, 2))
+    if len(head) < 2 or workers <= 1:
+        for chunk in chain(head, chunks):
             yield _prepare_chunk(chunk, opts)
         return
     import multiprocessing
@@ -313,7 +309,7 @@ def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int
 
     # spawn: a fork of a process with threads (a Dagster step has several) can deadlock in the child.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = deque(pool.submit(_prepare_chunk, c, opts) for c in (first, second))
+        pending = deque(pool.submit(_prepare_chunk, c, opts) for c in head)
         for chunk in chunks:
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
@@ -337,11 +333,11 @@ def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
         usable = [row for row in records if "messages" in row]
         normed = iter(normalize_many([m["content"] for row in usable for m in row["messages"]]))
         normed_rows = {id(row): [next(normed) for _ in row["messages"]] for row in usable}
-        fits = [c for row in usable if sum(map(len, normed_rows[id(row)])) <= opts.max_chars
-                for c in normed_rows[id(row)]]
+        n_chars = {key: sum(map(len, texts)) for key, texts in normed_rows.items()}
+        fits = [c for row in usable if n_chars[id(row)] <= opts.max_chars for c in normed_rows[id(row)]]
         redacted = iter(redact_many(fits, pii) if opts.redact_pii else fits)
         fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
-                   if sum(map(len, normed_rows[id(row)])) <= opts.max_chars]
+                   if n_chars[id(row)] <= opts.max_chars]
         near_keys, fitting_messages = iter(near_dup_keys(fitting)), iter(fitting)
         candidates = []
         for row in records:
@@ -349,18 +345,16 @@ def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
             if "messages" not in row:
                 quarantined.append({**base, "code": row["code"], "reason": row["reason"], "raw": row["raw"]})
                 continue
-            n_chars = sum(map(len, normed_rows[id(row)]))
-            if n_chars > opts.max_chars:
+            if (n := n_chars[id(row)]) > opts.max_chars:
                 quarantined.append({**base, "code": "too_long", "raw": row["raw"],
-                                    "reason": f"too long: {n_chars} characters, the limit is {opts.max_chars} "
+                                    "reason": f"too long: {n} characters, the limit is {opts.max_chars} "
                                               "(raise max_chars or shorten the example; rows are never truncated)"})
                 continue
             messages = next(fitting_messages)
             rec = {"id": example_id(messages), "near_key": next(near_keys), **base, "format": row["format"],
                    "messages": messages}
             candidates.append((rec["id"], rec["near_key"], {"id": rec["id"], **base}, encode(rec) + "\n"))
-        sig = (near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None and fitting
-               else np.zeros((0, opts.near_dup.num_perm if opts.near_dup else 0), dtype=np.uint32))
+        sig = near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None else None
     return {"rows": len(records), "quarantined": quarantined, "pii": pii, "candidates": candidates,
             "signatures": sig}
 

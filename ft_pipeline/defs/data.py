@@ -7,11 +7,11 @@ from collections import Counter
 import dagster as dg
 
 from ft_pipeline.core import base_models, cleaning, formats, splitting
+from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.near_dup import NearDupParams
 from ft_pipeline.core.token_policy import TooManyTokensError
 from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.defs.partitions import drops
-from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
@@ -75,7 +75,8 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
             yield rec
 
     raw_examples_path = home.data("raw_examples", context.partition_key)
-    with no_cycle_gc():  # records stream to the file: one row's objects at a time
+    # Records stream to the file, one at a time; the collector is paused while the parsed rows are alive.
+    with no_cycle_gc():
         n_rows = write_jsonl(raw_examples_path, counted(cleaning.iter_canonical(parsed, fmt)))
     file_hash, file_format = parsed.sha256, parsed.file_format
     del parsed
