@@ -240,11 +240,12 @@ def band_keys(sig: np.ndarray, params: NearDupParams) -> np.ndarray:
     collision, which only adds a candidate that the Jaccard estimate then rejects)."""
     nb, r = params.bands
     keys = np.empty((len(sig), nb), dtype=np.uint64)
-    s = sig.astype(np.uint64)
+    prime = np.uint64(0x100000001B3)
     for j in range(nb):
         k = np.full(len(sig), 0xCBF29CE484222325, dtype=np.uint64)
-        for c in range(j * r, (j + 1) * r):
-            k = (k ^ s[:, c]) * np.uint64(0x100000001B3)
+        for c in range(j * r, (j + 1) * r):  # in place, one column at a time: no uint64 copy of `sig`
+            k ^= sig[:, c]
+            k *= prime
         keys[:, j] = k
     return keys
 
@@ -269,17 +270,96 @@ def jaccard(sig: np.ndarray, i, j) -> np.ndarray:
     return (sig[i] == sig[j]).mean(axis=-1)
 
 
-def dedup(sig: np.ndarray, params: NearDupParams) -> tuple[np.ndarray, np.ndarray]:
+MAX_CANDIDATE_PAIRS = 1 << 26  # more (example, earlier example) pairs sharing a band: dedup loops instead
+_PAIR_CHUNK = 1 << 16  # pairs compared at once: (chunk x num_perm) uint32 gathered twice, 32 MB at 64 perms
+
+
+def dedup(sig: np.ndarray, params: NearDupParams,
+          max_pairs: int = MAX_CANDIDATE_PAIRS) -> tuple[np.ndarray, np.ndarray]:
     """Greedy, in order: an example is a near-duplicate of the earliest earlier *kept* example that is an LSH
     candidate with estimated Jaccard >= threshold; otherwise it is kept. Returns (duplicate_of, similarity):
     the index of that kept example (-1 when kept) and the estimate. The result for the first k examples does
-    not depend on what follows them, which is what makes appending data safe."""
+    not depend on what follows them, which is what makes appending data safe.
+
+    Every candidate pair (two examples sharing a band key) has its Jaccard estimate computed with array
+    operations, a band at a time; only the pairs at or above the threshold, a few per near-duplicate, go
+    through the greedy loop in Python. When buckets are so large that there are more than `max_pairs` pairs
+    (thousands of examples sharing band keys), it falls back to `_dedup_loop`, which compares each example with
+    the kept examples of its buckets only. Both give the same result (a test checks it)."""
     n = len(sig)
     dup_of = np.full(n, -1, dtype=np.int64)
     sim = np.zeros(n, dtype=np.float32)
     if n < 2:
         return dup_of, sim
     keys = band_keys(sig, params)
+    hits = _similar_pairs(sig, keys, params, max_pairs)
+    if hits is None:
+        return _dedup_loop(sig, keys, params)
+    later, earlier, est = hits
+    # By (later, earlier): an earlier example is decided before any later one looks at it, and the first kept
+    # `earlier` of each example is the one it duplicates. A pair found in several bands is seen again: no-op.
+    for i, j, s in zip(later.tolist(), earlier.tolist(), est.tolist()):
+        if dup_of[i] < 0 and dup_of[j] < 0:
+            dup_of[i], sim[i] = j, s
+    return dup_of, sim
+
+
+def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max_pairs: int):
+    """(later, earlier, estimate) of every pair of examples sharing a key in some band whose estimated Jaccard
+    is >= threshold, sorted by (later, earlier), a pair found in several bands once per band; None when there
+    are more than `max_pairs` candidate pairs in all."""
+    n, num_perm = sig.shape
+    threshold, (nb, r) = params.threshold, params.bands
+    need = next(c for c in range(num_perm + 1) if c / num_perm >= threshold)  # equal values a hit needs
+    # A pair with `need` equal values of num_perm has at least need - (num_perm - q) equal among any q columns:
+    # pairs below that are rejected on a quarter of the columns (most candidate pairs are chance collisions of
+    # one band). The q columns are the first or the last ones, whichever misses the band: its r are all equal.
+    q = num_perm // 4
+    heads = (np.ascontiguousarray(sig[:, :q]), np.ascontiguousarray(sig[:, -q:]))
+    head_need = need - (num_perm - q)
+    found, total = [], 0
+    for j in range(nb):
+        head = heads[0] if j * r >= q else heads[1]
+        order = np.argsort(keys[:, j])
+        sk = keys[order, j]
+        starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+        sizes = np.diff(np.append(starts, n))
+        starts, sizes = starts[sizes > 1], sizes[sizes > 1]
+        total += int((sizes * (sizes - 1) // 2).sum())
+        if total > max_pairs:
+            return None
+        # Every pair of positions in a group: the member at offset k >= 1 with each of the k members before it.
+        member = _ragged_arange(sizes - 1) + np.repeat(starts + 1, sizes - 1)
+        k = member - np.repeat(starts, sizes - 1)
+        a = order[np.repeat(member, k)]
+        b = order[_ragged_arange(k) + np.repeat(member - k, k)]
+        later, earlier = np.maximum(a, b), np.minimum(a, b)
+        for lo in range(0, len(later), _PAIR_CHUNK):  # bounded memory however many pairs the band has
+            li, ei = later[lo:lo + _PAIR_CHUNK], earlier[lo:lo + _PAIR_CHUNK]
+            if head_need > 0:
+                maybe = np.count_nonzero(head[li] == head[ei], axis=1) >= head_need
+                li, ei = li[maybe], ei[maybe]
+            est = np.count_nonzero(sig[li] == sig[ei], axis=1) / num_perm  # the float jaccard() computes
+            ok = est >= threshold
+            found.append((li[ok], ei[ok], est[ok]))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    later, earlier, est = (np.concatenate(x) for x in zip(*found))
+    by = np.lexsort((earlier, later))
+    return later[by], earlier[by], est[by]
+
+
+def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+    """0 .. c-1 for each c in counts, concatenated."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _dedup_loop(sig: np.ndarray, keys: np.ndarray, params: NearDupParams) -> tuple[np.ndarray, np.ndarray]:
+    """`dedup` one example at a time, each compared with the kept examples in its buckets only: memory stays
+    linear however large a bucket is."""
+    n = len(sig)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    sim = np.zeros(n, dtype=np.float32)
     shared = _shared(keys)
     buckets: dict[tuple[int, int], list[int]] = {}
     thr = params.threshold
