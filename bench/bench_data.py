@@ -140,7 +140,7 @@ def clean_drop(path: Path, out_dir: Path) -> dict:
     raw_jsonl = out_dir / f"{path.name}.raw.jsonl"
     write_jsonl(raw_jsonl, cleaning.iter_canonical(parsed, formats.detect_format(parsed.rows, path)))
     del parsed
-    with open(raw_jsonl, encoding="utf-8") as lines:
+    with open(raw_jsonl, "rb") as lines:
         out = cleaning.clean_stream(lines, out_dir / f"{path.name}.jsonl")
     write_jsonl(out_dir / f"{path.name}.quarantine", out.quarantined)
     write_jsonl(out_dir / f"{path.name}.duplicates", out.duplicates)

@@ -7,7 +7,20 @@ from pathlib import Path
 from typing import Iterable
 
 
+import orjson
+
 encode = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps(r, ensure_ascii=False) does, built once
+
+
+def loads(line: bytes | str):
+    """`json.loads` of a line of a file this pipeline wrote, about twice as fast: orjson parses it, and what
+    orjson refuses that json accepts (NaN, lone surrogates, numbers beyond float range) goes to json. Not for
+    input drops: orjson reads integers beyond 64 bits as floats, and its error messages are its own; the
+    records written here hold strings and small integers only."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
@@ -22,8 +35,8 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        return [loads(line) for line in f if line.strip()]
 
 
 def count_lines(path: Path) -> int:

@@ -176,9 +176,8 @@ def test_stream_in_chunks_and_worker_processes_gives_the_same_files(tmp_path):
     rows += rows[:200:20]  # exact copies, chunks after their originals
     raw = tmp_path / "raw.jsonl"
     write_jsonl(raw, _drop(tmp_path, rows))
-    lines = raw.read_text().splitlines(keepends=True)
-    one = clean_stream(lines, tmp_path / "one.jsonl", chunk_rows=10_000, workers=0)
-    many = clean_stream(lines, tmp_path / "many.jsonl", chunk_rows=37, workers=2)
+    one = clean_stream(raw.read_text().splitlines(keepends=True), tmp_path / "one.jsonl", chunk_rows=10_000, workers=0)
+    many = clean_stream(raw.read_bytes().splitlines(keepends=True), tmp_path / "many.jsonl", chunk_rows=37, workers=2)
     assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "many.jsonl").read_bytes()
     assert one.kept_count == many.kept_count > 0 and one.rows_in == many.rows_in == len(rows)
     assert many.duplicates == one.duplicates and {d["method"] for d in one.duplicates} >= {"exact", "minhash"}

@@ -234,7 +234,7 @@ def clean_stream(rows: Iterable[dict | str], kept_path: Path, options: CleaningO
                  chunk_rows: int | None = None, workers: int | None = None) -> CleanedDrop:
     """Quarantine unusable rows, normalize, redact personal data, and drop exact and near duplicates, a chunk
     of rows at a time; the kept records are written to `kept_path` (JSONL), not returned. `rows` are canonical
-    records, or their JSONL lines (parsed by the workers).
+    records, or their JSONL lines, str or bytes (parsed by the workers).
 
     Each chunk's per-row work (parse, normalize, redact, ids, MinHash signatures) is independent of the others,
     so `workers` processes do it side by side (None: one per CPU, at most 4; 0 or 1, or a single chunk: this
@@ -246,29 +246,31 @@ def clean_stream(rows: Iterable[dict | str], kept_path: Path, options: CleaningO
 
     opts = options or CleaningOptions()
     out = CleanedDrop()
-    seen_exact: dict[str, dict] = {}  # example id -> the kept example's reference
-    seen_near: dict[str, dict] = {}  # normalized key -> the same
-    refs: list[dict] = []  # per written candidate: what a duplicate entry names
+    seen_exact: dict[str, tuple] = {}  # example id -> the kept example's reference
+    seen_near: dict[str, tuple] = {}  # normalized key -> the same
+    refs: list[tuple] = []  # per written candidate: (id, drop, line, raw_sha256), what a duplicate entry names
     sigs = []
     cand_path = kept_path.with_name(kept_path.name + (".candidates" if opts.near_dup else ".tmp"))
-    with no_cycle_gc(), open(cand_path, "w", encoding="utf-8") as f:
+    with no_cycle_gc(), open(cand_path, "wb") as f:
         for prep in _prepared_chunks(batches(rows, chunk_rows or CHUNK_ROWS), opts, workers):
             out.rows_in += prep["rows"]
             out.quarantined += prep["quarantined"]
             out.pii_counts.update(prep["pii"])
-            keep = []
-            for rid, key, ref, line in prep["candidates"]:
-                first = seen_exact.get(rid) or seen_near.get(key)
+            keep, kept_lines = [], []
+            for ref, key, line in zip(prep["refs"], prep["near_keys"], prep["lines"]):
+                # An exact copy has the same normalized key too: one lookup for a row that is new.
+                first = seen_near.get(key)
                 if first is not None:
-                    exact = rid in seen_exact
-                    out.duplicates.append(duplicate_entry(ref, first, "exact" if exact else "near",
+                    exact = seen_exact.get(ref[0])
+                    out.duplicates.append(duplicate_entry(_ref(ref), _ref(exact or first), "exact" if exact else "near",
                                                           "exact" if exact else "normalized"))
                     keep.append(False)
                     continue
-                seen_exact[rid] = seen_near[key] = {"id": rid, "drop": ref["drop"], "line": ref["line"]}
-                f.write(line)
+                seen_exact[ref[0]] = seen_near[key] = ref
+                kept_lines.append(line)
                 refs.append(ref)
                 keep.append(True)
+            f.writelines(kept_lines)
             if opts.near_dup is not None:
                 sigs.append(prep["signatures"][np.array(keep, dtype=bool)])
     del seen_exact, seen_near
@@ -278,18 +280,22 @@ def clean_stream(rows: Iterable[dict | str], kept_path: Path, options: CleaningO
         return out
     sig = np.concatenate(sigs) if sigs else np.zeros((0, opts.near_dup.num_perm), dtype=np.uint32)
     dup_of, sim = near_dup.dedup(sig, opts.near_dup)
-    removed = [duplicate_entry(refs[i], refs[dup_of[i]], "near", "minhash", sim[i])
+    removed = [duplicate_entry(_ref(refs[i]), _ref(refs[dup_of[i]]), "near", "minhash", sim[i])
                for i in np.flatnonzero(dup_of >= 0).tolist()]
     out.duplicates = sorted(repoint(out.duplicates, removed) + removed, key=lambda d: d["line"])
     out.signatures = sig[dup_of < 0]
     keep = (dup_of < 0).tolist()
     tmp = kept_path.with_name(kept_path.name + ".tmp")
-    with open(cand_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+    with open(cand_path, "rb") as src, open(tmp, "wb") as dst:
         dst.writelines(line for line, k in zip(src, keep) if k)
     out.kept_count = int(sum(keep))
     tmp.replace(kept_path)
     cand_path.unlink()
     return out
+
+
+def _ref(ref: tuple) -> dict:
+    return dict(zip(("id", "drop", "line", "raw_sha256"), ref))
 
 
 def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int | None) -> Iterator[dict]:
@@ -318,15 +324,16 @@ def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int
             yield pending.popleft().result()
 
 
-def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
+def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dict:
     """The per-row work on one chunk, which depends on no other row: quarantined rows (unconvertible or too
-    long), and for each other row in order (id, normalized key, reference, its cleaned JSONL line), with the
-    personal data counts and, when near-dup is on, the rows' MinHash signatures."""
+    long), and for each other row in order its reference (id, drop, line, raw_sha256), normalized key and
+    cleaned JSONL line (UTF-8), with the personal data counts and, when near-dup is on, the rows' MinHash
+    signatures. Columns of plain tuples and bytes: they cross back from a worker process cheaply."""
     from ft_pipeline.core import near_dup
-    from ft_pipeline.jsonl import encode
+    from ft_pipeline.jsonl import encode, loads
 
     with no_cycle_gc():
-        records = [json.loads(r) if isinstance(r, str) else r for r in rows]
+        records = [r if isinstance(r, dict) else loads(r) for r in rows]
         pii: Counter = Counter()
         quarantined = []
         # Normalize and redact every content of the chunk in a few passes over the joined text, not row by row.
@@ -338,8 +345,8 @@ def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
         redacted = iter(redact_many(fits, pii) if opts.redact_pii else fits)
         fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
                    if n_chars[id(row)] <= opts.max_chars]
-        near_keys, fitting_messages = iter(near_dup_keys(fitting)), iter(fitting)
-        candidates = []
+        near_keys, fitting_messages = near_dup_keys(fitting), iter(fitting)
+        refs, lines = [], []
         for row in records:
             base = {k: row[k] for k in ("drop", "line", "raw_sha256")}
             if "messages" not in row:
@@ -351,12 +358,14 @@ def _prepare_chunk(rows: list[dict | str], opts: CleaningOptions) -> dict:
                                               "(raise max_chars or shorten the example; rows are never truncated)"})
                 continue
             messages = next(fitting_messages)
-            rec = {"id": example_id(messages), "near_key": next(near_keys), **base, "format": row["format"],
+            rid = example_id(messages)
+            rec = {"id": rid, "near_key": near_keys[len(lines)], **base, "format": row["format"],
                    "messages": messages}
-            candidates.append((rec["id"], rec["near_key"], {"id": rec["id"], **base}, encode(rec) + "\n"))
+            refs.append((rid, base["drop"], base["line"], base["raw_sha256"]))
+            lines.append((encode(rec) + "\n").encode())
         sig = near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None else None
-    return {"rows": len(records), "quarantined": quarantined, "pii": pii, "candidates": candidates,
-            "signatures": sig}
+    return {"rows": len(records), "quarantined": quarantined, "pii": pii, "refs": refs, "near_keys": near_keys,
+            "lines": lines, "signatures": sig}
 
 
 def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: float = 1.0) -> dict:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.cleaning import duplicate_entry
 from ft_pipeline.core.near_dup import NearDupParams
+from ft_pipeline.jsonl import encode, loads
 
 NO_STRATUM = "(none)"
 
@@ -46,6 +48,14 @@ def holdout_bucket(near_key: str, seed: int) -> float:
     """A number in [0, 1) fixed by the example and the seed alone."""
     h = hashlib.sha256(f"{seed}:{near_key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
+
+
+def holdout_buckets(near_keys: list[str], seed: int) -> np.ndarray:
+    """`holdout_bucket` of each key, as a float64 array (the same numbers: the top 8 bytes of the digest as an
+    unsigned integer, converted with rounding to nearest, over 2^64, which is exact)."""
+    sha = hashlib.sha256
+    top = b"".join([sha(f"{seed}:{k}".encode()).digest()[:8] for k in near_keys])
+    return np.frombuffer(top, dtype=">u8").astype(np.float64) / 2.0**64
 
 
 def stratum_of(rec: dict, stratify_by: str) -> str:
@@ -92,13 +102,14 @@ def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> As
     method: list[str | None] = [None] * n
     if too_long is not None:
         side[too_long] = TOO_LONG
-    first: dict[str, int] = {}
-    for i, key in enumerate(near_keys):
-        if side[i] == TOO_LONG:
-            continue
-        j = first.setdefault(key, i)
-        if j != i:
-            side[i], dup_of[i], method[i] = DUPLICATE, j, "normalized"
+    eligible = np.flatnonzero(side != TOO_LONG)
+    codes = pd.factorize(pd.Series(near_keys, dtype=object).iloc[eligible])[0]
+    _, first = np.unique(codes, return_index=True)  # each key's first eligible row
+    first_row = eligible[first[codes]]
+    repeat = first_row != eligible
+    side[eligible[repeat]], dup_of[eligible[repeat]] = DUPLICATE, first_row[repeat]
+    for i in eligible[repeat].tolist():
+        method[i] = "normalized"
     rows = np.flatnonzero(side == 0)
     if opts.near_dup is not None and rows.size:
         sub = sig(rows) if callable(sig) else sig[rows]
@@ -109,8 +120,8 @@ def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> As
         for i in np.flatnonzero((side == DUPLICATE) & (dup_of >= 0)).tolist():
             if side[dup_of[i]] == DUPLICATE:  # its target was a MinHash duplicate: point at what that kept
                 dup_of[i] = dup_of[dup_of[i]]
-    for i in np.flatnonzero(side == 0).tolist():
-        side[i] = holdout_bucket(near_keys[i], opts.seed) < opts.holdout_fraction
+    dealt = np.flatnonzero(side == 0)
+    side[dealt] = holdout_buckets([near_keys[i] for i in dealt.tolist()], opts.seed) < opts.holdout_fraction
     return Assignment(side, dup_of, method, similarity)
 
 
@@ -180,9 +191,9 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     keys, ids, lines, row_drop, strata, tokens, sigs = [], [], [], [], [], [], []
     for di, name in enumerate(names):
         batch, start = [], len(keys)
-        with open(cleaned[name], encoding="utf-8") as f:
+        with open(cleaned[name], "rb") as f:
             for text in f:
-                rec = json.loads(text)
+                rec = loads(text)
                 keys.append(rec["near_key"])
                 ids.append(rec["id"])
                 lines.append(rec["line"])
@@ -211,40 +222,41 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     all_sig = np.concatenate(sigs) if sigs else None
     a = assign(keys, all_sig, opts, over)
     ref = lambda j: {"id": ids[j], "drop": names[row_drop[j]], "line": lines[j]}  # noqa: E731
-    outs = {n: open(out_dir / f"{n}.jsonl.tmp", "w", encoding="utf-8")
+    outs = {n: open(out_dir / f"{n}.jsonl.tmp", "wb")
             for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
-    n_out = Counter()
-    by_drop = {"train": Counter(), "holdout": Counter()}
+    sides = a.side.tolist()
     try:
         i = 0
         for name in names:
-            with open(cleaned[name], encoding="utf-8") as f:
-                for text in f:
-                    s = int(a.side[i])
+            with open(cleaned[name], "rb") as f:
+                for text in f:  # the kept lines are copied as they are, bytes for bytes
+                    s = sides[i]
                     if s >= 0:
                         outs["holdout" if s else "train"].write(text)
-                        n_out["holdout" if s else "train"] += 1
-                        by_drop["holdout" if s else "train"][name] += 1
                     elif s == DUPLICATE:
                         outs["cross_drop_duplicates"].write(
-                            json.dumps(_dup_entry(json.loads(text), a, i, ref(a.dup_of[i])), ensure_ascii=False) + "\n")
-                        n_out["cross_drop_duplicates"] += 1
+                            encode(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))).encode() + b"\n")
                     else:
-                        outs["too_long"].write(json.dumps(too_long_entry(json.loads(text), int(counts[i]),
-                                                                         opts.max_tokens), ensure_ascii=False) + "\n")
-                        n_out["too_long"] += 1
+                        outs["too_long"].write(encode(too_long_entry(loads(text), int(counts[i]),
+                                                                     opts.max_tokens)).encode() + b"\n")
                     i += 1
     finally:
         for f in outs.values():
             f.close()
+    per_drop = np.zeros((len(names), 4), dtype=np.int64)  # rows of each drop by side: train, holdout, dup, too long
+    np.add.at(per_drop, (np.asarray(row_drop, dtype=np.int64), np.select([a.side >= 0, a.side == DUPLICATE],
+                                                                          [a.side, 2], 3)), 1)
+    n_out = dict(zip(outs, per_drop.sum(axis=0).tolist()))
+    by_drop = {side: {name: c for name, c in zip(names, per_drop[:, k].tolist()) if c}
+               for k, side in enumerate(("train", "holdout"))}
     for n in outs:
         (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
     (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
     manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
                 "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
                 "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
-                **{n: n_out[n] for n in outs}, "rows_accounted_for": len(keys) == sum(n_out.values()),
-                "by_drop": {side: dict(c) for side, c in by_drop.items()},
+                **{n: n_out[n] for n in outs}, "rows_accounted_for": i == len(keys) == sum(n_out.values()),
+                "by_drop": by_drop,
                 "token_lengths": length_summary(counts) if tokenizer else {"examples": 0},
                 "stratify_by": opts.stratify_by,
                 "strata": _strata(strata, a.side) if opts.stratify_by else {},

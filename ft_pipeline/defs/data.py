@@ -114,7 +114,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates")}
     # Streamed: raw_examples' lines a chunk at a time, cleaned by worker processes side by side, the kept
     # records written to the cleaned file as they come.
-    with open(home.data("raw_examples", drop), encoding="utf-8") as raw_lines:
+    with open(home.data("raw_examples", drop), "rb") as raw_lines:
         result = cleaning.clean_stream(raw_lines, paths["cleaned"],
                                        cleaning.CleaningOptions(config.redact_pii, config.max_chars,
                                                                 config.near_dup_params()))
