@@ -27,6 +27,9 @@ CASES = [
     ("openai_chat", {"messages": [U, {**A, "weight": 2}]}, "bad_weight"),
     ("openai_chat", {"messages": [U, {"role": "assistant", "content": "", "tool_calls": []}]}, "tool_calls"),
     ("openai_chat", [U, A], "wrong_data_type"),  # a list instead of an object
+    ("openai_chat", {"messages": [{"role": "user", "content": "hi \ud800"}, A]}, "invalid_unicode"),  # "\\ud800"
+    ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "\udfff"}]},
+     "invalid_unicode"),
     ("alpaca", {"instruction": "do", "input": "x", "output": "y"},
      [{"role": "user", "content": "do\n\nx"}, {"role": "assistant", "content": "y"}]),
     ("alpaca", {"instruction": "do", "input": "", "output": "y"},
@@ -132,3 +135,18 @@ def test_find_drops_reports_names_that_cannot_be_drops(tmp_path):
     drops, problems = find_drops(tmp_path)
     assert list(drops) == ["a.jsonl"]
     assert len(problems) == 1 and "'b c.csv' is not a valid drop name" in problems[0]
+
+
+def test_a_lone_surrogate_escape_is_a_quarantined_row_not_a_failed_drop(tmp_path):
+    """`\\ud800` is valid JSON but no character: the row is quarantined with its line and reason, its neighbours
+    are converted, and the canonical records still write as UTF-8."""
+    from ft_pipeline.core.cleaning import iter_canonical
+    from ft_pipeline.jsonl import read_jsonl, write_jsonl
+
+    good = json.dumps({"messages": [U, A]}).encode()
+    bad = b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}, {"role": "assistant", "content": "ok"}]}'
+    parsed = read_drop(_write(tmp_path, "d.jsonl", b"\n".join([good, bad, good]) + b"\n"))
+    write_jsonl(tmp_path / "out.jsonl", iter_canonical(parsed, "openai_chat"))
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [(r["line"], r.get("code")) for r in records] == [(1, None), (2, "invalid_unicode"), (3, None)]
+    assert "\\ud800 at character 3" in records[1]["reason"] and records[1]["raw"] == bad.decode()

@@ -340,12 +340,19 @@ def _sharegpt_messages(data: dict) -> list[dict]:
     return out
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_conversation(messages: list[dict]) -> None:
     if not messages:
         raise RowError("no_messages", "the conversation has no messages")
     for i, m in enumerate(messages, start=1):
         if not m["content"].strip():
             raise RowError("empty_turn", f"message {i} ({m['role']}) is empty or whitespace only")
+        # JSON can spell a lone UTF-16 surrogate ("\\ud800"); it is no character, and no UTF-8 file can hold it.
+        if not m["content"].isascii() and (bad := _SURROGATE.search(m["content"])):
+            raise RowError("invalid_unicode", f"message {i} ({m['role']}) holds an unpaired surrogate "
+                           f"\\u{ord(bad.group()):04x} at character {bad.start()}: not valid Unicode text")
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no_assistant_message", "no assistant message")
     if messages[-1]["role"] != "assistant":
