@@ -9,7 +9,11 @@ from typing import Iterable
 
 import orjson
 
-encode = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps(r, ensure_ascii=False) does, built once
+def line(record) -> bytes:
+    """One JSONL line, UTF-8 with its newline: orjson, several times faster than json. Compact (no spaces after
+    separators), non-ASCII as is. Records here hold strings, small integers and floats; a string holding a lone
+    surrogate cannot be written (formats.py quarantines such rows first)."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def loads(line: bytes | str):
@@ -26,9 +30,9 @@ def loads(line: bytes | str):
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     n = 0
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "wb") as f:
         for r in records:
-            f.write(encode(r) + "\n")
+            f.write(line(r))
             n += 1
     tmp.replace(path)  # readers never see a half-written file
     return n

@@ -330,7 +330,7 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
     cleaned JSONL line (UTF-8), with the personal data counts and, when near-dup is on, the rows' MinHash
     signatures. Columns of plain tuples and bytes: they cross back from a worker process cheaply."""
     from ft_pipeline.core import near_dup
-    from ft_pipeline.jsonl import encode, loads
+    from ft_pipeline.jsonl import line, loads
 
     with no_cycle_gc():
         records = [r if isinstance(r, dict) else loads(r) for r in rows]
@@ -362,7 +362,7 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
             rec = {"id": rid, "near_key": near_keys[len(lines)], **base, "format": row["format"],
                    "messages": messages}
             refs.append((rid, base["drop"], base["line"], base["raw_sha256"]))
-            lines.append((encode(rec) + "\n").encode())
+            lines.append(line(rec))
         sig = near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None else None
     return {"rows": len(records), "quarantined": quarantined, "pii": pii, "refs": refs, "near_keys": near_keys,
             "lines": lines, "signatures": sig}

@@ -21,7 +21,7 @@ import pandas as pd
 from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.cleaning import duplicate_entry
 from ft_pipeline.core.near_dup import NearDupParams
-from ft_pipeline.jsonl import encode, loads
+from ft_pipeline.jsonl import line, loads
 
 NO_STRATUM = "(none)"
 
@@ -234,11 +234,9 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                     if s >= 0:
                         outs["holdout" if s else "train"].write(text)
                     elif s == DUPLICATE:
-                        outs["cross_drop_duplicates"].write(
-                            encode(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))).encode() + b"\n")
+                        outs["cross_drop_duplicates"].write(line(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))))
                     else:
-                        outs["too_long"].write(encode(too_long_entry(loads(text), int(counts[i]),
-                                                                     opts.max_tokens)).encode() + b"\n")
+                        outs["too_long"].write(line(too_long_entry(loads(text), int(counts[i]), opts.max_tokens)))
                     i += 1
     finally:
         for f in outs.values():
