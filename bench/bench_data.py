@@ -1,5 +1,5 @@
 """Data layer benchmark: 1M generated rows through ingest -> validate -> dedup -> split, the pipeline's core
-functions against a naive per-row baseline, side by side in one run (about 3-5 minutes on 2 cores).
+functions against a naive per-row baseline, side by side in one run (about 2 minutes on 2 quiet cores).
 
 `python -m bench data` (or `make bench BENCH=data`) prints:
   data.speedup              rows/s of the pipeline path / rows/s of the naive path (the same work), goal >= 3

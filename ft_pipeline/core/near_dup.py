@@ -7,8 +7,8 @@ value. What differs is the speed. datasketch hashes every shingle with SHA-1 and
 in Python: a few thousand examples a second with its LSH index. Here words are hashed all at once (a polynomial
 hash from prefix sums over the batch's bytes), n-grams are combined with numpy, the permutations run as one
 (num_perm x shingles) matrix per slab of examples, and LSH banding and the candidate pairs' Jaccard estimates
-are array operations, so that only pairs at or above the threshold go through a Python loop: a million examples
-in seconds on one core.
+are array operations, so that only pairs at or above the threshold go through a Python loop: about a hundred
+thousand examples a second on one core, signatures included (`data.near_dup_rows_per_s` in bench/bench_data.py).
 The band count and width (b, r) are datasketch's optimum for the threshold and num_perm, weighted for recall
 (see `NearDupParams.bands`)."""
 
