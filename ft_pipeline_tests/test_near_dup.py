@@ -124,9 +124,10 @@ def _greedy_reference(sig, p):
 
 
 @pytest.mark.parametrize("threshold,num_perm", [(0.5, 32), (0.8, 64), (0.9, 128)])
-def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, num_perm):
+def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, num_perm, monkeypatch):
     """Clusters of edited copies, some of them chained (a copy of a copy), among unrelated examples: the array
-    path, its loop fallback (forced with max_pairs=0) and the pair-by-pair definition give the same answer."""
+    path (whole, and with its pairs listed a few groups at a time), its loop fallback (forced with max_pairs=0)
+    and the pair-by-pair definition give the same answer."""
     rng = np.random.default_rng(3)
     vocab = [f"w{i}" for i in range(60)]
     texts = []
@@ -144,6 +145,12 @@ def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, n
     loop, loop_sim = near_dup.dedup(sig, p, max_pairs=0)
     assert vec.tolist() == loop.tolist() == _greedy_reference(sig, p)
     assert np.array_equal(vec_sim, loop_sim)
+    keys = near_dup.band_keys(sig, p)
+    biggest = max(np.unique(keys[:, j], return_counts=True)[1].max() for j in range(keys.shape[1]))
+    monkeypatch.setattr(near_dup, "_PAIR_SLICE", biggest * (biggest - 1) // 2)  # slices of one or a few groups
+    assert near_dup._similar_pairs(sig, keys, p, 1 << 30) is not None  # sliced, not the loop
+    sliced, sliced_sim = near_dup.dedup(sig, p)
+    assert sliced.tolist() == vec.tolist() and np.array_equal(sliced_sim, vec_sim)
     assert 30 < (vec >= 0).sum() < 200  # both kinds of rows are there: the check is not vacuous
 
 

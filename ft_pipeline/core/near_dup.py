@@ -271,8 +271,9 @@ def jaccard(sig: np.ndarray, i, j) -> np.ndarray:
     return (sig[i] == sig[j]).mean(axis=-1)
 
 
-MAX_CANDIDATE_PAIRS = 1 << 26  # more (example, earlier example) pairs sharing a band: dedup loops instead
+MAX_CANDIDATE_PAIRS = 1 << 26  # more candidate pairs than this (tens of seconds of work): dedup loops instead
 _PAIR_CHUNK = 1 << 16  # pairs compared at once: (chunk x num_perm) uint32 gathered twice, 32 MB at 64 perms
+_PAIR_SLICE = 1 << 22  # pairs listed at once: a few int64 arrays of this length, about 200 MB
 
 
 def dedup(sig: np.ndarray, params: NearDupParams,
@@ -308,7 +309,8 @@ def dedup(sig: np.ndarray, params: NearDupParams,
 def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max_pairs: int):
     """(later, earlier, estimate) of every pair of examples sharing a key in some band whose estimated Jaccard
     is >= threshold, sorted by (later, earlier), a pair found in several bands once per band; None when there
-    are more than `max_pairs` candidate pairs in all."""
+    are more than `max_pairs` candidate pairs in all, or one bucket alone has more than _PAIR_SLICE (about 2900
+    examples sharing a band key)."""
     n, num_perm = sig.shape
     threshold, (nb, r) = params.threshold, params.bands
     need = next(c for c in range(num_perm + 1) if c / num_perm >= threshold)  # equal values a hit needs
@@ -326,23 +328,29 @@ def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max
         starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
         sizes = np.diff(np.append(starts, n))
         starts, sizes = starts[sizes > 1], sizes[sizes > 1]
-        total += int((sizes * (sizes - 1) // 2).sum())
-        if total > max_pairs:
+        pairs = sizes * (sizes - 1) // 2
+        total += int(pairs.sum())
+        if total > max_pairs or (len(pairs) and pairs.max() > _PAIR_SLICE):
             return None
-        # Every pair of positions in a group: the member at offset k >= 1 with each of the k members before it.
-        member = _ragged_arange(sizes - 1) + np.repeat(starts + 1, sizes - 1)
-        k = member - np.repeat(starts, sizes - 1)
-        a = order[np.repeat(member, k)]
-        b = order[_ragged_arange(k) + np.repeat(member - k, k)]
-        later, earlier = np.maximum(a, b), np.minimum(a, b)
-        for lo in range(0, len(later), _PAIR_CHUNK):  # bounded memory however many pairs the band has
-            li, ei = later[lo:lo + _PAIR_CHUNK], earlier[lo:lo + _PAIR_CHUNK]
-            if head_need > 0:
-                maybe = np.count_nonzero(head[li] == head[ei], axis=1) >= head_need
-                li, ei = li[maybe], ei[maybe]
-            est = np.count_nonzero(sig[li] == sig[ei], axis=1) / num_perm  # the float jaccard() computes
-            ok = est >= threshold
-            found.append((li[ok], ei[ok], est[ok]))
+        # Groups a slice at a time, so that the pair arrays stay under _PAIR_SLICE pairs whatever the band.
+        cum, lo = np.cumsum(pairs), 0
+        while lo < len(sizes):
+            hi = int(np.searchsorted(cum, (cum[lo - 1] if lo else 0) + _PAIR_SLICE, side="right"))
+            st, sz, lo = starts[lo:hi], sizes[lo:hi], hi
+            # Every pair of positions in a group: the member at offset k >= 1 with each of the k before it.
+            member = _ragged_arange(sz - 1) + np.repeat(st + 1, sz - 1)
+            k = member - np.repeat(st, sz - 1)
+            a = order[np.repeat(member, k)]
+            b = order[_ragged_arange(k) + np.repeat(member - k, k)]
+            later, earlier = np.maximum(a, b), np.minimum(a, b)
+            for c in range(0, len(later), _PAIR_CHUNK):
+                li, ei = later[c:c + _PAIR_CHUNK], earlier[c:c + _PAIR_CHUNK]
+                if head_need > 0:
+                    maybe = np.count_nonzero(head[li] == head[ei], axis=1) >= head_need
+                    li, ei = li[maybe], ei[maybe]
+                est = np.count_nonzero(sig[li] == sig[ei], axis=1) / num_perm  # the float jaccard() computes
+                ok = est >= threshold
+                found.append((li[ok], ei[ok], est[ok]))
     if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     later, earlier, est = (np.concatenate(x) for x in zip(*found))
