@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-
 import orjson
+
 
 def line(record) -> bytes:
     """One JSONL line, UTF-8 with its newline: orjson, several times faster than json. Compact (no spaces after
@@ -16,15 +16,15 @@ def line(record) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def loads(line: bytes | str):
-    """`json.loads` of a line of a file this pipeline wrote, about twice as fast: orjson parses it, and what
+def loads(text: bytes | str):
+    """`json.loads` of a line of a file this pipeline wrote, about 1.8 times as fast: orjson parses it, and what
     orjson refuses that json accepts (NaN, lone surrogates, numbers beyond float range) goes to json. Not for
     input drops: orjson reads integers beyond 64 bits as floats, and its error messages are its own; the
-    records written here hold strings and small integers only."""
+    records written here hold strings, small integers and floats only."""
     try:
-        return orjson.loads(line)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(line)
+        return json.loads(text)
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
@@ -40,7 +40,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, "rb") as f:
-        return [loads(line) for line in f if line.strip()]
+        return [loads(text) for text in f if text.strip()]
 
 
 def count_lines(path: Path) -> int:
