@@ -7,7 +7,7 @@ import pytest
 
 from ft_pipeline.core.cleaning import example_id, near_dup_key
 from ft_pipeline.core.near_dup import NearDupParams
-from ft_pipeline.core.splitting import leaks, split_examples, stratum_of
+from ft_pipeline.core.splitting import holdout_bucket, holdout_buckets, leaks, split_examples, stratum_of
 
 ND = NearDupParams()
 WORDS = ("laptop headphones order refund screen cracked charger missing box delivery late twice card charged "
@@ -146,3 +146,14 @@ def test_streamed_file_split_equals_the_in_memory_split(tmp_path):
             (want.train, want.holdout, want.cross_drop_duplicates)
         assert got["too_long"] == [] and manifest["rows_accounted_for"] and manifest["rows_in"] == len(a) + len(b)
         assert manifest["strata"] == want.strata and len(want.cross_drop_duplicates) >= 70
+
+
+def test_holdout_buckets_are_holdout_bucket_of_each_key():
+    """The array form deals exactly as the one-key definition does, for every key and seed (float equality: a
+    side flips if a bucket moves by one ulp across holdout_fraction)."""
+    keys = [near_dup_key([{"role": "user", "content": question(i)}]) for i in range(2000)]
+    for seed in (0, 7):
+        got = holdout_buckets(keys, seed).tolist()
+        assert got == [holdout_bucket(k, seed) for k in keys]
+        assert 0 <= min(got) and max(got) < 1 and len(set(got)) == len(keys)
+    assert holdout_buckets([], 0).tolist() == []

@@ -284,10 +284,11 @@ def dedup(sig: np.ndarray, params: NearDupParams,
     not depend on what follows them, which is what makes appending data safe.
 
     Every candidate pair (two examples sharing a band key) has its Jaccard estimate computed with array
-    operations, a band at a time; only the pairs at or above the threshold, a few per near-duplicate, go
-    through the greedy loop in Python. When buckets are so large that there are more than `max_pairs` pairs
-    (thousands of examples sharing band keys), it falls back to `_dedup_loop`, which compares each example with
-    the kept examples of its buckets only. Both give the same result (a test checks it)."""
+    operations, a band and a slice of its buckets at a time; only the pairs at or above the threshold, a few
+    per near-duplicate, go through the greedy loop in Python. When buckets are so large that there are more
+    than `max_pairs` pairs, or one bucket alone holds thousands of examples, it falls back to `_dedup_loop`,
+    which compares each example with the kept examples of its buckets only. Both give the same result (a test
+    checks it)."""
     n = len(sig)
     dup_of = np.full(n, -1, dtype=np.int64)
     sim = np.zeros(n, dtype=np.float32)
