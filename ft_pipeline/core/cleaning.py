@@ -230,7 +230,7 @@ def clean_records(records: list[dict], options: CleaningOptions | None = None) -
     return out
 
 
-def clean_stream(rows: Iterable[dict | str], kept_path: Path, options: CleaningOptions | None = None,
+def clean_stream(rows: Iterable[dict | str | bytes], kept_path: Path, options: CleaningOptions | None = None,
                  chunk_rows: int | None = None, workers: int | None = None) -> CleanedDrop:
     """Quarantine unusable rows, normalize, redact personal data, and drop exact and near duplicates, a chunk
     of rows at a time; the kept records are written to `kept_path` (JSONL), not returned. `rows` are canonical
