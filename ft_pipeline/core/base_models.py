@@ -1,6 +1,7 @@
 """Base models: `builtin:tiny` (a small Llama and byte-level tokenizer built locally, deterministically, with no
-network), a local model directory, or a Hugging Face Hub id. All three end as a local directory of safetensors
-weights, config and tokenizer, loaded by the same code."""
+network), a GGUF file (`gguf:/abs/path.gguf`, or the packaged `smollm2-135m-instruct`), a local model directory,
+or a Hugging Face Hub id. All of them end as a local directory of safetensors weights, config and tokenizer,
+loaded by the same code."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ _WEIGHT_FILES = ("*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*
 class BaseModelInfo:
     spec: str  # what the user asked for
     path: Path  # local directory with config, safetensors weights and tokenizer
-    source: str  # builtin | local | hub
+    source: str  # builtin | gguf | local | hub
     revision: str | None  # hub commit, or None
     content_sha256: str  # hash of the files that define the model
 
@@ -88,7 +89,17 @@ def content_hash(model_dir: Path) -> str:
 
 def resolve_base_model(spec: str, models_dir: Path, seed: int = 0) -> BaseModelInfo:
     """Materialize the base model named by `spec` as a local directory and describe it."""
+    from ft_pipeline.core import gguf_models
+
     models_dir = Path(models_dir)
+    if spec in gguf_models.PACKAGED or spec.startswith(gguf_models.GGUF_PREFIX):
+        src = gguf_models.packaged_gguf(spec) if spec in gguf_models.PACKAGED else \
+            Path(spec[len(gguf_models.GGUF_PREFIX):]).expanduser()
+        if not src.is_absolute():
+            raise ValueError(f"base model {spec!r}: give the GGUF file as an absolute path, gguf:/path/to/model.gguf")
+        path = gguf_models.convert_gguf(src, models_dir / "gguf" / gguf_models.model_dir_name(src))
+        check_model_dir(path)
+        return BaseModelInfo(spec, path, "gguf", None, content_hash(path))
     if spec == BUILTIN_TINY:
         path = build_tiny(models_dir / "builtin-tiny", seed=seed)
         return BaseModelInfo(spec, path, "builtin", None, content_hash(path))
@@ -106,8 +117,9 @@ def resolve_base_model(spec: str, models_dir: Path, seed: int = 0) -> BaseModelI
         commit = (path / ".cache" / "huggingface" / "download")
         rev = revision or _hub_commit(commit)
         return BaseModelInfo(spec, path, "hub", rev, content_hash(path))
-    raise ValueError(f"base model {spec!r} is neither 'builtin:tiny', an absolute or ./relative local directory, "
-                     "nor a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
+    raise ValueError(f"base model {spec!r} is neither 'builtin:tiny', 'smollm2-135m-instruct', a GGUF file "
+                     "('gguf:/abs/model.gguf'), an absolute or ./relative local directory, nor a Hub id like "
+                     "'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
 
 
 def _hub_commit(meta_dir: Path) -> str | None:

@@ -200,14 +200,19 @@ def lora_config(opts: TrainOptions):
 
 def training_template(tok) -> str | None:
     """The chat template TRL trains with: the tokenizer's own when it marks assistant turns with
-    {% generation %}, else TRL's patched training template for known model families (as SFTTrainer does)."""
+    {% generation %}, else the training form of a template shape we know (ChatML as SmolLM2 writes it: see
+    core/chat_templates.py), else TRL's patched training template for known model families (as SFTTrainer does)."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from ft_pipeline.core.chat_templates import training_form
 
     if tok.chat_template is None:
         raise SupervisionError("the tokenizer has no chat template: set one with a {% generation %} span around "
                                "the assistant turns (or use TRL's chat_template_path)")
     if has_generation_markers(tok.chat_template):
         return None
+    if (ours := training_form(tok.chat_template)) is not None:
+        return ours
     try:
         return get_training_chat_template(tok)
     except ValueError as e:

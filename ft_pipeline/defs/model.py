@@ -23,7 +23,7 @@ class BaseModelConfig(dg.Config):
     """Seed of builtin:tiny's random init."""
 
 
-@dg.asset(group_name="model", code_version="base-v1", kinds={"pytorch", "huggingface"}, owners=OWNERS)
+@dg.asset(group_name="model", code_version="base-v2", kinds={"pytorch", "huggingface"}, owners=OWNERS)
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
                mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The base model as a local directory of safetensors weights and tokenizer, with its content hash."""

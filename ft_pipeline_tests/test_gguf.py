@@ -1,0 +1,82 @@
+"""GGUF base models: the packaged SmolLM2 and `gguf:/path` files become a local safetensors model directory;
+files that cannot be one fail with a message naming the file and the problem."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ft_pipeline.core import gguf_models
+from ft_pipeline.core.base_models import content_hash, resolve_base_model
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return gguf_models.packaged_gguf("smollm2-135m-instruct")
+
+
+def test_the_packaged_model_is_found_through_its_distribution(smollm2_gguf):
+    assert smollm2_gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and smollm2_gguf.stat().st_size == 98_362_432
+
+
+def write_unsupported_arch(path: Path) -> Path:
+    """A well-formed GGUF file of an architecture transformers 5.23 cannot load (RWKV)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "rwkv6")
+    w.add_name("tiny rwkv")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("make, problem", [
+    # a file that is not GGUF at all (a safetensors or text file given by mistake)
+    (lambda d, src: (d / "model.gguf").write_text("not a model") and d / "model.gguf", "not a GGUF file"),
+    # a download cut short: the header is there, the tensors are not
+    (lambda d, src: (d / "cut.gguf").write_bytes(src.read_bytes()[:3_000_000]) and d / "cut.gguf", "truncated"),
+    # a path that does not exist
+    (lambda d, src: d / "missing.gguf", "no such GGUF file"),
+    # a real GGUF file whose architecture transformers does not load
+    (lambda d, src: write_unsupported_arch(d / "rwkv.gguf"), "transformers cannot load this GGUF model"),
+], ids=["not-gguf", "truncated", "missing", "unsupported-arch"])
+def test_bad_gguf_files_fail_naming_the_file_and_the_problem(tmp_path, smollm2_gguf, make, problem):
+    path = make(tmp_path, smollm2_gguf)
+    with pytest.raises(gguf_models.GgufError) as e:
+        resolve_base_model(f"gguf:{path}", tmp_path / "models")
+    assert str(path) in str(e.value) and problem in str(e.value)
+    assert not (tmp_path / "models" / "gguf").exists() or not any((tmp_path / "models" / "gguf").glob("*/config.json"))
+
+
+def test_a_relative_gguf_path_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="absolute path"):
+        resolve_base_model("gguf:models/x.gguf", tmp_path)
+
+
+@pytest.mark.slow
+def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path, smollm2_gguf):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ft_pipeline.core.base_models import load_model_and_tokenizer
+
+    a = resolve_base_model("smollm2-135m-instruct", tmp_path / "a")
+    b = resolve_base_model(f"gguf:{smollm2_gguf}", tmp_path / "b")  # a second, independent conversion
+    assert a.source == b.source == "gguf"
+    assert a.content_sha256 == b.content_sha256 == content_hash(a.path) == content_hash(b.path)
+    assert resolve_base_model("smollm2-135m-instruct", tmp_path / "a").content_sha256 == a.content_sha256
+    cfg = json.loads((a.path / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["architectures"] == ["LlamaForCausalLM"]
+    src = json.loads((a.path / gguf_models.SOURCE_FILE).read_text())
+    assert src["file"] == smollm2_gguf.name and src["sha256"] == gguf_models.file_sha256(smollm2_gguf)
+    model, tok = load_model_and_tokenizer(a.path)  # the ordinary path: safetensors, no GGUF, no PEFT
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"
+    ref = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
