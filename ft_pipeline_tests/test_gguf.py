@@ -8,6 +8,7 @@ import pytest
 
 from ft_pipeline.core import gguf_models
 from ft_pipeline.core.base_models import content_hash, resolve_base_model
+from ft_pipeline.core.formats import sha256_file
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +73,7 @@ def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path,
     cfg = json.loads((a.path / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["architectures"] == ["LlamaForCausalLM"]
     src = json.loads((a.path / gguf_models.SOURCE_FILE).read_text())
-    assert src["file"] == smollm2_gguf.name and src["sha256"] == gguf_models.file_sha256(smollm2_gguf)
+    assert src["file"] == smollm2_gguf.name and src["sha256"] == sha256_file(smollm2_gguf)
     model, tok = load_model_and_tokenizer(a.path)  # the ordinary path: safetensors, no GGUF, no PEFT
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"

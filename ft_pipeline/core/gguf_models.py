@@ -46,14 +46,6 @@ def packaged_gguf(name: str) -> Path:
     raise GgufError(f"the installed package {dist_name} has no file {file_name}; reinstall it")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_gguf(path: Path) -> str:
     """Refuse a file that is missing, is not GGUF, or is cut short; return its architecture."""
     if not path.is_file():
@@ -83,7 +75,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     directory's content hash is too."""
     gguf_path = Path(gguf_path).resolve()
     arch = check_gguf(gguf_path)
-    sha = file_sha256(gguf_path)
+    from ft_pipeline.core.formats import sha256_file
+
+    sha = sha256_file(gguf_path)
     out_dir = Path(out_dir)
     marker = out_dir / ".converted"
     if marker.is_file() and marker.read_text() == f"{FORMAT}:{sha}":
