@@ -44,11 +44,11 @@ def _failure_message(result) -> str:
 
 
 def _run_config(preset: dict, job) -> dict:
-    """The part of a preset's `ops:` that belongs to `job`, with console logs at INFO (the DEBUG event stream
-    stays in the Dagster UI)."""
+    """The part of a preset's `ops:` that belongs to `job`, logged to the terminal as one line per stage (see
+    ft_pipeline/console.py; the full event stream stays in the Dagster UI)."""
     names = {n.name for n in job.graph.node_defs}
     ops = {k: v for k, v in preset.get("ops", {}).items() if k in names}
-    return {"ops": ops, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    return {"ops": ops, "loggers": {"stages": {}}}
 
 
 def run_main(preset_path: str | None, force: bool = False) -> int:
@@ -56,8 +56,13 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import warnings
+
     import dagster as dg
     import yaml
+
+    # transformers 5.23 calls its own deprecated property inside Trainer and PEFT: noise on every run
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
     from ft_pipeline.core import formats
     from ft_pipeline import staleness
@@ -153,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
-    run.add_argument("--preset", help="a YAML preset from configs/ (Dagster run config under `ops:`)")
+    run.add_argument("--preset", default=str(settings.REPO_ROOT / "configs" / "cpu_smollm2.yaml"),
+                     help="a YAML preset from configs/ (Dagster run config under `ops:`); default: "
+                          "configs/cpu_smollm2.yaml, LoRA on the packaged SmolLM2-135M-Instruct")
     run.add_argument("--force", action="store_true",
                      help="re-ingest every drop and retrain even when nothing changed")
     sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ft_pipeline.console import LOGGERS
 from ft_pipeline.defs import automation, data, evaluation, jobs, model, registry, sensors
 from ft_pipeline.resources import default_resources
 
@@ -13,4 +14,5 @@ defs = dg.Definitions(
     jobs=[jobs.ingest_drop_job, jobs.train_and_register_job],
     sensors=[sensors.raw_drops_sensor, automation.automation_sensor],
     resources=default_resources(),
+    loggers=LOGGERS,
 )

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ft_pipeline.core.evaluation import champion_diff, chrf, gate_failures, markdown_report, rouge_l, score
+from ft_pipeline.core.evaluation import champion_diff, chrf, gate_failures, rouge_l, score
+from ft_pipeline.core.report import markdown_report
 
 REF = '{"intent": "refund", "order_id": "ORD-1", "urgency": "high", "product": "X"}'
 
@@ -124,3 +125,17 @@ def test_report_lists_what_got_better_and_worse_or_says_there_is_no_champion():
     md = markdown_report(results, 2, [], diff, "3")
     assert "Versus champion version 3 on the same 2 examples: **1 better, 1 worse, 0 the same**" in md
     assert "| 0 | q\\|1 | a | old | good |" in md and "| 1 | q\\|1 | a | old-good | bad |" in md
+
+
+GOOD = {"base": {"json_valid": 0.0, "field_accuracy": 0.1}, "tuned": {"json_valid": 1.0, "field_accuracy": 0.9}}
+
+
+@pytest.mark.parametrize("kl, max_kl, reasons", [
+    (0.5, None, []),       # off (the default, and builtin:tiny's): any drift passes
+    (0.05, 0.1, []),       # within the limit
+    (0.2, 0.1, ["retention KL 0.2000 > 0.1"]),  # drifted too far from the base on general prompts
+    (None, 0.1, ["max_retention_kl is set, but the retention check did not run (full fine-tune)"]),
+])
+def test_gate_on_retention(kl, max_kl, reasons):
+    got = gate_failures(GOOD, 0.9, 0.05, 0.0, retention_kl=kl, max_retention_kl=max_kl)
+    assert [r.split(":")[0] for r in got] == reasons

@@ -21,14 +21,17 @@ def reference(record: dict) -> str:
     return record["messages"][-1]["content"]
 
 
-def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 64) -> list[str]:
-    """Greedy completions, batched with left padding; batches hold prompts of similar length."""
+def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 64,
+             details: bool = False):
+    """Greedy completions, batched with left padding; batches hold prompts of similar length. Generation stops
+    at the end-of-turn (eos) token. With `details`, also (new tokens, stopped by itself) per completion."""
     import torch
 
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     outputs: list[str] = [""] * len(enc)
+    info: list[tuple[int, bool]] = [(0, False)] * len(enc)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -44,12 +47,26 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                  eos_token_id=tok.eos_token_id)
         for row, i in enumerate(idx):
-            outputs[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
-    return outputs
+            new = out[row, width:].tolist()
+            stop = new.index(tok.eos_token_id) + 1 if tok.eos_token_id in new else None
+            info[i] = (stop or len(new), stop is not None)
+            outputs[i] = tok.decode(new[:stop], skip_special_tokens=True).strip()
+    return (outputs, info) if details else outputs
 
 
-def holdout_loss(model, tok, records: list[dict], batch_size: int = 32) -> float:
-    """Mean token negative log-likelihood of the final assistant turn given the conversation before it."""
+def answer_budget(tok, records: list[dict], cap: int, margin: int = 8) -> int:
+    """max_new_tokens for `records`: the longest reference answer in tokens (plus its end-of-turn token and a
+    margin), never above `cap`, so a model that rambles does not run every batch to the cap."""
+    longest = max((len(tok(reference(r), add_special_tokens=False)["input_ids"]) for r in records), default=0)
+    return max(1, min(cap, longest + 1 + margin))
+
+
+def example_losses(model, tok, records: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each record's final assistant turn given the conversation before it.
+
+    The vocabulary head (49k x 576 on SmolLM2: a fifth of the model) runs only from the earliest answer
+    position of a batch on (`logits_to_keep`), not over every prompt token; batches hold records of similar
+    prompt length, so little of it is wasted."""
     import torch
 
     pairs = []
@@ -57,31 +74,40 @@ def holdout_loss(model, tok, records: list[dict], batch_size: int = 32) -> float
         prompt = tok.apply_chat_template(prompt_messages(r), tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in r["messages"]],
                                        tokenize=False)
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tok(full, add_special_tokens=False)["input_ids"]
-        pairs.append((f_ids, len(p_ids)))
+        pairs.append((tok(full, add_special_tokens=False)["input_ids"],
+                      len(tok(prompt, add_special_tokens=False)["input_ids"])))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][1])
     model.eval()
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(f) for f, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (f, n_prompt) in enumerate(chunk):
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(pairs[i][0]) for i in idx)
+        first = max(min(pairs[i][1] for i in idx) - 1, 0)  # the first position that predicts an answer token
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            f = pairs[i][0]
             ids[row, :len(f)] = torch.tensor(f)
             mask[row, :len(f)] = 1
-            labels[row, n_prompt:len(f)] = torch.tensor(f[n_prompt:])
+        keep = torch.arange(first, width - 1)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        tgt = labels[:, 1:].to(model.device)
-        valid = tgt != -100
-        nll = -logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        total += float(nll[valid].sum())
-        count += int(valid.sum())
-    return total / max(count, 1)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           logits_to_keep=keep.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        tgt = ids[:, first + 1:].to(model.device)
+        nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        for row, i in enumerate(idx):
+            f, n_prompt = pairs[i]
+            sl = nll[row, n_prompt - 1 - first:len(f) - 1 - first]
+            out[i] = (float(sl.sum()), int(sl.numel()))
+    return out
+
+
+def holdout_loss(model, tok, records: list[dict], batch_size: int = 32) -> float:
+    """Mean token negative log-likelihood of the final assistant turn given the conversation before it."""
+    losses = example_losses(model, tok, records, batch_size)
+    return sum(s for s, _ in losses) / max(sum(n for _, n in losses), 1)
 
 
 def _parse_object(text: str):
@@ -178,13 +204,28 @@ def score(predictions: list[str], references: list[str]) -> Scores:
                   exact_match=mean("exact_match"), chrf=mean("chrf"), rouge_l=mean("rouge_l"), per_example=rows)
 
 
-def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_size: int = 64) -> dict:
-    """All metrics of one model on `records`, plus its predictions."""
-    preds = generate(model, tok, [prompt_messages(r) for r in records], max_new_tokens, batch_size)
-    s = score(preds, [reference(r) for r in records])
-    loss = holdout_loss(model, tok, records)
+def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_size: int = 64,
+             cache=None) -> dict:
+    """All metrics of one model on `records`, plus its predictions. `model` may be a callable returning
+    (model, tokenizer): it is only called when some record is not in `cache` (an EvalCache)."""
+    from ft_pipeline.core.eval_cache import EvalCache
+
+    cache = cache if cache is not None else EvalCache(None, None)
+    todo = [r for r in records if cache.get(r, max_new_tokens) is None]
+    if todo:
+        if callable(model) and not hasattr(model, "generate"):
+            model, tok = model()
+        preds, info = generate(model, tok, [prompt_messages(r) for r in todo], max_new_tokens, batch_size,
+                               details=True)
+        for r, p, (n_new, finished), (nll, n) in zip(todo, preds, info, example_losses(model, tok, todo),
+                                                     strict=True):
+            cache.put(r, p, n_new, finished, max_new_tokens, nll, n)
+        cache.flush()
+    entries = [cache.get(r, max_new_tokens) for r in records]
+    s = score([e["prediction"] for e in entries], [reference(r) for r in records])
+    loss = sum(e["nll_sum"] for e in entries) / max(sum(e["n_tokens"] for e in entries), 1)
     return {"metrics": {**s.metrics(), "holdout_loss": loss, "perplexity": math.exp(min(loss, 50))},
-            "per_example": s.per_example}
+            "per_example": s.per_example, "generated": len(todo)}
 
 
 def is_full_model(model_dir: Path | str) -> bool:
@@ -266,81 +307,12 @@ def champion_diff(records: list[dict], tuned: list[dict], champion: list[dict]) 
     return {"counts": counts, "rows": rows}
 
 
-def samples(records: list[dict], results: dict[str, dict], n: int = 8) -> list[dict]:
-    """The first `n` holdout examples with every model's answer, for the report and the samples table."""
-    return [{"prompt": prompt_messages(r)[-1]["content"], "reference": reference(r),
-             **{name: res["per_example"][i]["prediction"] for name, res in results.items()}}
-            for i, r in enumerate(records[:n])]
-
-
-def log_to_mlflow(results: dict[str, dict], report_md: str, sample_rows: list[dict], diff: dict | None,
-                  figures: dict, model_id: str | None) -> None:
-    """Into the active MLflow run: every model's metrics, the tuned model's metrics on its LoggedModel, the
-    report, the samples and champion-diff tables, and the figures."""
-    import mlflow
-
-    for name, r in results.items():
-        mlflow.log_metrics({f"{name}.{k}": v for k, v in r["metrics"].items()})
-    mlflow.log_metrics({f"eval.{k}": v for k, v in results["tuned"]["metrics"].items()}, model_id=model_id)
-    mlflow.log_text(report_md, "evaluation.md")
-    mlflow.log_table({k: [s[k] for s in sample_rows] for k in ["prompt", "reference", *results]}, "samples.json")
-    if diff is not None:
-        mlflow.log_metrics({f"vs_champion.{k}": v for k, v in diff["counts"].items()})
-        if diff["rows"]:
-            mlflow.log_table({k: [r[k] for r in diff["rows"]] for k in diff["rows"][0]}, "champion_diff.json")
-    for name, fig in figures.items():
-        mlflow.log_figure(fig, name)
-
-
-REPORT_KEYS = ["json_valid", "field_accuracy", "exact_match", "chrf", "rouge_l", "holdout_loss", "perplexity"]
-
-
-def _esc(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")[:160]
-
-
-def diff_markdown(diff: dict | None, champion_version: str | None, shown: int = 3) -> list[str]:
-    lines = ["", "### Against the champion", ""]
-    if diff is None:
-        return lines + ["No champion yet: nothing to compare against."]
-    c, n = diff["counts"], len(diff["rows"])
-    lines.append(f"Versus champion version {champion_version} on the same {n} examples: **{c['better']} better, "
-                 f"{c['worse']} worse, {c['same']} the same** (by field accuracy, then exact match, then chrF).")
-    for change in ("better", "worse"):
-        picked = [r for r in diff["rows"] if r["change"] == change][:shown]
-        if picked:
-            lines += ["", f"{change.capitalize()} (first {len(picked)}):", "",
-                      "| # | prompt | reference | champion | tuned |", "|---|---|---|---|---|"]
-            lines += [f"| {r['index']} | {_esc(r['prompt'])} | {_esc(r['reference'])} | {_esc(r['champion'])} | "
-                      f"{_esc(r['tuned'])} |" for r in picked]
-    return lines
-
-
-def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dict], diff: dict | None = None,
-                    champion_version: str | None = None) -> str:
-    """A report a person reads in the Dagster UI: metrics side by side, a few holdout samples, and what got
-    better and worse than the champion."""
-    names = list(results)
-    lines = [f"## Evaluation on {n_examples} holdout examples", "",
-             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for k in REPORT_KEYS:
-        lines.append(f"| {k} | " + " | ".join(f"{results[n]['metrics'][k]:.3f}" for n in names) + " |")
-    lines.append("")
-    lines.append("chrf is sentence chrF2 on a 0-100 scale; rouge_l is ROUGE-L F1 on 0-1; both are means over examples.")
-    lines += ["", "### Samples", "", "| prompt | reference | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    for s in samples:
-        lines.append(f"| {_esc(s['prompt'])} | {_esc(s['reference'])} | "
-                     + " | ".join(_esc(s[n]) for n in names) + " |")
-    lines += diff_markdown(diff, champion_version)
-    return "\n".join(lines)
-
-
 GATE_METRICS = ("field_accuracy", "exact_match", "chrf", "rouge_l")
 
 
 def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over_base: float,
-                  max_loss_vs_champion: float, metric: str = "field_accuracy") -> list[str]:
+                  max_loss_vs_champion: float, metric: str = "field_accuracy", retention_kl: float | None = None,
+                  max_retention_kl: float | None = None) -> list[str]:
     """Why the tuned model may not become champion; empty when it may. `metrics` holds base, tuned and
     (when there is one) champion. `metric` is what must beat the base and hold against the champion (margins in
     its own units: chrf is 0-100, the others 0-1)."""
@@ -355,4 +327,10 @@ def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over
         out.append(f"{name} {tuned[metric]:.3f} does not beat the base model's {base[metric]:.3f} by {min_gain_over_base}")
     if champ and tuned[metric] < champ[metric] - max_loss_vs_champion:
         out.append(f"{name} {tuned[metric]:.3f} is below the champion's {champ[metric]:.3f}")
+    if max_retention_kl is not None:
+        if retention_kl is None:
+            out.append("max_retention_kl is set, but the retention check did not run (full fine-tune)")
+        elif retention_kl > max_retention_kl:
+            out.append(f"retention KL {retention_kl:.4f} > {max_retention_kl}: the tuned model drifted too far "
+                       "from the base on general prompts")
     return out

@@ -13,6 +13,8 @@ def log_jsonl_dataset(path: Path, name: str, context: str, digest: str) -> None:
     """Record the JSONL file `path` as an input of the active run, named and digested so the same data is
     recognisably the same dataset across runs. Its schema comes from the first rows and its profile counts
     every row, so a million-row file costs a line count, not a DataFrame of a million rows."""
+    import warnings
+
     import mlflow
     import pandas as pd
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -29,6 +31,11 @@ def log_jsonl_dataset(path: Path, name: str, context: str, digest: str) -> None:
         def profile(self):
             return {"num_rows": rows, "num_elements": rows * len(df.columns)}
 
-    ds = JsonlDataset(df, source=resolve_dataset_source(str(path)), name=name,
-                      digest=digest[:16])
-    mlflow.log_input(ds, context=context)
+    with warnings.catch_warnings():
+        # Known noise, once per logged dataset: a local path matches MLflow's LocalArtifactDatasetSource twice
+        # (it picks that one, which is right), and the schema hint about integer columns (line numbers) is
+        # about model signatures, not datasets.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        ds = JsonlDataset(df, source=resolve_dataset_source(str(path)), name=name, digest=digest[:16])
+        mlflow.log_input(ds, context=context)

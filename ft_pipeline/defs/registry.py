@@ -8,7 +8,7 @@ import dagster as dg
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 
-@dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v1", kinds={"mlflow"},
+@dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v2", kinds={"mlflow"},
           owners=["team:ml-platform"])
 def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -26,7 +26,10 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
     tags = {"data_versions": json.dumps(adapter["data_versions"], sort_keys=True),
             "train_sha256": adapter["train_sha256"][:16], "base_model": adapter["base"]["spec"],
             "base_model_sha256": adapter["base"]["content_sha256"][:16], "dagster_run_id": context.run_id,
-            **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"]["tuned"].items()}}
+            "eval.cache_key": report["tuned_cache_key"],
+            **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"]["tuned"].items()},
+            **({"eval.retention_kl": f"{report['retention_kl']['tuned']:.4f}"}
+               if (report.get("retention_kl") or {}).get("tuned") is not None else {})}
     previous = registry.champion(name)
     with mlflow_tracking.start_run(context, "register", "registered_model",
                                    parent_run_id=adapter["training_run_id"]) as (run, _):

@@ -1,0 +1,91 @@
+"""What `ft-pipeline run` prints while it works: one line per stage as it finishes, a progress bar with ETA
+while the adapter trains, a line per model evaluated. Dagster's run log (the UI, `dagster debug`) keeps every
+detail; this is a Dagster logger (`stages`) that `ft-pipeline run` turns on instead of the console logger."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import dagster as dg
+
+_STEP = re.compile(r"^step (\d+)/(\d+) loss=(\S+)")
+
+
+class StageHandler(logging.Handler):
+    def __init__(self, stream=None):
+        super().__init__(logging.DEBUG)  # Dagster logs its step events at DEBUG
+        self.stream = stream or sys.stdout
+        self.bar = None
+        self.checks_seen: set = set()
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        ev, step = meta.get("dagster_event"), meta.get("step_key") or ""
+        part = (meta.get("job_tags") or {}).get("dagster/partition")
+        name = f"{step}[{part}]" if part and step else step
+        if ev is None:
+            if record.levelno >= logging.INFO:
+                self._message(str(meta.get("orig_message", record.getMessage())))
+            return
+        kind = ev.event_type_value
+        if kind == "STEP_SUCCESS":
+            self._close_bar()
+            self._print(f"  ok    {name:58s} {ev.event_specific_data.duration_ms / 1000:7.1f}s")
+        elif kind == "STEP_FAILURE":
+            self._close_bar()
+            data = ev.event_specific_data
+            user = data.user_failure_data
+            why = user.description if user and user.description else data.error.message.strip().splitlines()[-1]
+            self._print(f"  FAIL  {name}: {why}")
+        elif kind == "STEP_SKIPPED":
+            self._print(f"  skip  {name} (an upstream step did not succeed)")
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = ev.event_specific_data
+            if (seen := (meta.get("run_id"), data.check_name, data.passed)) in self.checks_seen:
+                return  # a multi-asset step reports its check once per asset it writes
+            self.checks_seen.add(seen)
+            status = "ok" if data.passed else "FAIL"
+            self._print(f"  {status:5s} check {data.check_name}: {data.description or ''}".rstrip(": "))
+
+    def _message(self, msg: str) -> None:
+        m = _STEP.match(msg)
+        if m:
+            done, total = int(m.group(1)), int(m.group(2))
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=done, desc="  training", unit="step", file=sys.stderr,
+                                leave=False, dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
+            try:
+                self.bar.set_postfix_str(f"loss {float(m.group(3)):.4f}", refresh=True)
+            except ValueError:  # a log line without a loss (loss=None)
+                pass
+        elif msg.startswith("evaluated "):
+            self._print(f"        {msg}")
+
+
+@dg.logger(description="One line per finished stage and a training progress bar (what `ft-pipeline run` shows).")
+def stages_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    log = logging.getLogger("ft_pipeline.stages")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    if not any(isinstance(h, StageHandler) for h in log.handlers):
+        log.addHandler(StageHandler())
+    return log
+
+
+LOGGERS = {"console": dg.colored_console_logger, "stages": stages_logger}

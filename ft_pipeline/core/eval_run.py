@@ -1,0 +1,80 @@
+"""One evaluation of a trained adapter: the base model, the tuned model and the champion on the holdout and on
+the fixed hand-written set, each example answered once per model (core/eval_cache.py), and the retention check
+(core/retention.py) for the tuned model and the champion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ft_pipeline.core import eval_cache, evaluation, retention
+
+
+def tuned_key(base_sha256: str, adapter_dir: Path | str) -> str:
+    """The evaluation-cache name of a tuned model: its base and adapter contents (the same adapter registered
+    and then loaded back as the champion has the same files, so the same key)."""
+    from ft_pipeline.core.base_models import content_hash
+
+    return eval_cache.model_key(base_sha256, content_hash(Path(adapter_dir)))
+
+
+def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed: list[dict], cache_dir: Path,
+                 max_new_tokens: int = 128, batch_size: int = 64,
+                 champion: tuple[Callable, str | None] | None = None,
+                 log: Callable[[str, int], None] = lambda name, n: None) -> dict:
+    """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N}.
+    `champion` is (a loader returning (model, tokenizer), its cache key or None)."""
+    from ft_pipeline.core.base_models import load_model_and_tokenizer
+
+    adapter_dir = Path(adapter_dir)
+    sets = {"holdout": holdout, "fixed": fixed}
+    tok = evaluation.load_tokenizer(adapter_dir)
+    budget = evaluation.answer_budget(tok, holdout + fixed, max_new_tokens)
+    out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget}
+
+    def run(name: str, model, tok_, key: str | None):
+        if not hasattr(model, "generate"):  # a loader: load at most once, and only if an answer is missing
+            model = _memo(model)
+        cache = eval_cache.EvalCache(cache_dir / "eval", key)
+        for set_name, records in sets.items():
+            if records:
+                res = evaluation.evaluate(model, tok_, records, budget, batch_size, cache=cache)
+                log(f"{name} ({set_name})", res["generated"])
+                out[set_name][name] = res
+        return model
+
+    full = evaluation.is_full_model(adapter_dir)
+    base_key = eval_cache.model_key(base["content_sha256"])
+    if full:  # a full fine-tune has no base inside it: the base is loaded on its own, first, then dropped
+        run("base", lambda: load_model_and_tokenizer(base["path"]), None, base_key)
+        model, tok = evaluation.load_tuned(base["path"], adapter_dir)
+    else:
+        model, tok = evaluation.load_tuned(base["path"], adapter_dir)
+        with model.disable_adapter():
+            run("base", model, evaluation.load_tokenizer(base["path"]), base_key)
+    key = tuned_key(base["content_sha256"], adapter_dir)
+    run("tuned", model, tok, key)
+    if full:
+        return out
+    with model.disable_adapter():
+        answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json")
+    kl_cache = lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
+    out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
+                        "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
+    log("retention (tuned)", len(answers))
+    if champion is not None:
+        loader, champ_key = champion
+        loader = run("champion", _memo(loader), None, champ_key)
+        out["retention"]["kl"]["champion"] = retention.cached_kl(kl_cache(champ_key), loader, answers)
+    return out
+
+
+def _memo(loader: Callable):
+    got = []
+
+    def load():
+        if not got:
+            got.append(loader())
+        return got[0]
+
+    return load

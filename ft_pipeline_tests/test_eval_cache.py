@@ -1,0 +1,71 @@
+"""Per-example evaluation cache: a model answers each holdout question once; a new example is the only one
+generated; an answer that stopped by itself is reused under a larger budget, one cut by the budget is not."""
+
+import pytest
+
+from ft_pipeline.core.base_models import load_model_and_tokenizer
+from ft_pipeline.core.eval_cache import EvalCache, example_key
+from ft_pipeline.core.evaluation import evaluate
+
+
+def rec(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"order ORD-{100000 + i} is late"},
+                         {"role": "assistant", "content": f'{{"order_id": "ORD-{100000 + i}"}}'}]}
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_base):
+    return load_model_and_tokenizer(tiny_base)
+
+
+def test_cached_results_equal_fresh_ones_and_only_new_examples_generate(model_tok, tmp_path):
+    model, tok = model_tok
+    fresh = evaluate(model, tok, [rec(i) for i in range(4)], max_new_tokens=12, batch_size=4)
+    first = evaluate(model, tok, [rec(i) for i in range(4)], 12, 4, cache=EvalCache(tmp_path, "m"))
+    assert first["generated"] == 4 and first["metrics"] == pytest.approx(fresh["metrics"])
+    # a new process: the cache is read back from its file
+    loads = []
+    again = evaluate(lambda: loads.append(1) or (model, tok), None, [rec(i) for i in range(4)], 12, 4,
+                     cache=EvalCache(tmp_path, "m"))
+    assert again["generated"] == 0 and loads == [] and again["per_example"] == first["per_example"]
+    grown = evaluate(model, tok, [rec(i) for i in range(5)], 12, 4, cache=EvalCache(tmp_path, "m"))
+    assert grown["generated"] == 1
+    other = evaluate(model, tok, [rec(0)], 12, 4, cache=EvalCache(tmp_path, "another-model"))
+    assert other["generated"] == 1
+
+
+@pytest.mark.parametrize("finished, n_new, stored_budget, budget, reused", [
+    (True, 5, 12, 12, True),    # same budget
+    (True, 5, 12, 40, True),    # stopped by itself after 5 tokens: a larger budget gives the same answer
+    (True, 5, 12, 4, False),    # a budget below its length would have cut it
+    (False, 12, 12, 40, False),  # cut at 12: with more room it might have gone on
+    (False, 12, 12, 12, True),
+])
+def test_budget_rule(tmp_path, finished, n_new, stored_budget, budget, reused):
+    c = EvalCache(tmp_path, "m")
+    c.put(rec(0), "x", n_new, finished, stored_budget, 1.0, 3)
+    assert (c.get(rec(0), budget) is not None) is reused
+
+
+def test_example_key_ignores_provenance_and_weights_but_not_content():
+    a, b = rec(0), {**rec(0), "drop": "x.jsonl", "line": 9}
+    assert example_key(a) == example_key(b) != example_key(rec(1))
+
+
+def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computation(model_tok):
+    import torch
+
+    from ft_pipeline.core.evaluation import example_losses, prompt_messages
+
+    model, tok = model_tok
+    # prompts of different lengths in one batch: the earliest answer position decides where the head starts
+    recs = [{"messages": [{"role": "user", "content": "x" * (3 + 5 * i)},
+                          {"role": "assistant", "content": "ab" * (i + 1)}]} for i in range(5)]
+    for r, (nll, n) in zip(recs, example_losses(model, tok, recs, batch_size=3)):
+        p = tok(tok.apply_chat_template(prompt_messages(r), tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+        f = tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(torch.tensor([f])).logits[0, :-1].float(), -1)
+        assert n == len(f) - len(p)
+        assert nll == pytest.approx(-float(sum(logp[i - 1, f[i]] for i in range(len(p), len(f)))), rel=1e-5)
