@@ -5,6 +5,8 @@ export FT_PIPELINE_HOME ?= $(CURDIR)/.ft_pipeline
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
+# The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
+PRESET ?= configs/cpu_smollm2.yaml
 
 .PHONY: run test test-fast bench ui backfill clean
 

@@ -37,6 +37,13 @@ def test_main_job_succeeds_and_names_the_broken_drop(pipeline):
     assert "2026-04-broken.json" in out and "FAILED" in out and "line 2: malformed JSON: the file ends before the array is closed" in out
     assert "1 drop(s) failed and were left out: 2026-04-broken.json" in out
     assert "registered: ft-pipeline-adapter version 1 (alias champion; previous champion: none)" in out
+    # the terminal: one line per finished stage, not Dagster's event stream or known-noise warnings
+    for stage in ("raw_examples[2026-01-support_chat.jsonl]", "base_model", "lora_adapter", "evaluation_report",
+                  "registered_model", "check beats_base_and_champion: passes the gate"):
+        assert f"  ok    {stage}" in out, stage
+    assert "FAIL  raw_examples[2026-04-broken.json]" in out
+    assert " - dagster - " not in out + first.stderr and "STEP_SUCCESS" not in out + first.stderr
+    assert "is_gradient_checkpointing" not in first.stderr and "interpreted in multiple ways" not in first.stderr
     manifest = json.loads((tmp / "home" / "data" / "split" / "manifest.json").read_text())
     assert sorted(manifest["drops"]) == ["2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json",
                                          "2026-03-tickets.csv"]
