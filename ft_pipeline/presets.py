@@ -6,6 +6,7 @@ config classes' own (ft_pipeline/config.py), so a Launchpad run with the same va
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 
@@ -102,8 +103,16 @@ def _config_problems(where: str, cls, config):
     for key in config:
         if key not in fields:
             yield f"{where}.{key}", "unknown key" + _did_you_mean(key, fields)
+    values = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and list(value) == ["env"]:  # Dagster's {env: NAME}: the variable's value
+            if (value := os.environ.get(str(value["env"]))) is None:
+                yield f"{where}.{key}", f"environment variable {config[key]['env']} is not set"
+                continue
+        if key in fields:
+            values[key] = value
     try:
-        cls(**{k: v for k, v in config.items() if k in fields})
+        cls(**values)
     except pydantic.ValidationError as e:
         for err in e.errors():
             error = (err.get("ctx") or {}).get("error")

@@ -60,6 +60,9 @@ def _lines(tmp_path, text: str) -> list[str]:
     ("ops: {raw_examples: {config: {format: jsonl}}}", "format: must be one of auto, openai_chat"),
     ("ops: {evaluation_report: {config: {batch_size: 0}}}", "evaluation_report.config.batch_size: must be >= 1"),
     ("ops: {evaluation_report_beats_base_and_champion: {config: {metric: bleu}}}", "metric: must be one of"),
+    # Dagster's own way to take a knob from the environment
+    ("ops: {lora_adapter: {config: {lora_r: {env: FT_TEST_UNSET_VAR}}}}",
+     "lora_r: environment variable FT_TEST_UNSET_VAR is not set"),
     ("ops: [1, 2]", ": ops: must be a mapping of op names"),
     ("ops: {lora_adapter: [\n", " line 2: not valid YAML"),
 ])
