@@ -50,14 +50,28 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import dagster as dg
 
+    from ft_pipeline import presets, runs
+    from ft_pipeline.definitions import defs
+
+    preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
+                          ) if preset_path else {}
+    runs.sigterm_as_interrupt()
+    instance = dg.DagsterInstance.get()
+    with runs.home_lock(settings.home()):
+        for line in runs.reap(instance, settings.home()):
+            print(f"stale run: {line}")
+        return _run_all(instance, preset, force)
+
+
+def _run_all(instance, preset: dict, force: bool) -> int:
+    import dagster as dg
+
+    from ft_pipeline import presets, runs, staleness
     from ft_pipeline.core import formats
-    from ft_pipeline import presets, staleness
     from ft_pipeline.definitions import defs
     from ft_pipeline.defs.partitions import drops
 
-    ingest, job = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register")
-    preset = presets.load(preset_path, [ingest, job]) if preset_path else {}
-    instance = dg.DagsterInstance.get()
+    ingest, job, home = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register"), settings.home()
     raw_dir = settings.raw_dir()
     t0 = time.monotonic()
     found, bad_names = formats.find_drops(raw_dir)
@@ -74,11 +88,9 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
         print("to ingest: " + ", ".join(f"{d} ({why})" for d, why in to_ingest.items()))
     failed = {}
     for drop in sorted(to_ingest):
-        res = ingest.execute_in_process(partition_key=drop, instance=instance, raise_on_error=False,
-                                        run_config=presets.run_config(preset, ingest))
+        res = runs.execute(ingest, instance, home, partition_key=drop, run_config=presets.run_config(preset, ingest))
         if not res.success:
             failed[drop] = _failure_message(res)
-    home = settings.home()
     print("\nper drop:                               rows in   kept  quarantined  duplicates")
     for drop in sorted(found):
         stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
@@ -93,7 +105,7 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
                                                          only=staleness.FIRST_STAGE)):
         print("\nto materialize first:\n" + "\n".join(f"  {k}: {why}" for k, why in first.items()))
         sub = job.get_subset(asset_selection={dg.AssetKey(k) for k in first})
-        res = sub.execute_in_process(instance=instance, raise_on_error=False, run_config=presets.run_config(preset, sub))
+        res = runs.execute(sub, instance, home, run_config=presets.run_config(preset, sub))
         if not res.success:
             print(f"not registered: {_failure_message(res)}")
             return 1
@@ -106,7 +118,7 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
         return 0
     print("\nto materialize:\n" + "\n".join(f"  {k}: {why}" for k, why in todo.items()))
     train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
-    res = train.execute_in_process(instance=instance, raise_on_error=False, run_config=presets.run_config(preset, train))
+    res = runs.execute(train, instance, home, run_config=presets.run_config(preset, train))
     print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
     report_path = home / "reports" / "evaluation.json"
     if report_path.exists():
@@ -172,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print("\n".join(e.lines), file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted: the run is marked failed and its slots are free; training checkpoints are kept, "
+                  "and the next `ft-pipeline run` resumes from the last one", file=sys.stderr)
+            return 130
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     if args.cmd in ("export", "promote"):

@@ -335,6 +335,20 @@ def check_fsdp(trainer) -> None:
             "over gloo.")
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (trainer_state.json is its last file), or None. A
+    checkpoint a kill interrupted mid-write is removed: resuming from it would fail."""
+    steps = {}
+    for d in Path(checkpoint_dir).glob("checkpoint-*"):
+        if d.is_dir() and d.name.removeprefix("checkpoint-").isdigit():
+            steps[int(d.name.removeprefix("checkpoint-"))] = d
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        shutil.rmtree(steps[step])
+    return None
+
+
 def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, adapter_dir: Path,
                   opts: TrainOptions, run_name: str = "sft", report_to_mlflow: bool = True,
                   on_log: Callable[[dict], None] | None = None, eval_records: list[dict] | None = None,
@@ -342,10 +356,9 @@ def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     """Train (or resume from the last checkpoint in `checkpoint_dir`) and save the adapter, or the whole model for
     a full fine-tune, to `adapter_dir`. `on_trainer(trainer)` sees the trainer before training starts."""
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    last = get_last_checkpoint(str(checkpoint_dir))
+    last = last_complete_checkpoint(checkpoint_dir)
     trainer = build_trainer(Path(base_dir), train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
                             callbacks=[_Progress(on_log)], eval_records=eval_records)
     trainer.remove_callback(PrinterCallback)  # logs go to on_log (the Dagster run log) instead of stdout
