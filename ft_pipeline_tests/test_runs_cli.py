@@ -53,7 +53,7 @@ def _cpu_s(pid: int) -> float:
 def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_registers(tmp_path):
     env = isolated_env(tmp_path)
     preset = tmp_path / "long.yaml"
-    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 400").replace("save_steps: 5",
+    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 80").replace("save_steps: 5",
                                                                                           "save_steps: 4"))
     proc = _start(env, tmp_path / "first.log", preset)
     ckpts = tmp_path / "home" / "checkpoints"
@@ -79,7 +79,8 @@ def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_reg
 def test_ctrl_c_while_waiting_for_the_gpu_slot_exits_within_seconds(tmp_path):
     env = isolated_env(tmp_path)
     subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "env"], env=env, check=True, capture_output=True)
-    storage = _instance(tmp_path).event_log_storage
+    inst = _instance(tmp_path)
+    storage = inst.event_log_storage
     storage.initialize_concurrency_limit_to_default("gpu")
     assert storage.claim_concurrency_slot("gpu", "someone-else", "lora_adapter").is_claimed
     log = tmp_path / "run.log"
@@ -97,7 +98,7 @@ def test_ctrl_c_while_waiting_for_the_gpu_slot_exits_within_seconds(tmp_path):
     assert proc.returncode == 130 and took < 10, log.read_text()[-3000:]
     assert cpu < 1.0
     assert "interrupted: the run is marked failed" in log.read_text()
-    info = _instance(tmp_path).event_log_storage.get_concurrency_info("gpu")
+    info = storage.get_concurrency_info("gpu")
     assert [s.run_id for s in info.claimed_slots] == ["someone-else"]
     assert {p.run_id for p in info.pending_steps} == {"someone-else"}  # its queued claim is gone
 
