@@ -43,14 +43,6 @@ def _failure_message(result) -> str:
     return "; ".join(msgs) or "run failed (see the Dagster UI)"
 
 
-def _run_config(preset: dict, job) -> dict:
-    """The part of a preset's `ops:` that belongs to `job`, logged to the terminal as one line per stage (see
-    ft_pipeline/console.py; the full event stream stays in the Dagster UI)."""
-    names = {n.name for n in job.graph.node_defs}
-    ops = {k: v for k, v in preset.get("ops", {}).items() if k in names}
-    return {"ops": ops, "loggers": {"stages": {}}}
-
-
 def run_main(preset_path: str | None, force: bool = False) -> int:
     prepare_instance_home()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -59,18 +51,32 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     import warnings
 
     import dagster as dg
-    import yaml
 
     # transformers 5.23 calls its own deprecated property inside Trainer and PEFT: noise on every run
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
+    from ft_pipeline import presets, runs
+    from ft_pipeline.definitions import defs
+
+    preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
+                          ) if preset_path else {}
+    runs.sigterm_as_interrupt()
+    instance = dg.DagsterInstance.get()
+    with runs.home_lock(settings.home()):
+        for line in runs.reap(instance, settings.home()):
+            print(f"stale run: {line}")
+        return _run_all(instance, preset, force)
+
+
+def _run_all(instance, preset: dict, force: bool) -> int:
+    import dagster as dg
+
+    from ft_pipeline import presets, runs, staleness
     from ft_pipeline.core import formats
-    from ft_pipeline import staleness
     from ft_pipeline.definitions import defs
     from ft_pipeline.defs.partitions import drops
 
-    preset = yaml.safe_load(Path(preset_path).read_text()) if preset_path else {}
-    instance = dg.DagsterInstance.get()
+    ingest, job, home = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register"), settings.home()
     raw_dir = settings.raw_dir()
     t0 = time.monotonic()
     found, bad_names = formats.find_drops(raw_dir)
@@ -85,14 +91,11 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     to_ingest = found if force else staleness.drops_to_ingest(instance, defs, found, preset_ops)
     if to_ingest and not force:
         print("to ingest: " + ", ".join(f"{d} ({why})" for d, why in to_ingest.items()))
-    ingest = defs.resolve_job_def("ingest_drop")
     failed = {}
     for drop in sorted(to_ingest):
-        res = ingest.execute_in_process(partition_key=drop, instance=instance, raise_on_error=False,
-                                        run_config=_run_config(preset, ingest))
+        res = runs.execute(ingest, instance, home, partition_key=drop, run_config=presets.run_config(preset, ingest))
         if not res.success:
             failed[drop] = _failure_message(res)
-    home = settings.home()
     print("\nper drop:                               rows in   kept  quarantined  duplicates")
     for drop in sorted(found):
         stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
@@ -102,13 +105,12 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
             s = json.loads(stats_path.read_text())
             print(f"  {drop:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
 
-    job = defs.resolve_job_def("train_and_register")
     # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
     if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
                                                          only=staleness.FIRST_STAGE)):
         print("\nto materialize first:\n" + "\n".join(f"  {k}: {why}" for k, why in first.items()))
         sub = job.get_subset(asset_selection={dg.AssetKey(k) for k in first})
-        res = sub.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(preset, sub))
+        res = runs.execute(sub, instance, home, run_config=presets.run_config(preset, sub))
         if not res.success:
             print(f"not registered: {_failure_message(res)}")
             return 1
@@ -121,7 +123,7 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
         return 0
     print("\nto materialize:\n" + "\n".join(f"  {k}: {why}" for k, why in todo.items()))
     train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
-    res = train.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(preset, train))
+    res = runs.execute(train, instance, home, run_config=presets.run_config(preset, train))
     print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
     report_path = home / "reports" / "evaluation.json"
     if report_path.exists():
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                           "configs/cpu_smollm2.yaml, LoRA on the packaged SmolLM2-135M-Instruct")
     run.add_argument("--force", action="store_true",
                      help="re-ingest every drop and retrain even when nothing changed")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a preset error")
     sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")
     lin = sub.add_parser("lineage", help="which raw rows (drop, line) trained a registered model version")
     lin.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
@@ -179,7 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        return run_main(args.preset, args.force)
+        from ft_pipeline.presets import PresetError
+
+        try:
+            return run_main(args.preset, args.force)
+        except PresetError as e:
+            if args.debug:
+                raise
+            print("\n".join(e.lines), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted: the run is marked failed and its slots are free; training checkpoints are kept, "
+                  "and the next `ft-pipeline run` resumes from the last one", file=sys.stderr)
+            return 130
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     if args.cmd in ("export", "promote"):

@@ -39,12 +39,12 @@ def test_preset_knobs_mean_what_their_names_say():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(finetune="partial"), "finetune must be one of"),
+    (dict(finetune="partial"), "must be one of lora, full"),
     (dict(finetune="full", load_in_4bit=True), "set finetune: lora"),
     (dict(early_stopping_patience=2), "need eval_steps > 0"),
     (dict(eval_steps=20, save_steps=50, load_best_model_at_end=True), "multiple of eval_steps"),
-    (dict(num_processes=2), "needs launcher torchrun or accelerate"),
-    (dict(launcher="slurm"), "launcher must be one of"),
+    (dict(num_processes=2), "need launcher torchrun or accelerate"),
+    (dict(launcher="slurm"), "must be one of in_process, subprocess"),
 ])
 def test_bad_combinations_fail_when_the_config_is_read(bad, message):
     with pytest.raises(ValueError, match=message):

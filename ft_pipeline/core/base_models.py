@@ -27,6 +27,8 @@ CHAT_TEMPLATE = (
 TINY_ARCH = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=4, max_position_embeddings=2048)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_NOT_A_SPEC = ("is neither 'builtin:tiny', 'smollm2-135m-instruct', a GGUF file ('gguf:/abs/model.gguf'), an "
+               "absolute or ./relative local directory, nor a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
 _WEIGHT_FILES = ("*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja")
 
 
@@ -117,9 +119,31 @@ def resolve_base_model(spec: str, models_dir: Path, seed: int = 0) -> BaseModelI
         commit = (path / ".cache" / "huggingface" / "download")
         rev = revision or _hub_commit(commit)
         return BaseModelInfo(spec, path, "hub", rev, content_hash(path))
-    raise ValueError(f"base model {spec!r} is neither 'builtin:tiny', 'smollm2-135m-instruct', a GGUF file "
-                     "('gguf:/abs/model.gguf'), an absolute or ./relative local directory, nor a Hub id like "
-                     "'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
+    raise ValueError(f"base model {spec!r} {_NOT_A_SPEC}")
+
+
+def spec_problem(spec: str) -> str | None:
+    """What is wrong with a base model spec, found without loading or downloading anything (a Hub id is checked
+    for its form only), or None."""
+    from ft_pipeline.core import gguf_models
+
+    if spec == BUILTIN_TINY or _HUB_ID.match(spec) or spec in gguf_models.PACKAGED:
+        return None
+    if spec.startswith(gguf_models.GGUF_PREFIX):
+        path = Path(spec[len(gguf_models.GGUF_PREFIX):]).expanduser()
+        if not path.is_absolute():
+            return f"{spec!r}: give the GGUF file as an absolute path, gguf:/path/to/model.gguf"
+        return None if path.is_file() else f"GGUF file {path} does not exist"
+    local = Path(spec).expanduser()
+    if not (local.is_absolute() or spec.startswith(".")):
+        return f"{spec!r} {_NOT_A_SPEC}"
+    if not local.is_dir():
+        return f"local base model directory {local} does not exist"
+    try:
+        check_model_dir(local)
+    except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _hub_commit(meta_dir: Path) -> str | None:

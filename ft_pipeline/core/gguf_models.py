@@ -86,7 +86,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the per-tensor dequantization bar; the stage line says it converts
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    hf_logging.disable_progress_bar()
+    # transformers draws its per-tensor dequantization bar with tqdm directly; the stage line says it converts
+    gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
     kw = {"gguf_file": gguf_path.name}
     try:

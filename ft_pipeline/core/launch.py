@@ -65,17 +65,25 @@ def train_in_child(opts: TrainOptions, base_dir: Path, train_jsonl: Path, checkp
     first_error = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
                           cwd=repo_root, bufsize=1) as proc:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if line.startswith(LOG_PREFIX):
-                if on_log:
-                    on_log(json.loads(line[len(LOG_PREFIX):]))
-                continue
-            tail.append(line)
-            if first_error is None and (m := _ERROR_LINE.match(line)):
-                first_error = m.group(1)
-            if on_line:
-                on_line(line)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if line.startswith(LOG_PREFIX):
+                    if on_log:
+                        on_log(json.loads(line[len(LOG_PREFIX):]))
+                    continue
+                tail.append(line)
+                if first_error is None and (m := _ERROR_LINE.match(line)):
+                    first_error = m.group(1)
+                if on_line:
+                    on_line(line)
+        except BaseException:  # Ctrl-C / SIGTERM of the run: stop the trainer too, its checkpoints stay
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if proc.returncode != 0:
         raise RuntimeError(f"training ({opts.launcher}, {opts.num_processes} process(es)) exited with "
                            f"{proc.returncode}" + (f": {first_error}" if first_error else "")

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ft_pipeline.core import knobs
 
-FINETUNE_MODES = ("lora", "full")
-LAUNCHERS = ("in_process", "subprocess", "torchrun", "accelerate")
+
 # Knobs that change how a run is logged, saved or launched, not the weights it trains.
 _NOT_IN_FINGERPRINT = ("logging_steps", "save_steps", "save_total_limit", "launcher", "accelerate_config")
 
@@ -66,19 +66,19 @@ class TrainOptions:
     accelerate_config: str = ""  # an accelerate config file (e.g. configs/accelerate/fsdp.yaml); empty: DDP
 
     def __post_init__(self):
-        if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if self.launcher not in LAUNCHERS:
-            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        knobs.check(asdict(self), knobs.TRAIN)
+        found = []
         if self.load_in_4bit and self.finetune == "full":
-            raise ValueError("load_in_4bit (QLoRA) trains a LoRA adapter on a frozen 4-bit base; set finetune: lora")
+            found.append(("load_in_4bit", "QLoRA trains a LoRA adapter on a frozen 4-bit base; set finetune: lora"))
         if self.num_processes > 1 and self.launcher not in ("torchrun", "accelerate"):
-            raise ValueError(f"num_processes={self.num_processes} needs launcher torchrun or accelerate")
+            found.append(("num_processes", f"{self.num_processes} processes need launcher torchrun or accelerate"))
         if (self.early_stopping_patience or self.load_best_model_at_end) and self.eval_steps <= 0:
-            raise ValueError("early stopping and load_best_model_at_end need eval_steps > 0 (holdout loss)")
-        if self.load_best_model_at_end and self.save_steps % self.eval_steps:
-            raise ValueError(f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple of "
-                             f"eval_steps ({self.eval_steps}): only saved checkpoints can be the best one")
+            found.append(("eval_steps", "early stopping and load_best_model_at_end need eval_steps > 0 (holdout loss)"))
+        elif self.load_best_model_at_end and self.save_steps % self.eval_steps:
+            found.append(("save_steps", f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple "
+                                        f"of eval_steps ({self.eval_steps}): only saved checkpoints can be the best one"))
+        if found:
+            raise knobs.KnobError(found)
 
     def fingerprint(self) -> str:
         """Changes whenever a knob that affects the trained weights changes (logging and saving do not)."""
@@ -340,6 +340,20 @@ def check_fsdp(trainer) -> None:
             "over gloo.")
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (trainer_state.json is its last file), or None. A
+    checkpoint a kill interrupted mid-write is removed: resuming from it would fail."""
+    steps = {}
+    for d in Path(checkpoint_dir).glob("checkpoint-*"):
+        if d.is_dir() and d.name.removeprefix("checkpoint-").isdigit():
+            steps[int(d.name.removeprefix("checkpoint-"))] = d
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        shutil.rmtree(steps[step])
+    return None
+
+
 def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, adapter_dir: Path,
                   opts: TrainOptions, run_name: str = "sft", report_to_mlflow: bool = True,
                   on_log: Callable[[dict], None] | None = None, eval_records: list[dict] | None = None,
@@ -347,10 +361,9 @@ def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     """Train (or resume from the last checkpoint in `checkpoint_dir`) and save the adapter, or the whole model for
     a full fine-tune, to `adapter_dir`. `on_trainer(trainer)` sees the trainer before training starts."""
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    last = get_last_checkpoint(str(checkpoint_dir))
+    last = last_complete_checkpoint(checkpoint_dir)
     trainer = build_trainer(Path(base_dir), train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
                             callbacks=[_Progress(on_log)], eval_records=eval_records)
     trainer.remove_callback(PrinterCallback)  # logs go to on_log (the Dagster run log) instead of stdout

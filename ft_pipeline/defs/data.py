@@ -6,7 +6,8 @@ from collections import Counter
 
 import dagster as dg
 
-from ft_pipeline.core import base_models, cleaning, formats, splitting
+from ft_pipeline.config import CheckedConfig
+from ft_pipeline.core import base_models, cleaning, formats, knobs, splitting
 from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.near_dup import NearDupParams
 from ft_pipeline.core.token_policy import TooManyTokensError
@@ -18,13 +19,15 @@ from ft_pipeline.resources import MlflowTracking, PipelineHome
 OWNERS = ["team:ml-platform"]
 
 
-class RawExamplesConfig(dg.Config):
+class RawExamplesConfig(CheckedConfig):
+    KNOBS = knobs.DATA
     format: str = "auto"
     """Example format of the drop: auto (detected from the rows), openai_chat, sharegpt, alpaca,
     prompt_completion or text."""
 
 
-class NearDupConfig(dg.Config):
+class NearDupConfig(CheckedConfig):
+    KNOBS = knobs.DATA
     near_dup_threshold: float = 0.8
     """Examples whose word-pair sets have an estimated Jaccard similarity at least this are near-duplicates:
     the later one is removed and recorded with the example it duplicates. 1.0 removes only identical sets."""

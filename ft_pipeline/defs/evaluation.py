@@ -5,13 +5,16 @@ import json
 
 import dagster as dg
 
+from ft_pipeline.config import CheckedConfig
+from ft_pipeline.core import knobs
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
 
 
-class EvaluationConfig(dg.Config):
+class EvaluationConfig(CheckedConfig):
+    KNOBS = knobs.EVALUATION
     max_new_tokens: int = 128
     """Upper bound on an answer's length; generation also stops at the longest reference answer plus a margin."""
     batch_size: int = 64
@@ -84,7 +87,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-class GateConfig(dg.Config):
+class GateConfig(CheckedConfig):
+    KNOBS = knobs.EVALUATION
     min_json_valid: float = 0.9
     min_gain_over_base: float = 0.05
     """The gate metric (field accuracy by default) must beat the base model's by at least this much."""

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import dagster as dg
+from pydantic import field_validator, model_validator
 
-from ft_pipeline.core import base_models
+from ft_pipeline import settings
+from ft_pipeline.config import CheckedConfig
+from ft_pipeline.core import base_models, knobs
 from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
@@ -16,11 +19,19 @@ OWNERS = ["team:ml-platform"]
 _TRAIN_DEFAULTS = TrainOptions()
 
 
-class BaseModelConfig(dg.Config):
+class BaseModelConfig(CheckedConfig):
+    KNOBS = knobs.BASE_MODEL
     base_model: str = base_models.BUILTIN_TINY
     """builtin:tiny, an absolute local model directory, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct[@rev]."""
     seed: int = 0
     """Seed of builtin:tiny's random init."""
+
+    @field_validator("base_model")
+    @classmethod
+    def _resolvable(cls, spec: str) -> str:
+        if problem := base_models.spec_problem(spec):
+            raise ValueError(problem)
+        return spec
 
 
 @dg.asset(group_name="model", code_version="base-v2", kinds={"pytorch", "huggingface"}, owners=OWNERS)
@@ -45,8 +56,10 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home:
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-class TrainConfig(dg.Config):
+class TrainConfig(CheckedConfig):
     """Training hyperparameters; the defaults are the CPU run on builtin:tiny (see configs/ for presets)."""
+
+    KNOBS = knobs.TRAIN
 
     max_steps: int = _TRAIN_DEFAULTS.max_steps
     per_device_train_batch_size: int = _TRAIN_DEFAULTS.per_device_train_batch_size
@@ -86,6 +99,13 @@ class TrainConfig(dg.Config):
     num_processes: int = _TRAIN_DEFAULTS.num_processes
     accelerate_config: str = _TRAIN_DEFAULTS.accelerate_config
     """With launcher accelerate: a config file, e.g. configs/accelerate/fsdp.yaml (relative to the checkout)."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        self.options()  # the combinations TrainOptions refuses (QLoRA + full, patience without eval, ...)
+        if self.accelerate_config and not (settings.REPO_ROOT / self.accelerate_config).is_file():
+            raise knobs.KnobError([("accelerate_config", f"no such file in the checkout: {self.accelerate_config}")])
+        return self
 
     def options(self) -> TrainOptions:
         return TrainOptions(**self.model_dump())

@@ -1,0 +1,118 @@
+"""A killed `ft-pipeline run` never blocks the next one: stale runs of dead processes are marked failed and their
+`gpu` slot freed, a step waiting for a slot says who holds it without using the CPU, and Ctrl-C stops a wait."""
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import dagster as dg
+import pytest
+
+from ft_pipeline import runs
+from ft_pipeline.core.training import last_complete_checkpoint
+from ft_pipeline.settings import REPO_ROOT
+
+
+@pytest.fixture
+def instance(tmp_path):
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        inst.event_log_storage.initialize_concurrency_limit_to_default("gpu")
+        yield inst
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@dg.asset(pool="gpu")
+def _trained():
+    return 1
+
+
+def _started_run(inst, tags: dict) -> str:
+    job = dg.define_asset_job("train", selection=[_trained]).resolve(asset_graph=dg.Definitions(
+        assets=[_trained]).resolve_asset_graph())
+    run = inst.create_run_for_job(job_def=job, tags=tags)
+    inst.report_dagster_event(dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name),
+                              run_id=run.run_id)
+    assert inst.event_log_storage.claim_concurrency_slot("gpu", run.run_id, "_trained").is_claimed
+    return run.run_id
+
+
+def test_a_run_whose_process_is_gone_is_marked_failed_and_frees_its_slot(instance, tmp_path):
+    host = socket.gethostname()
+    dead = _started_run(instance, {runs.HOST: host, runs.PID: str(_dead_pid())})
+    lines = runs.reap(instance, tmp_path)
+    assert len(lines) == 1 and dead in lines[0] and "gone; marked failed" in lines[0]
+    assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+
+
+@pytest.mark.parametrize("tags", [
+    {runs.HOST: socket.gethostname(), runs.PID: "self"},  # still running: this very process
+    {runs.HOST: "another-host", runs.PID: "1"},  # elsewhere: its process cannot be checked from here
+    {},  # launched from the UI (the daemon watches those)
+])
+def test_a_live_or_unknown_run_is_left_alone(instance, tmp_path, tags):
+    import os
+
+    tags = {k: (str(os.getpid()) if v == "self" else v) for k, v in tags.items()}
+    run_id = _started_run(instance, tags)
+    assert runs.reap(instance, tmp_path) == []
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    assert len(instance.event_log_storage.get_concurrency_info("gpu").claimed_slots) == 1
+
+
+def test_a_reused_pid_is_not_the_old_process():
+    import os
+
+    assert runs.process_alive(runs.owner_tags()) is True
+    assert runs.process_alive({**runs.owner_tags(), runs.PID_START: "1"}) is False
+    assert runs.process_alive({runs.HOST: socket.gethostname(), runs.PID: str(_dead_pid())}) is False
+    assert runs.process_alive({runs.PID: str(os.getpid())}) is None
+
+
+def test_a_step_waiting_for_a_slot_names_the_holder_and_sleeps(instance, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "POLL_S", 0.2)
+    holder = _started_run(instance, runs.owner_tags())
+    said, done = [], threading.Event()
+    waiter = threading.Thread(target=lambda: (runs._wait_for_slot(instance, "gpu", "waiting-run", "_trained",
+                                                                  said.append), done.set()))
+    cpu0 = time.process_time()
+    waiter.start()
+    time.sleep(3)
+    cpu = time.process_time() - cpu0
+    assert not done.is_set()
+    assert len(said) == 1 and f"held by run {holder}" in said[0] and "started 20" in said[0] and "alive" in said[0]
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU in 3 s of waiting"  # dagster's own in-process wait spins a core
+    instance.event_log_storage.free_concurrency_slots_for_run(holder)
+    assert done.wait(5)
+    assert [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots] == ["waiting-run"]
+
+
+def test_a_claim_of_a_killed_waiter_is_freed(instance, tmp_path):
+    # A process killed while it waited (or before its run started) leaves a claim with no run behind.
+    storage = instance.event_log_storage
+    marker = runs._claims_dir(tmp_path) / "never-started.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(f'{{"{runs.HOST}": "{socket.gethostname()}", "{runs.PID}": "{_dead_pid()}"}}')
+    assert storage.claim_concurrency_slot("gpu", "never-started", "_trained").is_claimed
+    runs.reap(instance, tmp_path)
+    assert storage.get_concurrency_info("gpu").claimed_slots == [] and not marker.exists()
+
+
+def test_resume_skips_a_checkpoint_a_kill_left_half_written(tmp_path):
+    for step, complete in ((5, True), (10, True), (15, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-15").exists()
+    assert last_complete_checkpoint(tmp_path / "checkpoint-5") is None
