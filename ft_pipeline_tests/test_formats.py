@@ -39,7 +39,16 @@ CASES = [
     ("sharegpt", {"conversations": [{"from": "bot", "value": "hi"}]}, "unrecognized_role"),
     ("prompt_completion", {"prompt": "hi", "completion": "ok"}, [U, A]),
     ("prompt_completion", {"prompt": "hi"}, "missing_field"),
-    ("text", {"text": "ok"}, [A]),  # plain text trains on the whole text
+    # No user turn before the final assistant turn: nothing to answer, nothing to evaluate (issue 12, item 3).
+    ("openai_chat", {"messages": [A]}, "no_user_turn"),  # an answer alone
+    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, A]}, "no_user_turn"),  # a system prompt asks nothing
+    ("openai_chat", {"messages": [A, A]}, "no_user_turn"),  # two answers, still no question
+    ("openai_chat", {"messages": [A, U, A]}, [A, U, A]),  # an assistant greeting before the user is fine
+    ("sharegpt", {"conversations": [{"from": "gpt", "value": "{}"}]}, "no_user_turn"),  # the row seen in issue 12
+    ("sharegpt", {"conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "ok"}]}, "no_user_turn"),
+    ("alpaca", {"instruction": " ", "input": "", "output": "y"}, "empty_turn"),  # alpaca's user turn is always there
+    ("prompt_completion", {"prompt": "", "completion": "ok"}, "empty_turn"),  # so is prompt/completion's
+    ("text", {"text": "ok"}, "no_user_turn"),  # plain text is an answer with no prompt
 ]
 
 
@@ -50,6 +59,8 @@ def test_to_messages(fmt, row, expected):
             to_messages(row, fmt)
         assert e.value.code == expected
         assert str(e.value)  # a reason a person reads
+        if expected == "no_user_turn" and fmt == "text":
+            assert "'prompt'/'completion'" in str(e.value)  # says how to give such rows instead
     else:
         assert to_messages(row, fmt) == expected
 

@@ -277,8 +277,12 @@ def to_messages(data: Any, fmt: str) -> list[dict]:
         messages = [{"role": "assistant", "content": _str_field(data, "text")}]
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    _check_conversation(messages)
+    _check_conversation(messages, _TEXT_HINT if fmt == "text" else "")
     return messages
+
+
+# A text row is an assistant turn with nothing before it: the no_user_turn rule quarantines every one of them.
+_TEXT_HINT = "; a plain 'text' row has no prompt: give it as 'prompt'/'completion' or as chat 'messages'"
 
 
 def _str_field(data: dict, key: str) -> str:
@@ -343,7 +347,7 @@ def _sharegpt_messages(data: dict) -> list[dict]:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_conversation(messages: list[dict]) -> None:
+def _check_conversation(messages: list[dict], no_user_hint: str = "") -> None:
     if not messages:
         raise RowError("no_messages", "the conversation has no messages")
     for i, m in enumerate(messages, start=1):
@@ -358,5 +362,9 @@ def _check_conversation(messages: list[dict]) -> None:
     if messages[-1]["role"] != "assistant":
         raise RowError("assistant_not_last", f"the last message is from {messages[-1]['role']}; the assistant message must be last")
     roles = [m["role"] for m in messages]
+    # Training on it teaches answers to nothing, and evaluation has no prompt to ask (prompt_messages is empty).
+    if "user" not in roles[:-1]:
+        raise RowError("no_user_turn", "no user message before the final assistant message: the answer answers "
+                       "nothing and cannot be evaluated" + no_user_hint)
     if "system" in roles[1:]:
         raise RowError("system_not_first", "a system message may only come first")
