@@ -114,3 +114,32 @@ def test_near_dup_check_fails_on_a_leaking_split(env):
     assert [r.passed for r in results] == [False, False]
     assert f"holdout leak.jsonl line 1 ~ train {victim['drop']} line {victim['line']}" in results[0].description
     assert results[0].metadata["pairs"].value == 1
+
+
+def test_raw_examples_names_the_encoding_of_a_latin1_export_and_reads_it_once_declared(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "export.csv").write_bytes("".join(["prompt,completion\n"] + [f'"Ma commande {i} est arrivée abîmée",'
+                                              f'"Désolé {i}"\n' for i in range(10)]).encode("latin-1"))
+    resources = {"home": PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                                   artifact_root=str(tmp_path / "artifacts"))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("drops", ["export.csv"])
+
+        def run(**config):
+            return dg.materialize([data.raw_examples], partition_key="export.csv", instance=instance,
+                                  resources=resources, raise_on_error=False,
+                                  run_config=dg.RunConfig(ops={"raw_examples": data.RawExamplesConfig(**config)}))
+
+        failed = run()
+        failure = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.user_failure_data
+        assert "not UTF-8, likely cp1252" in failure.description and "encoding: cp1252" in failure.description
+        declared = run(encoding="cp1252")
+        assert declared.success
+        md = declared.asset_materializations_for_node("raw_examples")[0].metadata
+        assert md["rows"].value == 10 and md["rows_not_converted"].value == 0
+        records = [json.loads(line) for line in (tmp_path / "home" / "data" / "raw_examples" / "export.csv.jsonl")
+                   .read_text(encoding="utf-8").splitlines()]
+        assert records[0]["messages"][0]["content"] == "Ma commande 0 est arrivée abîmée"
+

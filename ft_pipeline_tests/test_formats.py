@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -161,3 +162,71 @@ def test_a_lone_surrogate_escape_is_a_quarantined_row_not_a_failed_drop(tmp_path
     records = read_jsonl(tmp_path / "out.jsonl")
     assert [(r["line"], r.get("code")) for r in records] == [(1, None), (2, "invalid_unicode"), (3, None)]
     assert "\\ud800 at character 3" in records[1]["reason"] and records[1]["raw"] == bad.decode()
+
+
+# One bad byte costs its row, not the drop (issue 12, item 2): (file name, bytes, (line, code) of every row).
+_GOOD_CSV = [f'"hello {i} – thanks","fine {i}"\n'.encode() for i in range(20)]  # an en dash: valid UTF-8
+ONE_BAD_BYTE = [
+    ("issue.csv", b"".join([b"prompt,completion\n", *_GOOD_CSV[:7], b'"caf\xe9 au lait","ok"\n', *_GOOD_CSV[7:]]),
+     [(n, "invalid_utf8" if n == 9 else None) for n in range(2, 23)]),  # the case seen: 20 good rows and one bad
+    ("multiline.csv", b'prompt,completion\n"a\nb\xff",x\nc,y\n', [(2, "invalid_utf8"), (4, None)]),  # keeps its first line
+    ("extra.csv", b'prompt,completion\na,b\nc,d,\xe9\n', [(2, None), (3, "invalid_utf8")]),  # in a field past the header
+    ("one.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "\xe9", "completion": "b"},\n'
+                 b'{"prompt": "c", "completion": "d"}]', [(1, None), (2, "invalid_utf8"), (3, None)]),  # a JSON array too
+    ("one.jsonl", b'{"text": "a"}\n{"text": "\xe9"}\n{"text": "b"}\n', [(1, None), (2, "invalid_utf8"), (3, None)]),
+]
+
+
+@pytest.mark.parametrize("name,data,expected", ONE_BAD_BYTE, ids=[c[0] for c in ONE_BAD_BYTE])
+def test_a_row_with_invalid_utf8_is_quarantined_and_its_neighbours_kept(tmp_path, name, data, expected):
+    rows = read_drop(_write(tmp_path, name, data)).rows
+    assert [(r.line, r.code) for r in rows] == expected
+    bad = next(r for r in rows if r.code)
+    assert "\\x" in bad.text and not re.search("[\\ud800-\\udfff]", bad.text)  # bytes shown as \xNN
+    assert "invalid UTF-8" in bad.error and "byte" in bad.error and "encoding" in bad.error
+    assert all(r.data for r in rows if not r.code)
+
+
+def test_the_quarantined_csv_row_keeps_its_line_bytes_and_reason():
+    from ft_pipeline.core.cleaning import clean_records, canonicalize
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parsed = read_drop(_write(Path(tmp), "d.csv", ONE_BAD_BYTE[0][1]))
+    out = clean_records(canonicalize(parsed, "prompt_completion"), None)
+    assert [(q["line"], q["code"]) for q in out.quarantined] == [(9, "invalid_utf8")]
+    assert "caf\\xe9 au lait" in out.quarantined[0]["raw"] and "column 'prompt'" in out.quarantined[0]["reason"]
+    assert out.kept_count + len(out.duplicates) == 20
+
+
+_FR = "".join(f'"Bonjour, ma commande {i} est arrivée abîmée","Désolé {i}"\n' for i in range(20))
+_RU = "".join(f'{{"prompt": "Здравствуйте, заказ {i} не пришёл", "completion": "ok"}}\n'
+              for i in range(20))
+# A file that is mostly not UTF-8 still fails as a whole, naming the likely encoding; declared, it parses.
+# (file name, bytes, the encoding the error names and that then parses the file) — one line a case.
+OTHER_ENCODINGS = [
+    ("latin1.csv", ("prompt,completion\n" + _FR).encode("latin-1"), "cp1252"),  # a French Excel export
+    ("cyrillic.jsonl", _RU.encode("cp1251"), "cp1251"),  # not Western: charset_normalizer's guess stands
+    ("utf16.csv", ("prompt,completion\n" + _FR).encode("utf-16"), "utf_16"),  # Excel's "Unicode text"
+    ("half.jsonl", "".join('{"text": "café"}\n{"text": "ok"}\n' for _ in range(5)).encode("latin-1"), "cp1252"),
+]
+
+
+@pytest.mark.parametrize("name,data,encoding", OTHER_ENCODINGS, ids=[c[0] for c in OTHER_ENCODINGS])
+def test_a_file_in_another_encoding_fails_naming_it_and_parses_once_declared(tmp_path, name, data, encoding):
+    p = _write(tmp_path, name, data)
+    with pytest.raises(DropError) as e:
+        read_drop(p)
+    assert str(p) in str(e.value) and f"likely {encoding}" in str(e.value) and f"encoding: {encoding}" in str(e.value)
+    rows = read_drop(p, encoding).rows
+    assert rows and not any(r.error for r in rows) and rows[0].line == (1 if name.endswith("jsonl") else 2)
+    assert not rows[0].text.isascii()  # the accents or Cyrillic decoded, not replaced
+
+
+def test_an_unknown_or_wrong_declared_encoding_is_a_clear_drop_error(tmp_path):
+    p = _write(tmp_path, "d.csv", b"prompt,completion\n\xff\xfeab,c\n")
+    with pytest.raises(DropError, match="unknown encoding 'latin-9000'"):
+        read_drop(p, "latin-9000")
+    with pytest.raises(DropError, match=r"line 2: byte 18 \(0xff\) is not valid ascii"):  # declared, but wrong
+        read_drop(p, "ascii")

@@ -22,6 +22,9 @@ class RawExamplesConfig(dg.Config):
     format: str = "auto"
     """Example format of the drop: auto (detected from the rows), openai_chat, sharegpt, alpaca,
     prompt_completion or text."""
+    encoding: str = "utf-8"
+    """Text encoding of the drop file (JSONL, JSON, CSV), e.g. cp1252, latin-1 or utf-16 for an export that is not
+    UTF-8: the error of such a file names the likely one. Under utf-8 a row with a bad byte is quarantined."""
 
 
 class NearDupConfig(dg.Config):
@@ -50,13 +53,13 @@ def _table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
         schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
 
 
-@dg.asset(partitions_def=drops, group_name="data", code_version="raw-v1", kinds={"python", "json"}, owners=OWNERS)
+@dg.asset(partitions_def=drops, group_name="data", code_version="raw-v2", kinds={"python", "json"}, owners=OWNERS)
 def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Every row of one raw drop as a canonical chat record with its provenance (drop, line, raw-row hash)."""
     path = home.raw_file(context.partition_key)
     try:
-        parsed = formats.read_drop(path)
+        parsed = formats.read_drop(path, config.encoding)
         fmt = formats.detect_format(parsed.rows, path) if config.format == "auto" else config.format
         if fmt not in formats.FORMATS:
             raise formats.DropError(f"{path}: unknown format {fmt!r} in config; expected auto or one of {formats.FORMATS}")
@@ -86,7 +89,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
     with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
                                    tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
         mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": file_format,
-                           "format_override": config.format})
+                           "format_override": config.format, "encoding": config.encoding})
         mlflow.log_metrics({"rows": n_rows, "rows_not_converted": sum(unconverted.values())})
         log_jsonl_dataset(raw_examples_path, f"raw@{context.partition_key}", "raw", file_hash)
     return dg.MaterializeResult(
