@@ -115,7 +115,6 @@ BAD_FILES = [
     ("latin1.json", b'[{"prompt": "caf\xe9"}]', "invalid UTF-8"),  # non-UTF-8 bytes
     ("bad.parquet", b"PAR1garbage", "not a readable Parquet file"),
     ("dup_header.csv", b"prompt,prompt\na,b\n", "repeated column names"),
-    ("bad name!.jsonl", b'{"text": "x"}', "not a valid drop name"),  # names become partition keys
 ]
 
 
@@ -139,14 +138,78 @@ def test_drop_keys_that_could_escape_the_data_folder_are_rejected(key):
         check_drop_key(key)
 
 
-def test_find_drops_reports_names_that_cannot_be_drops(tmp_path):
-    from ft_pipeline.core.formats import find_drops
+_H = "[0-9a-f]{8}"
+# Any file name is a drop (issue 12, item 4): (file name, its partition key as a regex) — one line a case.
+DROP_KEYS = [
+    ("2026-03-tickets.csv", r"2026-03-tickets\.csv"),  # a plain name is its own key: existing keys never change
+    ("Support export (Nov 2026).csv", rf"Support-export-Nov-2026-{_H}\.csv"),  # the name seen in issue 12
+    ("données-clients.jsonl", rf"donnees-clients-{_H}\.jsonl"),  # accents folded to ASCII
+    ("客户.csv", rf"drop-{_H}\.csv"),  # nothing ASCII to keep: the hash alone tells it apart
+    ("..jsonl", rf"drop-{_H}\.jsonl"),  # '..' is never part of a key
+    ("a..b.CSV", rf"a-b-{_H}\.csv"),  # nor inside one; the extension lower-cased as the readers see it
+    ("x" * 300 + ".json", rf"x{{64}}-{_H}\.json"),  # a long name: the key stays short
+    ("caf\udce9.csv", rf"caf-{_H}\.csv"),  # a name that is not UTF-8 on disk (surrogate-escaped by Python)
+]
 
-    for name in ("a.jsonl", "b c.csv", ".hidden.json", "notes.txt"):
+
+@pytest.mark.parametrize("name,pattern", DROP_KEYS, ids=[c[0][:30] for c in DROP_KEYS])
+def test_every_file_name_gets_a_safe_partition_key(name, pattern):
+    from ft_pipeline.core.drop_files import drop_key
+
+    key = drop_key(name)
+    assert re.fullmatch(pattern, key), key
+    assert check_drop_key(key) == key  # a valid key: no separator, no '..', at most 128 characters
+
+
+def test_names_that_slug_alike_never_share_a_key_and_nfd_names_keep_theirs():
+    import unicodedata
+
+    from ft_pipeline.core.drop_files import drop_key
+
+    names = ["a b.csv", "a  b.csv", "a+b.csv", "a-b .csv", "A b.csv"]  # all slug to a-b or A-b
+    assert len({drop_key(n) for n in names}) == len(names)
+    nfc = "données.csv"
+    assert drop_key(unicodedata.normalize("NFD", nfc)) == drop_key(nfc)  # macOS stores names decomposed
+
+
+def test_find_drops_keys_real_names_and_reports_a_key_clash(tmp_path):
+    from ft_pipeline.core.drop_files import drop_key, find_drops, raw_path
+
+    clash = drop_key("données.csv")  # a file literally named as another's derived key
+    for name in ("a.jsonl", "Support export (Nov 2026).csv", "données.csv", clash, ".hidden.json", "notes.txt"):
         (tmp_path / name).write_text("{}")
     drops, problems = find_drops(tmp_path)
-    assert list(drops) == ["a.jsonl"]
-    assert len(problems) == 1 and "'b c.csv' is not a valid drop name" in problems[0]
+    assert {k: p.name for k, p in drops.items()} == {
+        "a.jsonl": "a.jsonl", drop_key("Support export (Nov 2026).csv"): "Support export (Nov 2026).csv",
+        clash: clash}  # the file named as the key wins; hidden files and other extensions are not drops
+    assert len(problems) == 1 and "données.csv" in problems[0] and "rename one" in problems[0]
+    key = drop_key("Support export (Nov 2026).csv")
+    assert raw_path(tmp_path, key).name == "Support export (Nov 2026).csv"  # a key leads back to its file
+    assert raw_path(tmp_path, "gone.csv") == tmp_path / "gone.csv"  # a removed drop: its absent path
+    with pytest.raises(DropError, match="not a valid drop name"):
+        raw_path(tmp_path, "../a.jsonl")  # a key typed in the UI still cannot leave the raw folder
+
+
+def test_a_real_export_name_is_read_under_its_key_and_keeps_its_name(tmp_path):
+    from ft_pipeline.core.cleaning import iter_canonical
+    from ft_pipeline.core.drop_files import drop_key
+
+    p = _write(tmp_path, "Support export (Nov 2026).csv", b"prompt,completion\nhi,ok\n")
+    parsed = read_drop(p)
+    assert parsed.drop == drop_key(p.name) and parsed.path.name == p.name
+    assert [r["drop"] for r in iter_canonical(parsed, "prompt_completion")] == [parsed.drop]
+
+
+def test_lineage_rows_name_the_original_file(monkeypatch):
+    from ft_pipeline.core import registry
+
+    logged = {}
+    monkeypatch.setattr(registry.mlflow, "log_text", lambda text, path: logged.update({path: text}))
+    rec = {"drop": "Support-export-Nov-2026-0a1b2c3d.csv", "line": 2, "raw_sha256": "ab", "id": "x"}
+    registry.log_lineage([rec, {**rec, "drop": "a.jsonl"}],
+                         {"Support-export-Nov-2026-0a1b2c3d.csv": "Support export (Nov 2026).csv"})
+    rows = [json.loads(line) for line in logged[registry.LINEAGE_ARTIFACT].splitlines()]
+    assert [r["file"] for r in rows] == ["Support export (Nov 2026).csv", "a.jsonl"]
 
 
 def test_a_lone_surrogate_escape_is_a_quarantined_row_not_a_failed_drop(tmp_path):

@@ -18,11 +18,10 @@ from typing import Any
 
 from ft_pipeline.core import encodings
 from ft_pipeline.core.bulk import no_cycle_gc
+from ft_pipeline.core.drop_files import SUPPORTED_SUFFIXES, check_drop_key, drop_key, find_drops  # noqa: F401
 from ft_pipeline.core.errors import DropError, RowError
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 FORMATS = ("openai_chat", "sharegpt", "alpaca", "prompt_completion", "text")
-DROP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _CHAT_ROLES = ("system", "user", "assistant")
 _MESSAGE_KEYS = {"role", "content", "name", "weight"}
@@ -47,31 +46,9 @@ class ParsedDrop:
     rows: list[RawRow] = field(default_factory=list)
 
 
-def check_drop_key(key: str, where: object = "drop") -> str:
-    """A drop name is a partition key and a file name in the data folders: it must not be able to escape them."""
-    if not DROP_NAME_RE.match(key) or ".." in key:
-        raise DropError(f"{where}: {key!r} is not a valid drop name "
-                        "(use letters, digits, '.', '_' and '-', starting with a letter or digit; no '..')")
-    return key
-
-
 def drop_name(path: Path) -> str:
-    """The partition key of a drop: its file name."""
-    return check_drop_key(path.name, path)
-
-
-def find_drops(raw_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """Drop files in the raw folder keyed by drop name (hidden files and other extensions are ignored), and a
-    message for each file whose name cannot be a drop name."""
-    drops, problems = {}, []
-    raw_dir = Path(raw_dir)
-    for p in sorted(raw_dir.iterdir()) if raw_dir.exists() else []:
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES:
-            try:
-                drops[drop_name(p)] = p
-            except DropError as e:
-                problems.append(str(e))
-    return drops, problems
+    """The partition key of a drop file (see core/drop_files.py)."""
+    return drop_key(path.name)
 
 
 def sha256_file(path: Path) -> str:
