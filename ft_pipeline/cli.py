@@ -99,11 +99,13 @@ def _run_all(instance, preset: dict, force: bool) -> int:
     print("\nper drop:                               rows in   kept  quarantined  duplicates")
     for drop in sorted(found):
         stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
+        # The file's own name; the partition key too where it differs (that is what the UI and the data files use).
+        label = found[drop].name if found[drop].name == drop else f"{found[drop].name} [{drop}]"
         if drop in failed:
-            print(f"  {drop:36s} FAILED: {failed[drop]}")
+            print(f"  {label:36s} FAILED: {failed[drop]}")
         else:
             s = json.loads(stats_path.read_text())
-            print(f"  {drop:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
+            print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
 
     # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
     if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     lin = sub.add_parser("lineage", help="which raw rows (drop, line) trained a registered model version")
     lin.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
     who = sub.add_parser("trained-on", help="which registered model versions were trained on a raw row")
-    who.add_argument("--drop", required=True, help="the drop file name")
+    who.add_argument("--drop", required=True, help="the drop: its file name or its partition key")
     who.add_argument("--line", type=int, help="the line (or row) in that file")
     who.add_argument("--raw-sha256", help="or a prefix of the row's hash, as in the quarantine and cleaned files")
     exp = sub.add_parser("export", help="merge a registered version's adapter into its base: one safetensors model dir")

@@ -39,10 +39,11 @@ class PipelineHome(dg.ConfigurableResource):
         return Path(self.home)
 
     def raw_file(self, drop: str) -> Path:
-        from ft_pipeline.core.formats import check_drop_key
+        """The raw file of a partition key (the file's own name, or a name whose key it is)."""
+        from ft_pipeline.core.drop_files import raw_path
 
-        # Partition keys can be added by hand in the UI: never let one point outside the raw folder.
-        return Path(self.raw_dir) / check_drop_key(drop, "partition key")
+        # Partition keys can be added by hand in the UI: raw_path never lets one point outside the raw folder.
+        return raw_path(Path(self.raw_dir), drop)
 
     def data(self, stage: str, drop: str | None = None, suffix: str = ".jsonl") -> Path:
         """home/data/<stage>/<drop>.jsonl, e.g. data('cleaned', drop) or data('quarantine', drop)."""

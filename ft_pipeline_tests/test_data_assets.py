@@ -114,3 +114,55 @@ def test_near_dup_check_fails_on_a_leaking_split(env):
     assert [r.passed for r in results] == [False, False]
     assert f"holdout leak.jsonl line 1 ~ train {victim['drop']} line {victim['line']}" in results[0].description
     assert results[0].metadata["pairs"].value == 1
+
+
+def test_raw_examples_names_the_encoding_of_a_latin1_export_and_reads_it_once_declared(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "export.csv").write_bytes("".join(["prompt,completion\n"] + [f'"Ma commande {i} est arrivée abîmée",'
+                                              f'"Désolé {i}"\n' for i in range(10)]).encode("latin-1"))
+    resources = {"home": PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                                   artifact_root=str(tmp_path / "artifacts"))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("drops", ["export.csv"])
+
+        def run(**config):
+            return dg.materialize([data.raw_examples], partition_key="export.csv", instance=instance,
+                                  resources=resources, raise_on_error=False,
+                                  run_config=dg.RunConfig(ops={"raw_examples": data.RawExamplesConfig(**config)}))
+
+        failed = run()
+        failure = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.user_failure_data
+        assert "not UTF-8, likely cp1252" in failure.description and "encoding: cp1252" in failure.description
+        declared = run(encoding="cp1252")
+        assert declared.success
+        md = declared.asset_materializations_for_node("raw_examples")[0].metadata
+        assert md["rows"].value == 10 and md["rows_not_converted"].value == 0
+        records = [json.loads(line) for line in (tmp_path / "home" / "data" / "raw_examples" / "export.csv.jsonl")
+                   .read_text(encoding="utf-8").splitlines()]
+        assert records[0]["messages"][0]["content"] == "Ma commande 0 est arrivée abîmée"
+
+
+def test_a_drop_with_a_real_export_name_is_ingested_under_its_derived_key(tmp_path):
+    from ft_pipeline.core.drop_files import drop_key
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    name = "Support export (Nov 2026).csv"
+    (raw / name).write_text("prompt,completion\nwhere is my order?,on its way\n")
+    key = drop_key(name)
+    resources = {"home": PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                                   artifact_root=str(tmp_path / "artifacts"))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("drops", [key])
+        res = dg.materialize([data.raw_examples, data.cleaned_examples], partition_key=key, instance=instance,
+                             resources=resources)
+    assert res.success
+    md = res.asset_materializations_for_node("raw_examples")[0].metadata
+    assert md["file_name"].value == name and md["file"].value == str(raw / name)  # the original name kept
+    home = tmp_path / "home" / "data"
+    assert json.loads((home / "raw_examples" / f"{key}.meta.json").read_text())["file_name"] == name
+    assert [json.loads(line)["drop"] for line in (home / "cleaned" / f"{key}.jsonl").read_text().splitlines()] == [key]
+

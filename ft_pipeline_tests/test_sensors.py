@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ft_pipeline.core.drop_files import drop_key
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.defs.sensors import raw_drops_sensor
 from ft_pipeline.resources import PipelineHome
@@ -15,18 +16,19 @@ def test_new_drops_get_a_partition_and_a_run_and_removed_ones_none(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "a.jsonl").write_text('{"text": "x"}\n')
-    (raw / "bad name.jsonl").write_text('{"text": "x"}\n')  # cannot be a partition key: logged, skipped
+    (raw / "Support export (Nov 2026).jsonl").write_text('{"text": "x"}\n')  # a real export's name: a derived key
     home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
+    real = drop_key("Support export (Nov 2026).jsonl")
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions(drops.name, ["gone.jsonl"])  # registered earlier, file since removed
         first = tick(inst, home)
-        assert [r.partition_key for r in first.run_requests] == ["a.jsonl"]
-        assert first.dynamic_partitions_requests[0].partition_keys == ["a.jsonl"]
-        inst.add_dynamic_partitions(drops.name, ["a.jsonl"])
+        assert sorted(r.partition_key for r in first.run_requests) == sorted(["a.jsonl", real])
+        assert sorted(first.dynamic_partitions_requests[0].partition_keys) == sorted(["a.jsonl", real])
+        inst.add_dynamic_partitions(drops.name, ["a.jsonl", real])
         # Known but never ingested: the sensor still asks for it (no materialization has its hash yet).
         second = tick(inst, home, first.cursor)
-        assert [r.partition_key for r in second.run_requests] == ["a.jsonl"]
-        assert second.run_requests[0].run_key == first.run_requests[0].run_key  # same content, same run key
+        assert sorted(r.partition_key for r in second.run_requests) == sorted(["a.jsonl", real])
+        assert {r.run_key for r in second.run_requests} == {r.run_key for r in first.run_requests}  # same content
         assert not second.dynamic_partitions_requests
 
 

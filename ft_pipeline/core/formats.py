@@ -1,6 +1,7 @@
 """Read a data drop (JSONL, JSON array, CSV, Parquet), detect its example format and convert every row to the
 canonical chat record. A row that cannot be converted keeps its original text and a reason; a file that cannot
-be read at all raises `DropError` naming the file and the problem."""
+be read at all raises `DropError` naming the file and the problem. Text files are UTF-8 unless an encoding is
+declared (see core/encodings.py)."""
 
 from __future__ import annotations
 
@@ -15,27 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ft_pipeline.core import encodings
 from ft_pipeline.core.bulk import no_cycle_gc
+from ft_pipeline.core.drop_files import SUPPORTED_SUFFIXES, check_drop_key, drop_key, find_drops  # noqa: F401
+from ft_pipeline.core.errors import DropError, RowError
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 FORMATS = ("openai_chat", "sharegpt", "alpaca", "prompt_completion", "text")
-DROP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _CHAT_ROLES = ("system", "user", "assistant")
 _MESSAGE_KEYS = {"role", "content", "name", "weight"}
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-class DropError(Exception):
-    """The whole drop is unusable: the message names the file, the line where known, and the problem."""
-
-
-class RowError(ValueError):
-    """One row is unusable; the message is the reason a person reads in the quarantine file, `code` its class."""
-
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code = code
 
 
 @dataclass(slots=True)  # one per input row: slots keep a million of them small
@@ -56,31 +46,9 @@ class ParsedDrop:
     rows: list[RawRow] = field(default_factory=list)
 
 
-def check_drop_key(key: str, where: object = "drop") -> str:
-    """A drop name is a partition key and a file name in the data folders: it must not be able to escape them."""
-    if not DROP_NAME_RE.match(key) or ".." in key:
-        raise DropError(f"{where}: {key!r} is not a valid drop name "
-                        "(use letters, digits, '.', '_' and '-', starting with a letter or digit; no '..')")
-    return key
-
-
 def drop_name(path: Path) -> str:
-    """The partition key of a drop: its file name."""
-    return check_drop_key(path.name, path)
-
-
-def find_drops(raw_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """Drop files in the raw folder keyed by drop name (hidden files and other extensions are ignored), and a
-    message for each file whose name cannot be a drop name."""
-    drops, problems = {}, []
-    raw_dir = Path(raw_dir)
-    for p in sorted(raw_dir.iterdir()) if raw_dir.exists() else []:
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES:
-            try:
-                drops[drop_name(p)] = p
-            except DropError as e:
-                problems.append(str(e))
-    return drops, problems
+    """The partition key of a drop file (see core/drop_files.py)."""
+    return drop_key(path.name)
 
 
 def sha256_file(path: Path) -> str:
@@ -92,7 +60,8 @@ def sha256_file(path: Path) -> str:
 
 
 @no_cycle_gc()
-def read_drop(path: Path) -> ParsedDrop:
+def read_drop(path: Path, encoding: str = "utf-8") -> ParsedDrop:
+    """The rows of a drop file. `encoding` is that of a text file (JSONL, JSON, CSV; Parquet's text is UTF-8)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -104,7 +73,10 @@ def read_drop(path: Path) -> ParsedDrop:
     if not raw.strip():
         raise DropError(f"{path}: the file is empty")
     reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
-    rows = reader(path, raw)
+    encoding = encodings.check_encoding(path, encoding)
+    # A declared encoding other than UTF-8: the readers see the text as UTF-8; the hash stays that of the file.
+    rows = reader(path, raw if suffix == ".parquet" or encodings.is_utf8(encoding)
+                  else encodings.transcode(path, raw, encoding))
     if not rows:
         raise DropError(f"{path}: the file holds no rows")
     return ParsedDrop(drop=drop_name(path), path=path, file_format=suffix[1:], sha256=hashlib.sha256(raw).hexdigest(),
@@ -122,30 +94,39 @@ def _read_jsonl(path: Path, raw: bytes) -> list[RawRow]:
         try:
             text = bline.decode("utf-8")
         except UnicodeDecodeError as e:
-            rows.append(RawRow(i, bline.decode("utf-8", errors="replace"),
-                               error=f"invalid UTF-8 at byte {e.start} of the line", code="invalid_utf8"))
+            rows.append(RawRow(i, bline.decode("utf-8", errors="backslashreplace"),
+                               error=f"invalid UTF-8 at byte {e.start} (0x{bline[e.start]:02x}) of the line "
+                                     f"(shown as \\x{bline[e.start]:02x}); {encodings.HINT}", code="invalid_utf8"))
             continue
         try:
             rows.append(RawRow(i, text, data=json.loads(text)))
         except json.JSONDecodeError as e:
             rows.append(RawRow(i, text, error=f"malformed JSON at column {e.colno}: {e.msg}",
                                code="malformed_json"))
+    _check_utf8(path, raw, rows)
     if rows and all(r.error for r in rows):
         raise DropError(f"{path}: no line is valid JSON (line {rows[0].line}: {rows[0].error}); "
                         "is this really a JSONL file?")
     return rows
 
 
-def _decode_whole(path: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DropError(f"{path}: line {line}: invalid UTF-8 at byte {e.start}; save the file as UTF-8") from e
+def _check_utf8(path: Path, raw: bytes, rows: list[RawRow]) -> None:
+    """Rows holding bytes that are not UTF-8 are quarantined one by one, unless there are so many that the file
+    is in another encoding: then the drop fails naming the likely one."""
+    bad = [r for r in rows if r.code == "invalid_utf8"]
+    if bad and (len(bad) == len(rows) or encodings.mostly_not_utf8(
+            len(rows), len(bad), sum(not r.error and not r.text.isascii() for r in rows))):
+        raise encodings.not_utf8_error(path, raw, f"{len(bad)} of {len(rows)} rows hold invalid UTF-8 "
+                                                  f"(the first at line {bad[0].line})")
+
+
+def _bad_utf8_row(line: int, text: str, where: str) -> RawRow:
+    return RawRow(line, encodings.shown(text), error=f"invalid UTF-8 {where} (shown as \\xNN); {encodings.HINT}",
+                  code="invalid_utf8")
 
 
 def _read_json(path: Path, raw: bytes) -> list[RawRow]:
-    text = _decode_whole(path, raw)
+    text = encodings.decode_utf8(raw)
     newlines = [m.start() for m in re.finditer("\n", text)]
     line_of = lambda pos: bisect.bisect_left(newlines, pos) + 1  # noqa: E731
     dec = json.JSONDecoder()
@@ -167,7 +148,10 @@ def _read_json(path: Path, raw: bytes) -> list[RawRow]:
                 raise DropError(f"{path}: line {e.lineno}: malformed JSON: the file ends before the array is "
                                 "closed (truncated file?)") from e
             raise DropError(f"{path}: line {e.lineno}: malformed JSON: {e.msg}") from e
-        rows.append(RawRow(line_of(pos), text[pos:end], data=value))
+        if bad := encodings.first_bad_byte(element := text[pos:end]):
+            rows.append(_bad_utf8_row(line_of(pos), element, f"at {bad} of the element"))
+        else:
+            rows.append(RawRow(line_of(pos), element, data=value))
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
@@ -176,6 +160,7 @@ def _read_json(path: Path, raw: bytes) -> list[RawRow]:
     if pos >= len(text):
         raise DropError(f"{path}: line {line_of(len(text) - 1)}: malformed JSON: the file ends before the array is "
                         "closed (truncated file?)")
+    _check_utf8(path, raw, rows)
     return rows
 
 
@@ -186,13 +171,15 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _read_csv(path: Path, raw: bytes) -> list[RawRow]:
-    text = _decode_whole(path, raw)
+    text = encodings.decode_utf8(raw)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as e:
         raise DropError(f"{path}: line 1: cannot read the CSV header: {e}") from e
     header = [h.strip() for h in header]
+    if any(encodings.first_bad_byte(h) for h in header):
+        raise encodings.not_utf8_error(path, raw, "line 1: the CSV header holds invalid UTF-8")
     if len(set(header)) != len(header) or not all(header):
         raise DropError(f"{path}: line 1: the CSV header has empty or repeated column names: {header}")
     rows, start = [], reader.line_num + 1
@@ -205,12 +192,16 @@ def _read_csv(path: Path, raw: bytes) -> list[RawRow]:
             raise DropError(f"{path}: line {reader.line_num}: malformed CSV: {e}") from e
         if values and any(v.strip() for v in values):
             original = json.dumps(values, ensure_ascii=False)
-            if len(values) != len(header):
+            if bad := next(((i, b) for i, v in enumerate(values) if (b := encodings.first_bad_byte(v))), None):
+                where = f"column {header[bad[0]]!r}" if bad[0] < len(header) else f"field {bad[0] + 1}"
+                rows.append(_bad_utf8_row(start, original, f"in {where} at {bad[1]} of its value"))
+            elif len(values) != len(header):
                 rows.append(RawRow(start, original, error=f"expected {len(header)} CSV fields, found {len(values)}",
                                     code="malformed_csv_row"))
             else:
                 rows.append(RawRow(start, original, data=dict(zip(header, values))))
         start = reader.line_num + 1
+    _check_utf8(path, raw, rows)
     return rows
 
 
@@ -277,8 +268,12 @@ def to_messages(data: Any, fmt: str) -> list[dict]:
         messages = [{"role": "assistant", "content": _str_field(data, "text")}]
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    _check_conversation(messages)
+    _check_conversation(messages, _TEXT_HINT if fmt == "text" else "")
     return messages
+
+
+# A text row is an assistant turn with nothing before it: the no_user_turn rule quarantines every one of them.
+_TEXT_HINT = "; a plain 'text' row has no prompt: give it as 'prompt'/'completion' or as chat 'messages'"
 
 
 def _str_field(data: dict, key: str) -> str:
@@ -343,7 +338,7 @@ def _sharegpt_messages(data: dict) -> list[dict]:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_conversation(messages: list[dict]) -> None:
+def _check_conversation(messages: list[dict], no_user_hint: str = "") -> None:
     if not messages:
         raise RowError("no_messages", "the conversation has no messages")
     for i, m in enumerate(messages, start=1):
@@ -358,5 +353,9 @@ def _check_conversation(messages: list[dict]) -> None:
     if messages[-1]["role"] != "assistant":
         raise RowError("assistant_not_last", f"the last message is from {messages[-1]['role']}; the assistant message must be last")
     roles = [m["role"] for m in messages]
+    # Training on it teaches answers to nothing, and evaluation has no prompt to ask (prompt_messages is empty).
+    if "user" not in roles[:-1]:
+        raise RowError("no_user_turn", "no user message before the final assistant message: the answer answers "
+                       "nothing and cannot be evaluated" + no_user_hint)
     if "system" in roles[1:]:
         raise RowError("system_not_first", "a system message may only come first")

@@ -101,11 +101,14 @@ def promote(name: str, version: str) -> str | None:
 LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"
 
 
-def log_lineage(train_records: list[dict]) -> None:
-    """Record, in the active training run, the provenance of every row it trains on."""
+def log_lineage(train_records: list[dict], drop_files: dict[str, str] | None = None) -> None:
+    """Record, in the active training run, the provenance of every row it trains on: its drop (partition key),
+    the original name of that drop's file (`drop_files`, the split manifest's), line, raw-row hash and id."""
     import json
 
-    rows = [{k: r[k] for k in ("drop", "line", "raw_sha256", "id")} for r in train_records]
+    files = drop_files or {}
+    rows = [{"drop": r["drop"], "file": files.get(r["drop"], r["drop"]),
+             **{k: r[k] for k in ("line", "raw_sha256", "id")}} for r in train_records]
     mlflow.log_text("".join(json.dumps(r) + "\n" for r in rows), LINEAGE_ARTIFACT)
 
 
@@ -120,13 +123,13 @@ def training_rows(name: str, version: str) -> list[dict]:
 
 
 def versions_trained_on(name: str, drop: str, line: int | None = None, raw_sha256: str | None = None) -> list[dict]:
-    """Every registered version of `name` whose training data holds the given row (by drop and line, or by
-    the hash of the raw row), with its aliases."""
+    """Every registered version of `name` whose training data holds the given row (by drop, its partition key or
+    its file's original name, and line, or by the hash of the raw row), with its aliases."""
     client = mlflow.MlflowClient()
     out = []
     for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
         for row in training_rows(name, mv.version):
-            if row["drop"] == drop and (line is None or row["line"] == line) and \
+            if drop in (row["drop"], row.get("file")) and (line is None or row["line"] == line) and \
                     (raw_sha256 is None or row["raw_sha256"].startswith(raw_sha256)):
                 out.append({"version": str(mv.version), "aliases": list(mv.aliases), "row": row})
                 break

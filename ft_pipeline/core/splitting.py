@@ -177,11 +177,13 @@ def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list
 
 @no_cycle_gc()
 def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tokenizer=None,
-                signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None) -> dict:
+                signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None,
+                drop_files: dict | None = None) -> dict:
     """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized key,
     id, line, token count, stratum) and the MinHash signatures (`signatures[drop]`, cleaning's, reused when
     given), a second pass copies each kept line to train or holdout and writes the duplicates and the
-    too-long quarantine. Token lengths use `tokenizer` (None: not measured). Returns the manifest.
+    too-long quarantine. Token lengths use `tokenizer` (None: not measured). `drop_files`: drop -> the raw file's
+    name, recorded in the manifest for lineage. Returns the manifest.
     Accounting: rows_in = train + holdout + duplicates + too_long."""
     from ft_pipeline.core import near_dup as nd
     from ft_pipeline.core.formats import sha256_file
@@ -251,6 +253,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
         (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
     (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
     manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
+                "drop_files": drop_files or {},
                 "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
                 "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
                 **{n: n_out[n] for n in outs}, "rows_accounted_for": i == len(keys) == sum(n_out.values()),

@@ -24,6 +24,9 @@ class RawExamplesConfig(CheckedConfig):
     format: str = "auto"
     """Example format of the drop: auto (detected from the rows), openai_chat, sharegpt, alpaca,
     prompt_completion or text."""
+    encoding: str = "utf-8"
+    """Text encoding of the drop file (JSONL, JSON, CSV), e.g. cp1252, latin-1 or utf-16 for an export that is not
+    UTF-8: the error of such a file names the likely one. Under utf-8 a row with a bad byte is quarantined."""
 
 
 class NearDupConfig(CheckedConfig):
@@ -53,13 +56,13 @@ def _table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
         schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
 
 
-@dg.asset(partitions_def=drops, group_name="data", code_version="raw-v1", kinds={"python", "json"}, owners=OWNERS)
+@dg.asset(partitions_def=drops, group_name="data", code_version="raw-v2", kinds={"python", "json"}, owners=OWNERS)
 def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Every row of one raw drop as a canonical chat record with its provenance (drop, line, raw-row hash)."""
     path = home.raw_file(context.partition_key)
     try:
-        parsed = formats.read_drop(path)
+        parsed = formats.read_drop(path, config.encoding)
         fmt = formats.detect_format(parsed.rows, path) if config.format == "auto" else config.format
         if fmt not in formats.FORMATS:
             raise formats.DropError(f"{path}: unknown format {fmt!r} in config; expected auto or one of {formats.FORMATS}")
@@ -85,16 +88,18 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
     del parsed
     # What the records were made from, for cleaned_examples to record as its provenance.
     home.data("raw_examples", context.partition_key, suffix=".meta.json").write_text(
-        json.dumps({"raw_sha256": file_hash, "format": fmt}))
+        json.dumps({"raw_sha256": file_hash, "format": fmt, "file_name": path.name}, ensure_ascii=False))
     with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
                                    tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
-        mlflow.log_params({"drop": context.partition_key, "detected_format": fmt, "file_format": file_format,
-                           "format_override": config.format})
+        mlflow.log_params({"drop": context.partition_key, "file_name": path.name, "detected_format": fmt,
+                           "file_format": file_format,
+                           "format_override": config.format, "encoding": config.encoding})
         mlflow.log_metrics({"rows": n_rows, "rows_not_converted": sum(unconverted.values())})
         log_jsonl_dataset(raw_examples_path, f"raw@{context.partition_key}", "raw", file_hash)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(file_hash[:16]),
-        metadata={"file": dg.MetadataValue.path(str(path)), "detected_format": fmt, "file_format": file_format,
+        metadata={"file": dg.MetadataValue.path(str(path)), "file_name": path.name, "detected_format": fmt,
+                  "file_format": file_format,
                   "rows": n_rows, "rows_not_converted": sum(unconverted.values()),
                   "not_converted_by_reason": dg.MetadataValue.json(dict(unconverted)),
                   "raw_sha256": file_hash,
@@ -184,7 +189,7 @@ def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params
     their MinHash signatures where cleaning computed them with `params`."""
     import numpy as np
 
-    cleaned, used, skipped, signatures = {}, {}, {}, {}
+    cleaned, used, skipped, signatures, files = {}, {}, {}, {}, {}
     for drop in sorted(context.instance.get_dynamic_partitions(drops.name)):
         stats_path, raw = home.data("cleaned", drop, suffix=".stats.json"), home.raw_file(drop)
         if not stats_path.exists() or not raw.exists():
@@ -196,12 +201,13 @@ def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params
             continue
         cleaned[drop] = home.data("cleaned", drop)
         used[drop] = recorded["cleaned_sha256"][:16]
+        files[drop] = raw.name  # the partition key is derived from it: the original name, for lineage
         sig_path = home.data("cleaned", drop, suffix=".minhash.npy")
         if recorded.get("near_dup") == params.to_json() and sig_path.exists():
             signatures[drop] = np.load(sig_path)
     if not cleaned:
         raise dg.Failure(f"no cleaned drop to split (skipped: {skipped or 'no drops registered'})")
-    return cleaned, used, skipped, signatures
+    return cleaned, used, skipped, signatures, files
 
 
 def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
@@ -226,13 +232,13 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
-    cleaned, used, skipped, signatures = _cleaned_drops(context, home, config.near_dup_params())
+    cleaned, used, skipped, signatures, files = _cleaned_drops(context, home, config.near_dup_params())
     if not home.base_info.exists():
         raise dg.Failure(f"{home.base_info} is missing: materialize base_model first (its tokenizer measures lengths)")
     tokenizer = base_models.load_tokenizer(json.loads(home.base_info.read_text())["path"])
     out = home.split_dir
     try:
-        manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped)
+        manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped, files)
     except TooManyTokensError as e:
         raise dg.Failure(description=str(e)) from e
     tokens = manifest["token_lengths"]
@@ -250,7 +256,8 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         log_jsonl_dataset(out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
         log_jsonl_dataset(out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
-    shared = {"drops": dg.MetadataValue.json(used), "skipped_drops": dg.MetadataValue.json(skipped),
+    shared = {"drops": dg.MetadataValue.json(used), "drop_files": dg.MetadataValue.json(files),
+              "skipped_drops": dg.MetadataValue.json(skipped),
               "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
               "cross_drop_duplicates": manifest["cross_drop_duplicates"],
               "too_long_file": dg.MetadataValue.path(str(out / "too_long.jsonl")),

@@ -169,7 +169,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
                             "supervised_token_fraction": sup["supervised"] / sup["tokens"]}
                            | ({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {}))
         info = registry.log_adapter_model(home.adapter_dir, base, finetune=opts.finetune)
-        registry.log_lineage(train)
+        registry.log_lineage(train, manifest.get("drop_files"))
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],

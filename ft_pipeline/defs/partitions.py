@@ -1,4 +1,5 @@
 import dagster as dg
 
 drops = dg.DynamicPartitionsDefinition(name="drops")
-"""One partition per file in the raw data folder, keyed by file name."""
+"""One partition per file in the raw data folder, keyed by its file name, or a slug and hash of it for a name
+that cannot be a key (core/drop_files.py)."""

@@ -15,7 +15,8 @@ from ft_pipeline.resources import PipelineHome
 
 def scan_drops(raw_dir: Path, previous: dict) -> tuple[dict, list[str]]:
     """{drop: {"sha256", "mtime_ns", "size"}} for every valid drop file; the hash is reused when the file's
-    size and mtime did not change. Also returns messages for files whose names cannot be drop names."""
+    size and mtime did not change. Keys are derived from the file names (core/drop_files.py). Also returns
+    messages for files left out because another file has their key."""
     current = {}
     found, problems = formats.find_drops(raw_dir)
     for name, p in found.items():
