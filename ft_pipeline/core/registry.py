@@ -18,7 +18,7 @@ class AdapterModel(PythonModel):
     def load_context(self, context):
         from ft_pipeline.core.evaluation import load_tuned
 
-        base = context.artifacts.get("base_model") or context.model_config["base_model"]
+        base = context.artifacts.get("base_model") or context.model_config.get("base_model")
         # A full fine-tune logs its whole model as the "adapter" artifact; load_tuned tells them apart.
         self.model, self.tokenizer = load_tuned(base, context.artifacts["adapter"],
                                                 bool(context.model_config.get("trust_remote_code")))
