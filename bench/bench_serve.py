@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,31 +53,6 @@ def tracking_uri(tmp: Path) -> str:
     print("# model: no champion in the pipeline's store; the untrained builtin tiny model in a temporary store",
           flush=True)
     return register_tiny(tmp, build_tiny(tmp / "base", seed=0), None)
-
-
-def start_server(uri: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PORT": str(port), "HOST": "127.0.0.1"}
-    env.pop("FT_PIPELINE_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ft_pipeline.cli", "serve"], env=env, cwd=HERE.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc, url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("ft-pipeline serve did not become ready")
 
 
 def send(client, conv) -> tuple[str, int, float]:
@@ -126,13 +100,14 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     from bench.bench_eval import demo_holdout
     from ft_pipeline.core.evaluation import prompt_messages
+    from ft_pipeline_tests._serving import start_cli_server
 
     holdout = demo_holdout()
     convs = [prompt_messages(holdout[i % len(holdout)]) for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(tracking_uri(Path(tmp)))
+        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp))}, cwd=HERE.parent,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_ready(proc, url)
             run(url, convs[:2], 1)  # warm-up
             one, t_one = run(url, convs, 1)
             many, t_many = run(url, convs, CLIENTS)

@@ -59,3 +59,31 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         self.sock.close()
+
+
+def start_cli_server(env: dict, *args: str, **popen) -> tuple:
+    """`python -m ft_pipeline.cli serve ARGS` on a free loopback port (PORT in its environment), once /health
+    answers 200 (the champion is loaded). Returns (process, base url)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+    env.pop("FT_PIPELINE_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ft_pipeline.cli", "serve", *args], env=env, **popen)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"ft-pipeline serve did not come up (exit code {proc.poll()})")
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)

@@ -8,14 +8,12 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
-import mlflow
 import openai
 import pytest
 
@@ -26,7 +24,7 @@ from ft_pipeline.core.training import TrainOptions, train_adapter
 from ft_pipeline.serving.app import VERSION_HEADER, create_app
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline_tests._env import isolated_env
-from ft_pipeline_tests._serving import NAME, ServerThread, register_tiny
+from ft_pipeline_tests._serving import NAME, ServerThread, register_tiny, start_cli_server
 from ft_pipeline_tests.test_training import FAST, records
 
 pytestmark = pytest.mark.slow
@@ -256,26 +254,10 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
 
 
 def test_the_cli_serves_and_follows_the_alias(srv, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**isolated_env(tmp_path), "MLFLOW_TRACKING_URI": srv.uri, "PORT": str(port)}
-    env.pop("FT_PIPELINE_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ft_pipeline.cli", "serve", "--poll-seconds", "0.5"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    env = {**isolated_env(tmp_path), "MLFLOW_TRACKING_URI": srv.uri}
+    log = (tmp_path / "serve.log").open("w")  # a file, not a pipe nobody reads until the end (it could fill)
+    proc, url = start_cli_server(env, "--poll-seconds", "0.5", stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "ft-pipeline serve did not come up"
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         assert ask(client).choices[0].message.content.strip() == srv.want["1"]
         registry.promote(NAME, "2")
@@ -286,6 +268,8 @@ def test_the_cli_serves_and_follows_the_alias(srv, tmp_path):
     finally:
         registry.promote(NAME, "1")
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0]
-    assert f"OpenAI base_url: http://127.0.0.1:{port}/v1" in out
+        proc.wait(timeout=60)
+        log.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert f"OpenAI base_url: {url}/v1" in out
     assert f"{NAME}@champion: version 1 -> 2" in out
