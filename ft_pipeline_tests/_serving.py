@@ -67,23 +67,33 @@ def start_cli_server(env: dict, *args: str, **popen) -> tuple:
     import subprocess
     import sys
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
     env.pop("FT_PIPELINE_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "ft_pipeline.cli", "serve", *args], env=env, **popen)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    wait_until_up(proc, f"{url}/health")
+    return proc, url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(proc, health_url: str, timeout: float = 600) -> None:
+    """Until `health_url` answers 200; RuntimeError (and the process killed) if it exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"ft-pipeline serve did not come up (exit code {proc.poll()})")
+            raise RuntimeError(f"{proc.args[:4]} did not come up (exit code {proc.poll()})")
         try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
+            if httpx.get(health_url).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.5)

@@ -8,14 +8,17 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from ft_pipeline.core import registry
 from ft_pipeline.core.base_models import load_model_and_tokenizer
@@ -24,7 +27,7 @@ from ft_pipeline.core.training import TrainOptions, train_adapter
 from ft_pipeline.serving.app import VERSION_HEADER, create_app
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline_tests._env import isolated_env
-from ft_pipeline_tests._serving import NAME, ServerThread, register_tiny, start_cli_server
+from ft_pipeline_tests._serving import NAME, ServerThread, free_port, register_tiny, start_cli_server, wait_until_up
 from ft_pipeline_tests.test_training import FAST, records
 
 pytestmark = pytest.mark.slow
@@ -273,3 +276,30 @@ def test_the_cli_serves_and_follows_the_alias(srv, tmp_path):
     out = (tmp_path / "serve.log").read_text()
     assert f"OpenAI base_url: {url}/v1" in out
     assert f"{NAME}@champion: version 1 -> 2" in out
+
+
+def test_mlflow_models_serve_answers_invocations_for_the_same_model(srv, tmp_path):
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "m")))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    # logged as "models from code", not a cloudpickled object
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and (local / "adapter_pyfunc.py").exists()
+    assert not list(local.rglob("*.pkl"))
+    port = free_port()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # it execs `uvicorn` from PATH
+    log = (tmp_path / "mlflow-serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": srv.uri, "PATH": path}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(proc, f"http://127.0.0.1:{port}/ping", timeout=300)
+        r = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [ASK[0]["content"]]}, timeout=300)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+    assert r.status_code == 200, r.text
+    # the pyfunc answers with its default budget (128 new tokens), as ft-pipeline serve does when asked to
+    assert r.json()["predictions"] == [ask(srv.client, max_tokens=128).choices[0].message.content.strip()]
