@@ -5,10 +5,11 @@ export FT_PIPELINE_HOME ?= $(CURDIR)/.ft_pipeline
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
+PORT ?= 8000
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
 PRESET ?= configs/cpu_smollm2.yaml
 
-.PHONY: run test test-fast bench ui backfill clean
+.PHONY: run test test-fast bench ui serve backfill clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +41,9 @@ ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the sa
 	trap "kill $$mlflow_pid" EXIT INT TERM; \
 	echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)   Dagster UI: http://$(HOST):$(DAGSTER_PORT)"; \
 	cd "$$DAGSTER_HOME" && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+serve: $(VENV)/.installed  ## the champion behind the OpenAI Chat Completions API on http://$(HOST):$(PORT)/v1, following the alias
+	HOST=$(HOST) PORT=$(PORT) $(PY) -m ft_pipeline.cli serve $(ARGS)
 
 backfill: $(VENV)/.installed  ## re-ingest every drop partition as one Dagster backfill (the daemon of `make ui` runs it)
 	@set -a; eval "$$($(PY) -m ft_pipeline.cli env)"; set +a; \

@@ -180,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", required=True, help="the directory to write (replaced if it exists)")
     pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
     pro.add_argument("--version", required=True, help="the version number to make champion")
-    for p in (lin, who, exp, pro):
+    srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
+                                       "Completions API, following the alias as it moves (HOST, PORT; see README)")
+    srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
+    srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
+    srv.add_argument("--poll-seconds", type=float, help="how often the aliases are read from the registry (default 5)")
+    srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 10)")
+    srv.add_argument("--max-batch", type=int, help="the most requests generated together (default 16)")
+    for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     if args.cmd == "run":
@@ -201,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         return lineage_main(args)
     if args.cmd in ("export", "promote"):
         return registry_main(args)
+    if args.cmd == "serve":
+        from ft_pipeline.serving import ServeConfig, serve
+
+        return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
+                                          poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
+                                          max_batch=args.max_batch))
     return prepare_ui()
 
 

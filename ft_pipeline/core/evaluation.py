@@ -21,27 +21,47 @@ def reference(record: dict) -> str:
     return record["messages"][-1]["content"]
 
 
+def chat_prompt_ids(tok, conversations: list[list[dict]]) -> list[list[int]]:
+    """The token ids of each conversation as the model is prompted with it: its chat template with the
+    assistant's generation prompt appended (the template already holds any special tokens)."""
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def left_padded(enc: list[list[int]], pad: int):
+    """(input_ids, attention_mask) of a batch, left-padded to its longest row so every row ends where
+    generation starts."""
+    import torch
+
+    width = max(len(e) for e in enc)
+    ids = torch.full((len(enc), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(enc), width), dtype=torch.long)
+    for row, e in enumerate(enc):
+        ids[row, width - len(e):] = torch.tensor(e, dtype=torch.long)
+        mask[row, width - len(e):] = 1
+    return ids, mask
+
+
 def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 64,
              details: bool = False):
     """Greedy completions, batched with left padding; batches hold prompts of similar length. Generation stops
     at the end-of-turn (eos) token. With `details`, also (new tokens, stopped by itself) per completion."""
     import torch
 
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    enc = chat_prompt_ids(tok, conversations)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     outputs: list[str] = [""] * len(enc)
     info: list[tuple[int, bool]] = [(0, False)] * len(enc)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(enc[i]):] = torch.tensor(enc[i])
-            mask[row, width - len(enc[i]):] = 1
+        ids, mask = left_padded([enc[i] for i in idx], pad)
+        width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,

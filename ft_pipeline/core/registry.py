@@ -18,7 +18,7 @@ class AdapterModel(PythonModel):
     def load_context(self, context):
         from ft_pipeline.core.evaluation import load_tuned
 
-        base = context.artifacts.get("base_model") or context.model_config["base_model"]
+        base = context.artifacts.get("base_model") or context.model_config.get("base_model")
         # A full fine-tune logs its whole model as the "adapter" artifact; load_tuned tells them apart.
         self.model, self.tokenizer = load_tuned(base, context.artifacts["adapter"],
                                                 bool(context.model_config.get("trust_remote_code")))
@@ -36,9 +36,10 @@ class AdapterModel(PythonModel):
 
 def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
                       finetune: str = "lora") -> mlflow.models.model.ModelInfo:
-    """Log the adapter as a pyfunc model in the active run. A base built here (builtin) or given as a local
-    directory travels with the model as an artifact; a Hub model is referenced by id and revision. A full
-    fine-tune (`finetune="full"`) is a whole model in `adapter_dir` and needs no base."""
+    """Log the adapter as a pyfunc model in the active run, from code (core/adapter_pyfunc.py), not a pickle.
+    A base built here (builtin) or given as a local directory travels with the model as an artifact; a Hub
+    model is referenced by id and revision. A full fine-tune (`finetune="full"`) is a whole model in
+    `adapter_dir` and needs no base."""
     import ft_pipeline
 
     artifacts = {"adapter": str(adapter_dir)}
@@ -49,7 +50,8 @@ def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
         config["base_model"] = base["path"]
     else:
         artifacts["base_model"] = base["path"]
-    return mlflow.pyfunc.log_model(name=name, python_model=AdapterModel(), artifacts=artifacts,
+    entry = Path(__file__).with_name("adapter_pyfunc.py")  # models from code: see that file
+    return mlflow.pyfunc.log_model(name=name, python_model=str(entry), artifacts=artifacts,
                                    model_config=config, pip_requirements=PIP_REQUIREMENTS,
                                    code_paths=[str(Path(ft_pipeline.__file__).parent)])
 

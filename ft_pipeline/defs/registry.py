@@ -43,8 +43,19 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "registered_model": name, "version": int(mv.version), "alias": "champion",
         "previous_champion": previous.version if previous else "none", "newly_registered": created,
         "model_uri": f"models:/{name}@champion", "training_run_id": adapter["training_run_id"],
+        "query": dg.MetadataValue.md(_query_md(name, mv.version)),
         "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, adapter["training_run_id"]))})
+
+
+def _query_md(name: str, version) -> str:
+    """How to ask this version something, shown with the materialization."""
+    return (f"`make serve`, then any OpenAI client at `http://127.0.0.1:8000/v1` with model `{name}` (the champion,"
+            f" followed as it moves) or `{name}/{version}` (this version):\n\n```bash\n"
+            "curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            f"  -d '{{\"model\": \"{name}/{version}\", \"messages\": [{{\"role\": \"user\", "
+            "\"content\": \"cancel my order please\"}], \"temperature\": 0}'\n```\n\n"
+            f"In Python: `mlflow.pyfunc.load_model('models:/{name}/{version}').predict(['cancel my order please'])`")
 
 
 @dg.asset(deps=[registered_model], group_name="registry", code_version="merge-v1", kinds={"pytorch", "mlflow"},

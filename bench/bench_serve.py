@@ -1,0 +1,134 @@
+"""serve.batched_throughput: completion tokens/s of `ft-pipeline serve` with 16 concurrent clients ÷ the same
+requests sent one at a time, on the same server process, side by side in one run; p50 and p95 latency of both.
+
+The server is the real one (`python -m ft_pipeline.cli serve` in a subprocess, default batching: 10 ms window,
+batch of 16), spoken to over HTTP on loopback. The model is what the registry's `champion` alias points to in
+the pipeline's store (FT_PIPELINE_HOME / MLFLOW_TRACKING_URI), i.e. the model `make run` registered; with no
+champion there, the builtin tiny model as built (untrained, seed 0), registered in a temporary store, which
+never stops by itself, so every answer runs to max_tokens (the batching-friendly case, as in bench_eval).
+The prompts are the demo holdout prompts bench_eval uses; every request is greedy (temperature 0), and the
+benchmark fails if any answer differs between the two ways of sending it.
+
+Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64) and BENCH_SERVE_MAX_TOKENS (default 32) shrink it."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench._report import bench_line  # noqa: E402
+
+CLIENTS = 16
+N_REQUESTS = int(os.environ.get("BENCH_SERVE_REQUESTS", 64))
+MAX_TOKENS = int(os.environ.get("BENCH_SERVE_MAX_TOKENS", 32))
+NAME = "ft-pipeline-adapter"
+
+
+def tracking_uri(tmp: Path) -> str:
+    """The pipeline's store when it has a champion, else a temporary one holding the untrained tiny model."""
+    import mlflow
+
+    from ft_pipeline import settings
+    from ft_pipeline.core import registry
+    from ft_pipeline.core.base_models import build_tiny
+    from ft_pipeline_tests._serving import register_tiny
+
+    uri = settings.mlflow_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    exists = not uri.startswith("sqlite:") or Path(uri.removeprefix("sqlite:///")).exists()  # never create one
+    if exists and (champ := registry.champion(NAME)):
+        print(f"# model: {NAME}@champion version {champ.version} from {uri}", flush=True)
+        return uri
+    print("# model: no champion in the pipeline's store; the untrained builtin tiny model in a temporary store",
+          flush=True)
+    return register_tiny(tmp, build_tiny(tmp / "base", seed=0), None)
+
+
+def send(client, conv) -> tuple[str, int, float]:
+    t0 = time.perf_counter()
+    r = client.post("/v1/chat/completions", json={"model": NAME, "messages": conv, "temperature": 0,
+                                                 "max_tokens": MAX_TOKENS})
+    r.raise_for_status()
+    out = r.json()
+    return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"], time.perf_counter() - t0
+
+
+def run(url: str, convs: list, clients: int) -> tuple[list, float]:
+    """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer.
+    Returns the (text, completion tokens, latency) per conversation and the wall time."""
+    import httpx
+
+    todo: queue.Queue = queue.Queue()
+    for i, conv in enumerate(convs):
+        todo.put((i, conv))
+    results: list = [None] * len(convs)
+
+    def worker():
+        with httpx.Client(base_url=url, timeout=600) as c:
+            while True:
+                try:
+                    i, conv = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[i] = send(c, conv)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def main() -> int:
+    from bench.bench_eval import demo_holdout
+    from ft_pipeline.core.evaluation import prompt_messages
+    from ft_pipeline_tests._serving import start_cli_server
+
+    holdout = demo_holdout()
+    convs = [prompt_messages(holdout[i % len(holdout)]) for i in range(N_REQUESTS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp))}, cwd=HERE.parent,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            run(url, convs[:2], 1)  # warm-up
+            one, t_one = run(url, convs, 1)
+            many, t_many = run(url, convs, CLIENTS)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    tokens = sum(n for _, n, _ in one)
+    for label, res, t in (("one at a time", one, t_one), (f"{CLIENTS} concurrent clients", many, t_many)):
+        lat = [x for *_, x in res]
+        print(f"# {label}: {sum(n for _, n, _ in res) / t:.0f} completion tok/s ({t:.1f}s), latency p50 "
+              f"{pct(lat, 0.5):.2f}s p95 {pct(lat, 0.95):.2f}s", flush=True)
+    same = sum(a[0] == b[0] for a, b in zip(one, many))
+    print(f"# {len(convs)} requests, {tokens} completion tokens, max_tokens {MAX_TOKENS}; identical greedy "
+          f"answers: {same}/{len(convs)}", flush=True)
+    if same != len(convs):
+        first = next(i for i, (a, b) in enumerate(zip(one, many)) if a[0] != b[0])
+        print(f"# answers differ, first at request {first}: alone {one[first][0]!r} vs batched {many[first][0]!r}")
+        return 1
+    ratio = (sum(n for _, n, _ in many) / t_many) / (tokens / t_one)
+    return 0 if bench_line("serve.batched_throughput", ratio, "x", ">=", 4) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

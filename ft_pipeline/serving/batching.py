@@ -1,0 +1,185 @@
+"""Requests that arrive together are generated together: one generation thread takes the first waiting request,
+waits up to a short window for others (or until the batch is full), and runs `model.generate` once per group
+of requests that can share a call.
+
+A group is one loaded version and one way of choosing tokens: every greedy request of a version together;
+sampled requests together when they share temperature and top_p; a request with a `seed` alone, so that its
+answer depends on its seed only and not on what it was batched with. Within a call each row has its own
+completion budget and stop strings, and streams its text as it is generated (see `_Rows`)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ft_pipeline.core.evaluation import left_padded, pad_id
+
+log = logging.getLogger("ft_pipeline.serving")
+
+# Events a job reports, from the generation thread: ("delta", text), ("done", finish_reason, completion_tokens),
+# ("error", message). finish_reason is "stop" (end of turn or a stop string) or "length" (the budget ran out).
+Emit = Callable[..., None]
+
+
+@dataclass(eq=False)
+class Job:
+    served: object  # models.Served
+    prompt_ids: list[int]
+    max_new_tokens: int
+    emit: Emit
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    cancelled: bool = False  # set when the client went away: the row stops at the next token
+    submitted: float = field(default_factory=time.monotonic)
+
+    def group_key(self) -> tuple:
+        if self.temperature == 0:
+            return id(self.served), "greedy"
+        if self.seed is not None:
+            return id(self.served), "seeded", id(self)
+        return id(self.served), "sample", self.temperature, self.top_p
+
+
+def holdback(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` must wait before they are sent: the longest tail that could
+    still grow into a stop string, and a trailing U+FFFD (bytes of a character not all generated yet)."""
+    n = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), n, -1):
+            if text.endswith(s[:k]):
+                n = k
+                break
+    if text.endswith("\ufffd"):
+        n = max(n, len(text) - len(text.rstrip("\ufffd")))
+    return n
+
+
+class _Rows(StoppingCriteria):
+    """Per-row bookkeeping of one generate call: each new token, the text it adds, the row's stop strings and
+    budget. It is a stopping criterion because that is the hook transformers calls after every step with every
+    row's ids (a streamer gets one token per row with no way to stop a row; in transformers 5 it is also fed
+    after the stop check); the bool it returns per row is what ends a row while the others go on."""
+
+    def __init__(self, jobs: list[Job], tok, width: int):
+        self.jobs, self.tok, self.width = jobs, tok, width
+        self.n = [0] * len(jobs)
+        self.sent = [""] * len(jobs)
+        self.done = torch.zeros(len(jobs), dtype=torch.bool)
+
+    def _send(self, row: int, text: str) -> None:
+        if text:
+            self.sent[row] += text
+            self.jobs[row].emit("delta", text)
+
+    def _finish(self, row: int, reason: str) -> None:
+        self.done[row] = True
+        self.jobs[row].emit("done", reason, self.n[row])
+
+    def __call__(self, input_ids, scores, **kwargs):
+        eos = self.tok.eos_token_id
+        for row, job in enumerate(self.jobs):
+            if self.done[row]:
+                continue
+            if job.cancelled:
+                self._finish(row, "cancelled")
+                continue
+            self.n[row] += 1
+            ended = int(input_ids[row, -1]) == eos  # decoded without it: skip_special_tokens
+            text = self.tok.decode(input_ids[row, self.width:self.width + self.n[row]], skip_special_tokens=True)
+            hits = [i for i in (text.find(s) for s in job.stop) if i >= 0]
+            if hits:
+                self._send(row, text[len(self.sent[row]):min(hits)])
+                self._finish(row, "stop")
+            elif ended or self.n[row] >= job.max_new_tokens:
+                self._send(row, text[len(self.sent[row]):])
+                self._finish(row, "stop" if ended else "length")
+            else:
+                self._send(row, text[len(self.sent[row]):len(text) - holdback(text, job.stop)])
+        return self.done.clone().to(input_ids.device)
+
+    def finish_rest(self) -> None:
+        """Rows generate stopped without this criterion ending them (it ran out of max_new_tokens)."""
+        for row in range(len(self.jobs)):
+            if not self.done[row]:
+                self._finish(row, "length")
+
+
+def generate_group(jobs: list[Job]) -> None:
+    """One `model.generate` call for jobs of one version and one way of choosing tokens."""
+    served, first = jobs[0].served, jobs[0]
+    tok, model = served.tokenizer, served.model
+    pad = pad_id(tok)
+    ids, mask = left_padded([j.prompt_ids for j in jobs], pad)
+    rows = _Rows(jobs, tok, ids.shape[1])
+    if first.temperature == 0:
+        choose = {"do_sample": False}
+    else:
+        # top_k=0: OpenAI's sampling has no top-k cut; transformers applies top_k=50 unless told otherwise.
+        choose = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
+        if first.seed is not None:
+            torch.manual_seed(first.seed)  # only this thread generates, and a seeded job is alone in its call
+    with torch.inference_mode():
+        model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       max_new_tokens=max(j.max_new_tokens for j in jobs), pad_token_id=pad,
+                       eos_token_id=tok.eos_token_id, stopping_criteria=StoppingCriteriaList([rows]), **choose)
+    rows.finish_rest()
+
+
+class Batcher:
+    """The generation thread and its queue."""
+
+    def __init__(self, window_s: float = 0.01, max_batch: int = 16,
+                 run: Callable[[list[Job]], None] = generate_group):
+        self.window_s, self.max_batch, self._run = window_s, max_batch, run
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.batches: list[int] = []  # size of each generate call, most recent last (bounded)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ft-pipeline-generate", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def _collect(self, first: Job) -> list[Job]:
+        batch, deadline = [first], time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            left = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(job)
+        return batch
+
+    def _loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            groups: dict[tuple, list[Job]] = {}
+            for job in self._collect(first):
+                groups.setdefault(job.group_key(), []).append(job)
+            for jobs in groups.values():
+                self.batches = (self.batches + [len(jobs)])[-1000:]
+                try:
+                    self._run(jobs)
+                except Exception as e:  # noqa: BLE001 - one failed call fails its own requests, not the server
+                    log.exception("generation failed for a batch of %d", len(jobs))
+                    for job in jobs:
+                        job.emit("error", f"generation failed: {type(e).__name__}: {e}")

@@ -1,0 +1,46 @@
+"""The server's settings, every one with an environment variable (what `make serve` passes) and a default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _env(name: str, default, cast=str):
+    value = os.environ.get(name)
+    return cast(value) if value not in (None, "") else default
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback unless asked: the API has no TLS
+    port: int = 8000
+    model: str = "ft-pipeline-adapter"  # the registered model name, which is also the model id clients send
+    alias: str = "champion"  # what the bare model id answers with, followed as it moves
+    poll_s: float = 5.0  # how often the followed aliases are read from the registry
+    batch_window_ms: float = 10.0  # how long the first request of a batch waits for others to join it
+    max_batch: int = 16  # the most requests generated together
+    default_max_tokens: int = 256  # completion budget when a request names none (capped by the context)
+    max_body_bytes: int = 1 << 20  # a larger request body is answered 413
+    keep_versions: int = 3  # loaded versions kept in memory (the followed ones are always kept)
+    api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
+    tracking_uri: str | None = None  # MLflow; default: the pipeline's store (MLFLOW_TRACKING_URI / FT_PIPELINE_HOME)
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "ServeConfig":
+        """Defaults, then the environment, then `overrides` (the CLI's flags; a None there means not given)."""
+        cfg = cls(
+            host=_env("HOST", cls.host), port=_env("PORT", cls.port, int),
+            poll_s=_env("FT_PIPELINE_SERVE_POLL_S", cls.poll_s, float),
+            batch_window_ms=_env("FT_PIPELINE_SERVE_BATCH_WINDOW_MS", cls.batch_window_ms, float),
+            max_batch=_env("FT_PIPELINE_SERVE_MAX_BATCH", cls.max_batch, int),
+            default_max_tokens=_env("FT_PIPELINE_SERVE_MAX_TOKENS", cls.default_max_tokens, int),
+            max_body_bytes=_env("FT_PIPELINE_SERVE_MAX_BODY_BYTES", cls.max_body_bytes, int),
+            api_key=_env("FT_PIPELINE_API_KEY", None))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        if cfg.max_batch < 1 or cfg.poll_s <= 0 or cfg.batch_window_ms < 0:
+            raise ValueError("max_batch must be >= 1, poll_s > 0 and batch_window_ms >= 0")
+        return cfg
