@@ -22,7 +22,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                  max_new_tokens: int = 128, batch_size: int = 64,
                  champion: tuple[Callable, str | None] | None = None,
                  log: Callable[[str, int], None] = lambda name, n: None) -> dict:
-    """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N}.
+    """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
+    "tuned_key": the tuned model's cache key}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None)."""
     from ft_pipeline.core.base_models import load_model_and_tokenizer
 
@@ -52,7 +53,7 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
         model, tok = evaluation.load_tuned(base["path"], adapter_dir)
         with model.disable_adapter():
             run("base", model, evaluation.load_tokenizer(base["path"]), base_key)
-    key = tuned_key(base["content_sha256"], adapter_dir)
+    key = out["tuned_key"] = tuned_key(base["content_sha256"], adapter_dir)
     run("tuned", model, tok, key)
     if full:
         return out

@@ -96,7 +96,7 @@ def example_losses(model, tok, records: list[dict], batch_size: int = 32) -> lis
                                        tokenize=False)
         pairs.append((tok(full, add_special_tokens=False)["input_ids"],
                       len(tok(prompt, add_special_tokens=False)["input_ids"])))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: pairs[i][1])
     model.eval()

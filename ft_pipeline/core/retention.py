@@ -101,7 +101,9 @@ def _answer_batches(tok, answers: list[str], batch_size: int):
                      add_special_tokens=False)["input_ids"]
         answer = tok(ans, add_special_tokens=False)["input_ids"]
         seqs.append((prompt + answer, len(prompt)))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    from ft_pipeline.core.evaluation import pad_id
+
+    pad = pad_id(tok)
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start:start + batch_size]
         width = max(len(s) for s, _ in chunk)

@@ -62,7 +62,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
               "champion_version": str(champ.version) if champ else None, "metrics": metrics,
               "fixed_metrics": {n: r["metrics"] for n, r in out["fixed"].items()},
               "retention_kl": (out["retention"] or {}).get("kl"), "max_new_tokens": out["max_new_tokens"],
-              "tuned_cache_key": eval_run.tuned_key(adapter["base"]["content_sha256"], adapter["adapter_dir"]),
+              "tuned_cache_key": out["tuned_key"],
               "vs_champion": diff["counts"] if diff else None}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
