@@ -69,3 +69,14 @@ def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computatio
             logp = torch.log_softmax(model(torch.tensor([f])).logits[0, :-1].float(), -1)
         assert n == len(f) - len(p)
         assert nll == pytest.approx(-float(sum(logp[i - 1, f[i]] for i in range(len(p), len(f)))), rel=1e-5)
+
+
+def test_a_line_cut_by_a_killed_run_is_answered_again(tmp_path):
+    c = EvalCache(tmp_path, "m")
+    c.put(rec(0), "x", 3, True, 12, 1.0, 3)
+    c.put(rec(1), "y", 3, True, 12, 1.0, 3)
+    c.flush()
+    text = c.path.read_text()
+    c.path.write_text(text[: len(text) - 20])  # the second entry half written, as a SIGKILL leaves it
+    again = EvalCache(tmp_path, "m")
+    assert again.get(rec(0), 12)["prediction"] == "x" and again.get(rec(1), 12) is None

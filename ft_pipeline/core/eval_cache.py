@@ -34,9 +34,11 @@ class EvalCache:
         self._new: list[dict] = []
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
-                if line.strip():
+                try:
                     e = json.loads(line)
-                    self.entries[e["key"]] = e
+                except json.JSONDecodeError:
+                    continue  # the line a killed run was appending: that answer is generated again
+                self.entries[e["key"]] = e
 
     def get(self, record: dict, max_new_tokens: int) -> dict | None:
         e = self.entries.get(example_key(record))
