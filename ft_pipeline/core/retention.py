@@ -71,6 +71,16 @@ PROMPTS = [
 ]
 
 
+def _write_atomic(path: Path, value: dict) -> None:
+    """A killed run leaves the old cache file or the new one, never half of one."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
 def conversations() -> list[list[dict]]:
     return [[{"role": "user", "content": p}] for p in PROMPTS]
 
@@ -85,8 +95,7 @@ def base_answers(model, tok, cache_file: Path, max_new_tokens: int = 64, batch_s
         if cached["prompts"] == PROMPTS and cached["max_new_tokens"] == max_new_tokens:
             return cached["answers"]
     answers = generate(model, tok, conversations(), max_new_tokens=max_new_tokens, batch_size=batch_size)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps({"prompts": PROMPTS, "max_new_tokens": max_new_tokens, "answers": answers}))
+    _write_atomic(cache_file, {"prompts": PROMPTS, "max_new_tokens": max_new_tokens, "answers": answers})
     return answers
 
 
@@ -156,8 +165,7 @@ def cached_kl(cache_file: Path | None, load: Callable, answers: list[str]) -> fl
         return None
     kl = mean_kl(model, tok, answers)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps({"answers_sha256": digest, "kl": kl}))
+        _write_atomic(cache_file, {"answers_sha256": digest, "kl": kl})
     return kl
 
 
