@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ft_pipeline import settings
-from ft_pipeline.core import base_models, cleaning, evaluation, formats, registry, splitting, training
+from ft_pipeline.core import base_models, cleaning, eval_run, formats, registry, splitting, training
 from ft_pipeline.jsonl import read_jsonl, write_jsonl
 
 
@@ -41,7 +41,10 @@ def main(home: Path, max_steps: int) -> None:
         result = training.train_adapter(base.path, train, home / "checkpoints", home / "adapter",
                                         training.TrainOptions(max_steps=max_steps))
         info = registry.log_adapter_model(home / "adapter", base.to_json())
-    results = evaluation.evaluate_base_and_tuned(base.path, home / "adapter", holdout)
+    # The same evaluation as evaluation_report at EvaluationConfig's defaults (evaluate_all's own): holdout and
+    # fixed set, the retention check, answers cached under the home.
+    fixed = read_jsonl(settings.REPO_ROOT / "data" / "eval" / "support_handwritten.jsonl")
+    results = eval_run.evaluate_all(base.to_json(), home / "adapter", holdout, fixed, home / "cache")["holdout"]
     mv, _ = registry.register(info.model_uri, "bench-orch-script", run.info.run_id, {})
     registry.set_champion("bench-orch-script", mv.version)
     print(f"script: tuned field_accuracy {results['tuned']['metrics']['field_accuracy']:.3f}")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ft_pipeline.core.base_models import load_model_and_tokenizer
-from ft_pipeline.core.evaluation import (evaluate, evaluate_base_and_tuned, is_full_model, load_tokenizer,
-                                         load_tuned, prompt_messages)
+from ft_pipeline.core.eval_run import evaluate_all
+from ft_pipeline.core.evaluation import evaluate, is_full_model, load_tokenizer, load_tuned, prompt_messages
 from ft_pipeline.core.export import merge_adapter
 from ft_pipeline.core.training import TrainOptions, train_adapter
 from ft_pipeline_tests.test_training import FAST, records
@@ -35,10 +35,17 @@ def greedy_ids(model, tok, conversation, n=24):
     return out[0, ids["input_ids"].shape[1]:]
 
 
-def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, adapter):
-    results = evaluate_base_and_tuned(tiny_base, adapter, holdout(), max_new_tokens=24)
+def base_info(path) -> dict:
+    from ft_pipeline.core.base_models import content_hash
+
+    return {"path": str(path), "content_sha256": content_hash(path)}
+
+
+def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, adapter, tmp_path):
+    out = evaluate_all(base_info(tiny_base), adapter, holdout(), [], tmp_path, max_new_tokens=24)
+    results = out["holdout"]
     base, tok = load_model_and_tokenizer(tiny_base)
-    alone = evaluate(base, tok, holdout(), max_new_tokens=24)
+    alone = evaluate(base, tok, holdout(), max_new_tokens=out["max_new_tokens"])
     assert results["base"] == alone  # every metric and every prediction, exactly
     # Not vacuous: the adapter (LoRA and the trained embed_tokens / lm_head copies) does change the model.
     assert results["tuned"]["metrics"]["holdout_loss"] != alone["metrics"]["holdout_loss"]
@@ -85,5 +92,6 @@ def test_a_full_fine_tune_is_loaded_and_exported_as_it_is(tiny_base, tmp_path):
     merged, mtok = load_model_and_tokenizer(out)
     conv = prompt_messages(holdout()[0])
     assert torch.equal(greedy_ids(merged, mtok, conv), greedy_ids(model, tok, conv))
-    results = evaluate_base_and_tuned(tiny_base, tiny_base, holdout()[:2], max_new_tokens=8)
+    results = evaluate_all(base_info(tiny_base), tiny_base, holdout()[:2], [], tmp_path / "cache",
+                           max_new_tokens=8)["holdout"]
     assert results["base"] == results["tuned"]  # the "fine-tune" is the base itself, loaded twice

@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -276,34 +275,6 @@ def load_tuned(base_dir: Path | str, adapter_dir: Path | str, trust_remote_code:
 
     base, _ = load_model_and_tokenizer(base_dir, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), load_tokenizer(adapter_dir, trust_remote_code)
-
-
-def evaluate_base_and_tuned(base_dir: Path | str, adapter_dir: Path | str, records: list[dict],
-                            max_new_tokens: int = 128, batch_size: int = 64,
-                            log: Callable[[str], None] = lambda name: None) -> dict[str, dict]:
-    """`evaluate` for the base model and the tuned one on the same records, loading the base weights once.
-
-    With an adapter, the base is the same PeftModel under `disable_adapter()`: LoRA layers pass through and
-    modules_to_save wrappers route to their original (base) modules, so it computes exactly what the base
-    model does (a slow test checks this against a separately loaded base). A full fine-tune has no base inside
-    it, so then the base is loaded on its own."""
-    from ft_pipeline.core.base_models import load_model_and_tokenizer
-
-    results = {}
-    if is_full_model(adapter_dir):
-        base, base_tok = load_model_and_tokenizer(base_dir)
-        log("base")
-        results["base"] = evaluate(base, base_tok, records, max_new_tokens, batch_size)
-        del base  # never two full models in memory at once
-        model, tok = load_tuned(base_dir, adapter_dir)
-    else:
-        model, tok = load_tuned(base_dir, adapter_dir)
-        log("base")
-        with model.disable_adapter():
-            results["base"] = evaluate(model, load_tokenizer(base_dir), records, max_new_tokens, batch_size)
-    log("tuned")
-    results["tuned"] = evaluate(model, tok, records, max_new_tokens, batch_size)
-    return results
 
 
 # An example counts as better or worse than the champion on these, compared in this order.
