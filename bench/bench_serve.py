@@ -33,6 +33,8 @@ CLIENTS = 16
 N_REQUESTS = int(os.environ.get("BENCH_SERVE_REQUESTS", 64))
 MAX_TOKENS = int(os.environ.get("BENCH_SERVE_MAX_TOKENS", 32))
 NAME = "ft-pipeline-adapter"
+# Served when the store has no champion: the default run's base model (BENCH_SERVE_BASE=builtin:tiny: the tiny one).
+BASE = os.environ.get("BENCH_SERVE_BASE", "smollm2-135m-instruct")
 
 
 def tracking_uri(tmp: Path) -> str:
@@ -41,7 +43,7 @@ def tracking_uri(tmp: Path) -> str:
 
     from ft_pipeline import settings
     from ft_pipeline.core import registry
-    from ft_pipeline.core.base_models import build_tiny
+    from ft_pipeline.core.base_models import build_tiny, resolve_base_model
     from ft_pipeline_tests._serving import register_tiny
 
     uri = settings.mlflow_tracking_uri()
@@ -50,9 +52,13 @@ def tracking_uri(tmp: Path) -> str:
     if exists and (champ := registry.champion(NAME)):
         print(f"# model: {NAME}@champion version {champ.version} from {uri}", flush=True)
         return uri
-    print("# model: no champion in the pipeline's store; the untrained builtin tiny model in a temporary store",
+    if BASE == "builtin:tiny":
+        base = build_tiny(tmp / "base", seed=0)
+    else:  # converted once into the pipeline's home, where the pipeline's base_model asset keeps it too
+        base = resolve_base_model(BASE, settings.home() / "models" / "base").path
+    print(f"# model: no champion in the pipeline's store; the base model {BASE} as it is, in a temporary store",
           flush=True)
-    return register_tiny(tmp, build_tiny(tmp / "base", seed=0), None)
+    return register_tiny(tmp, base, None)
 
 
 def send(client, conv) -> tuple[str, int, float]:

@@ -69,6 +69,10 @@ def test_completion_is_the_champions_greedy_answer_and_says_its_version(srv):
     # the 4-step adapter does not stop by itself: it uses its whole budget
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == N
     assert out.usage.total_tokens == out.usage.prompt_tokens + N and out.usage.prompt_tokens > 10
+    # and it came from the adapter folded into the weights (no PEFT wrappers), answering like base + adapter
+    from ft_pipeline.serving.models import load_registered
+
+    assert not hasattr(load_registered(NAME, "1").model, "peft_config")
 
 
 def test_streamed_chunks_join_to_the_same_text(srv):

@@ -210,3 +210,23 @@ def test_the_store_follows_the_alias_and_a_held_version_stays_valid(store):
         s.get("m@nope")
     ids = [r["id"] for r in s.listing()]
     assert ids == ["m", "m@champion", "m/1", "m/2", "m/3"]
+
+
+def test_a_streamed_row_gets_each_piece_and_a_plain_one_its_text_once(tiny_base):
+    import torch
+    from transformers import AutoTokenizer
+
+    from ft_pipeline.serving.batching import _Rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    ids = tok("order ORD-1", add_special_tokens=False)["input_ids"]
+    events = {"stream": [], "plain": []}
+    jobs = [Job(object(), [1], len(ids), lambda *e, k=k: events[k].append(e), stream=k == "stream")
+            for k in events]
+    rows = _Rows(jobs, tok, width=0)
+    for n in range(1, len(ids) + 1):
+        rows(torch.tensor([ids[:n], ids[:n]]), None)
+    assert [e for e in events["stream"] if e[0] == "delta"] == [("delta", tok.decode([i])) for i in ids]
+    # no wakeup of the event loop per token for a request that is answered in one piece
+    assert events["plain"] == [("delta", "order ORD-1"), ("done", "length", len(ids))]
+    assert events["stream"][-1] == ("done", "length", len(ids))

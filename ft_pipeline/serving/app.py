@@ -61,7 +61,7 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int) -> tuple
 
     temperature = 1.0 if req.temperature is None else req.temperature
     job = Job(served, ids, budget, emit, temperature=temperature, top_p=req.top_p or 1.0, seed=req.seed,
-              stop=tuple(req.stop or ()))
+              stop=tuple(req.stop or ()), stream=bool(req.stream))
     return job, events
 
 

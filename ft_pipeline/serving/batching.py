@@ -38,6 +38,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stream: bool = True  # False: the text arrives as one delta when the row ends (no event-loop wakeup per token)
     cancelled: bool = False  # set when the client went away: the row stops at the next token
     submitted: float = field(default_factory=time.monotonic)
 
@@ -78,11 +79,15 @@ class _Rows(StoppingCriteria):
     def _send(self, row: int, text: str) -> None:
         if text:
             self.sent[row] += text
-            self.jobs[row].emit("delta", text)
+            if self.jobs[row].stream:
+                self.jobs[row].emit("delta", text)
 
     def _finish(self, row: int, reason: str) -> None:
         self.done[row] = True
-        self.jobs[row].emit("done", reason, self.n[row])
+        job = self.jobs[row]
+        if not job.stream and self.sent[row]:
+            job.emit("delta", self.sent[row])
+        job.emit("done", reason, self.n[row])
 
     def __call__(self, input_ids, scores, **kwargs):
         eos = self.tok.eos_token_id

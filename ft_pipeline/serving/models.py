@@ -61,7 +61,12 @@ def load_registered(name: str, version: str) -> Served:
     import mlflow
 
     py = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return Served(name, str(version), py.model.eval(), py.tokenizer, context_limit(py.model, py.tokenizer))
+    model = py.model
+    if hasattr(model, "merge_and_unload"):
+        # LoRA folded into the weights, as in `ft-pipeline export`: the same model with one matmul per layer
+        # instead of three and no PEFT wrappers, which is most of a small model's per-token cost on CPU.
+        model = model.merge_and_unload()
+    return Served(name, str(version), model.eval(), py.tokenizer, context_limit(model, py.tokenizer))
 
 
 def parse_model_id(model_id: str, served_name: str, default_alias: str) -> tuple[str, str | None]:
