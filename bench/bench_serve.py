@@ -4,8 +4,8 @@ requests sent one at a time, on the same server process, side by side in one run
 The server is the real one (`python -m ft_pipeline.cli serve` in a subprocess, default batching: 10 ms window,
 batch of 16), spoken to over HTTP on loopback. The model is what the registry's `champion` alias points to in
 the pipeline's store (FT_PIPELINE_HOME / MLFLOW_TRACKING_URI), i.e. the model `make run` registered; with no
-champion there, the builtin tiny model as built (untrained, seed 0), registered in a temporary store, which
-never stops by itself, so every answer runs to max_tokens (the batching-friendly case, as in bench_eval).
+champion there, the default run's base model as it is (BENCH_SERVE_BASE, default smollm2-135m-instruct;
+builtin:tiny for the untrained tiny model), registered in a temporary store.
 The prompts are the demo holdout prompts bench_eval uses; every request is greedy (temperature 0), and the
 benchmark fails if any answer differs between the two ways of sending it.
 
