@@ -36,6 +36,8 @@ def main(home: Path, max_steps: int) -> None:
                           signatures)
     train, holdout = read_jsonl(data / "split" / "train.jsonl"), read_jsonl(data / "split" / "holdout.jsonl")
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    # Artifacts under the home, as the pipeline keeps them (a sqlite store's default is ./mlruns in the cwd).
+    mlflow.create_experiment("bench_orch_script", artifact_location=(home / "artifacts").as_uri())
     mlflow.set_experiment("bench_orch_script")
     with mlflow.start_run() as run:
         result = training.train_adapter(base.path, train, home / "checkpoints", home / "adapter",

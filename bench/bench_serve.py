@@ -1,7 +1,7 @@
 """serve.batched_throughput: completion tokens/s of `ft-pipeline serve` with 16 concurrent clients ÷ the same
 requests sent one at a time, on the same server process, side by side in one run; p50 and p95 latency of both.
 
-The server is the real one (`python -m ft_pipeline.cli serve` in a subprocess, default batching: 10 ms window,
+The server is the real one (`python -m ft_pipeline.cli serve` in a subprocess, default batching: 50 ms window,
 batch of 16), spoken to over HTTP on loopback. The model is what the registry's `champion` alias points to in
 the pipeline's store (FT_PIPELINE_HOME / MLFLOW_TRACKING_URI), i.e. the model `make run` registered; with no
 champion there, the default run's base model as it is (BENCH_SERVE_BASE, default smollm2-135m-instruct;

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
     srv.add_argument("--poll-seconds", type=float, help="how often the aliases are read from the registry (default 5)")
-    srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 10)")
+    srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 50)")
     srv.add_argument("--max-batch", type=int, help="the most requests generated together (default 16)")
     for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
