@@ -96,8 +96,11 @@ def test_scrub_removes_derived_lines_cache_entries_and_report_text(pipeline_dirs
     (home / "reports").mkdir()
     (home / "reports" / "evaluation.md").write_text(f"| {kept[1]['messages'][0]['content']} | ok |")
     erased = {kept[1]["raw_sha256"]: "erase-1"}
+    (home / "data" / "erased").mkdir()
+    (home / "data" / "erased" / "d1.jsonl").write_text(json.dumps({"raw_sha256": kept[1]["raw_sha256"]}) + "\n")
     assert erasure.scrub(home, erased) == {"data_lines": 1, "cache_entries": 1, "reports": 1}
     assert "refund my blender" not in (home / "data" / "cleaned" / "d1.jsonl").read_text()
+    assert (home / "data" / "erased" / "d1.jsonl").read_text().count("\n") == 1  # no text there: kept
     assert [json.loads(x)["key"] for x in (cache / "m.jsonl").read_text().splitlines()] == keys[:1] + keys[2:]
     assert (home / "reports" / "evaluation.md").read_text() == "| [erased] | ok |"
 

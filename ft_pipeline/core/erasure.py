@@ -206,7 +206,8 @@ def scrub(home: Path, erased: dict[str, str]) -> dict[str, int]:
     keys, found = {eval_cache.example_key(r) for r in records if "messages" in r}, needles(records)
     counts = {"data_lines": 0, "cache_entries": 0, "reports": 0}
     for path in sorted((home / "data").glob("*/*.jsonl")):
-        counts["data_lines"] += _drop_lines(path, lambda e: e.get("raw_sha256") in erased)
+        if path.parent.name != "erased":  # hashes and request ids only: what cleaning erased, kept as is
+            counts["data_lines"] += _drop_lines(path, lambda e: e.get("raw_sha256") in erased)
     for path in sorted((home / "cache" / "eval").glob("*.jsonl")):
         counts["cache_entries"] += _drop_lines(path, lambda e: e.get("key") in keys)
     for path in sorted((home / "reports").glob("evaluation.*")):
