@@ -157,3 +157,40 @@ def test_registry_tags_and_status_follow_the_request(pipeline_dirs):
     assert erasure_registry.PENDING not in v1 and v1[erasure_registry.SUPERSEDED] == req["id"]
     assert v2[erasure_registry.CLEAN_OF] == req["id"] and erasure_registry.PENDING not in v2
     assert erasure_registry.status("m", [req])[0]["clean_versions"] == ["2"]
+
+
+def _gate(tmp_path, champion_erasure_pending):
+    from ft_pipeline.defs.evaluation import GateConfig, beats_base_and_champion
+    from ft_pipeline.resources import PipelineHome
+
+    m = lambda fa: {"json_valid": 1.0, "field_accuracy": fa, "exact_match": fa, "chrf": 50.0, "rouge_l": fa}  # noqa: E731
+    report = {"metrics": {"base": m(0.1), "tuned": m(0.6), "champion": m(0.8)}, "champion_version": "1",
+              "retention_kl": None, "champion_erasure_pending": champion_erasure_pending}
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    (tmp_path / "reports" / "evaluation.json").write_text(json.dumps(report))
+    return beats_base_and_champion(config=GateConfig(), home=PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path)))
+
+
+def test_the_gate_does_not_hold_to_a_champion_trained_on_an_erased_row(tmp_path):
+    assert not _gate(tmp_path, None).passed  # below the champion: no
+    erased = _gate(tmp_path, "erase-1")
+    assert erased.passed and "trained on rows erased by erase-1: not compared" in erased.description
+
+
+def test_evaluation_artifacts_in_mlflow_are_replaced_by_scrubbed_copies(pipeline_dirs):
+    home, _ = pipeline_dirs
+    mlflow.set_tracking_uri(f"sqlite:///{home.parent / 'mlflow.db'}")
+    exp = mlflow.create_experiment("scrub", (home.parent / "art").as_uri())
+    text = "refund my blender please, it is broken"
+    with mlflow.start_run(experiment_id=exp, tags={"dagster.asset_key": "evaluation_report"}) as run:
+        mlflow.log_text(f"| {text} | x |", "evaluation.md")
+        mlflow.log_table({"prompt": [text, "other prompt"], "tuned": ["a", "b"]}, "samples.json")
+    with mlflow.start_run(experiment_id=exp, tags={"dagster.asset_key": "train_set"}):
+        mlflow.log_text(text, "evaluation.md")  # not an evaluation run: left alone
+    found = erasure.needles([{"messages": [{"role": "user", "content": text}]}])
+    replaced = erasure_registry.scrub_artifacts(exp, found)
+    assert sorted(replaced) == [f"{run.info.run_id}/evaluation.md", f"{run.info.run_id}/samples.json"]
+    for path in ("evaluation.md", "samples.json"):
+        got = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{path}")
+        assert "blender" not in got and "[erased]" in got
+    assert "other prompt" in mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/samples.json")
