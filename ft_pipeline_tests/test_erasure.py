@@ -163,7 +163,7 @@ def _gate(tmp_path, champion_erasure_pending):
     from ft_pipeline.defs.evaluation import GateConfig, beats_base_and_champion
     from ft_pipeline.resources import PipelineHome
 
-    m = lambda fa: {"json_valid": 1.0, "field_accuracy": fa, "exact_match": fa, "chrf": 50.0, "rouge_l": fa}  # noqa: E731
+    m = lambda fa: dict(json_valid=1.0, field_accuracy=fa, exact_match=fa, chrf=50.0, rouge_l=fa)  # noqa: E731
     report = {"metrics": {"base": m(0.1), "tuned": m(0.6), "champion": m(0.8)}, "champion_version": "1",
               "retention_kl": None, "champion_erasure_pending": champion_erasure_pending}
     (tmp_path / "reports").mkdir(exist_ok=True)
