@@ -71,7 +71,10 @@ def _status(args) -> int:
 def _forget(args) -> int:
     from ft_pipeline.core import erasure, erasure_registry
 
-    rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text)
+    unreadable: list[str] = []
+    rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable)
+    for msg in unreadable:
+        print(f"  not searched (the pipeline cannot read it either): {msg}", file=sys.stderr)
     for r in rows:
         print(f"  {r['file']} line {r['line']}  {r['raw_sha256'][:16]}  {r['preview']}")
     if args.text is not None and not args.yes:

@@ -42,7 +42,12 @@ def test_find_rows_by_line_hash_and_text(pipeline_dirs):
     by_line = erasure.find_rows(raw, "d1.jsonl", 2)
     assert [(r["line"], r["drop"]) for r in by_line] == [(2, "d1.jsonl")] and "texts" not in by_line[0]
     assert erasure.find_rows(raw, raw_sha256=by_line[0]["raw_sha256"][:12]) == by_line
-    assert [r["line"] for r in erasure.find_rows(raw, text="blender")] == [2, 3]
+    (raw / "broken.json").write_text('[{"instruction": ')
+    unreadable = []
+    assert [r["line"] for r in erasure.find_rows(raw, text="blender", unreadable=unreadable)] == [2, 3]
+    assert len(unreadable) == 1 and "broken.json" in unreadable[0]
+    with pytest.raises(erasure.ErasureError, match="broken.json"):
+        erasure.find_rows(raw, "broken.json", 1)
     for kwargs, msg in [({"drop": "d1.jsonl", "line": 9}, "drop d1.jsonl has no line 9"),
                         ({"drop": "nope.jsonl", "line": 1}, "no drop 'nope.jsonl'"),
                         ({"text": "toaster"}, "no raw row matches text 'toaster'"),

@@ -95,16 +95,25 @@ def _texts(rec: dict) -> list[str]:
 
 
 def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, raw_sha256: str | None = None,
-              text: str | None = None) -> list[dict]:
+              text: str | None = None, unreadable: list[str] | None = None) -> list[dict]:
     """The raw rows a request names: by drop (file name or partition key) and line, by (a prefix of) the raw
     row's hash, or every row whose user or assistant text contains `text`. A row found by drop and line or
     by hash is found in every drop that has the same raw row. Each: drop, file, line, raw_sha256 and a short
-    preview of its text (for the confirmation prompt; never stored)."""
+    preview of its text (for the confirmation prompt; never stored). A drop that cannot be read is left out,
+    its error appended to `unreadable`."""
+    unreadable = [] if unreadable is None else unreadable
     found, _ = formats.find_drops(Path(raw_dir))
     if drop is not None:
         if not any(drop in (key, path.name) for key, path in found.items()):
             raise ErasureError(f"no drop {drop!r} in {raw_dir}")
-    rows = [r for key, path in sorted(found.items()) for r in _canonical_rows(key, path)]
+    rows = []
+    for key, path in sorted(found.items()):
+        try:
+            rows += _canonical_rows(key, path)
+        except formats.DropError as e:  # a drop the pipeline cannot read either (its run fails naming it)
+            if drop in (key, path.name):
+                raise ErasureError(str(e)) from e
+            unreadable.append(str(e))
     if drop is not None and line is not None:
         hit = [r for r in rows if drop in (r["drop"], r["file"]) and r["line"] == line]
         if not hit:
