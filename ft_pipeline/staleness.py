@@ -63,9 +63,10 @@ def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: d
         raw = _latest(instance, "raw_examples", drop)
         if raw is None:
             out[drop] = "new drop"
-        elif (was := raw.asset_materialization.tags.get("dagster/data_version")) != \
-                erasure.raw_data_version(file_hash := formats.sha256_file(path), erased):
-            out[drop] = "file content changed" if was != file_hash[:16] and not erased else "erasure request"
+        elif raw.asset_materialization.tags.get("dagster/data_version") != \
+                erasure.raw_data_version(formats.sha256_file(path), erased):
+            # the erasure list is part of the data version (core/erasure.py)
+            out[drop] = "file content changed or an erasure request" if erased else "file content changed"
         elif (why := _why_stale(resolver, status, "raw_examples", drop)
               or _why_stale(resolver, status, "cleaned_examples", drop)):
             out[drop] = why
