@@ -86,3 +86,17 @@ def test_forgetting_a_row_that_does_not_exist_is_one_line(forgotten):
     tmp, env, *_ = forgotten
     out = run_cli(env, "forget", "--drop", "2026-03-tickets.csv", "--line", "999999")
     assert out.returncode == 2 and out.stderr == "forget: drop 2026-03-tickets.csv has no line 999999\n"
+
+
+def test_the_versions_carry_their_erasure_tags(forgotten):
+    import mlflow
+
+    tmp, _, _, _, forget, *_ = forgotten
+    request_id = json.loads((tmp / "home" / "erasure" / "requests.jsonl").read_text())["id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
+    v1, v2 = (client.get_model_version("ft-pipeline-adapter", v).tags for v in ("1", "2"))
+    assert v1["erasure.superseded"] == request_id and "erasure.pending" not in v1
+    assert v2["erasure.clean_of"] == request_id and "erasure.pending" not in v2
+    runs = client.search_runs([client.get_experiment_by_name("ft_pipeline").experiment_id],
+                              f"tags.`ft_pipeline.erasure_request` = '{request_id}'")
+    assert len(runs) == 1 and runs[0].info.run_name == f"forget-{request_id}"
