@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ft_pipeline import settings
+from ft_pipeline import forget_cli, settings
 
 
 def prepare_instance_home() -> Path:
@@ -96,7 +96,7 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         res = runs.execute(ingest, instance, home, partition_key=drop, run_config=presets.run_config(preset, ingest))
         if not res.success:
             failed[drop] = _failure_message(res)
-    print("\nper drop:                               rows in   kept  quarantined  duplicates")
+    print("\nper drop:                               rows in   kept  quarantined  duplicates  erased")
     for drop in sorted(found):
         stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
         # The file's own name; the partition key too where it differs (that is what the UI and the data files use).
@@ -105,7 +105,8 @@ def _run_all(instance, preset: dict, force: bool) -> int:
             print(f"  {label:36s} FAILED: {failed[drop]}")
         else:
             s = json.loads(stats_path.read_text())
-            print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}")
+            print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}"
+                  f" {s.get('erased', 0):7d}")
 
     # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
     if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", required=True, help="the directory to write (replaced if it exists)")
     pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
     pro.add_argument("--version", required=True, help="the version number to make champion")
+    forget_cli.add_parser(sub)
     srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
                                        "Completions API, following the alias as it moves (HOST, PORT; see README)")
     srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted: the run is marked failed and its slots are free; training checkpoints are kept, "
                   "and the next `ft-pipeline run` resumes from the last one", file=sys.stderr)
             return 130
+    if args.cmd == "forget":
+        return forget_cli.main(args)
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     if args.cmd in ("export", "promote"):

@@ -53,14 +53,20 @@ def _why_stale(resolver, status_enum, key: str, partition: str | None = None) ->
 def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: dict[str, Path],
                     preset_ops: dict) -> dict[str, str]:
     """{drop: why it must be (re-)ingested} for the drops in `found` that need it."""
+    from ft_pipeline import settings
+    from ft_pipeline.core import erasure
+
     resolver, status = _resolver(instance, defs)
+    erased = erasure.erased_hashes(settings.home())
     out = {}
     for drop, path in sorted(found.items()):
         raw = _latest(instance, "raw_examples", drop)
         if raw is None:
             out[drop] = "new drop"
-        elif raw.asset_materialization.tags.get("dagster/data_version") != formats.sha256_file(path)[:16]:
-            out[drop] = "file content changed"
+        elif raw.asset_materialization.tags.get("dagster/data_version") != \
+                erasure.raw_data_version(formats.sha256_file(path), erased):
+            # the erasure list is part of the data version (core/erasure.py)
+            out[drop] = "file content changed or an erasure request" if erased else "file content changed"
         elif (why := _why_stale(resolver, status, "raw_examples", drop)
               or _why_stale(resolver, status, "cleaned_examples", drop)):
             out[drop] = why

@@ -72,3 +72,18 @@ def test_promote_command_rolls_forward_again(store, capsys):
     assert main(["promote", "--model", "cli", "--version", "2"]) == 0
     assert capsys.readouterr().out.strip() == "cli: champion 1 -> 2"
     assert str(registry.champion("cli").version) == "2" and versions("cli") == [1, 2]
+
+
+def test_trained_on_shows_the_real_aliases(store, capsys):
+    """search_model_versions returns versions without aliases: trained-on must still say which is champion."""
+    row = {"drop": "d", "line": 3, "raw_sha256": "ab" * 32, "id": "x"}
+    for _ in range(2):
+        with mlflow.start_run() as run:
+            registry.log_lineage([row], {"d": "d.jsonl"})
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+        registry.register(info.model_uri, "aliased", run.info.run_id, {})
+    registry.set_champion("aliased", "1")
+    hits = registry.versions_trained_on("aliased", "d.jsonl", 3)
+    assert [(h["version"], h["aliases"]) for h in hits] == [("1", ["champion"]), ("2", [])]
+    assert main(["trained-on", "--model", "aliased", "--drop", "d", "--raw-sha256", "abab"]) == 0
+    assert '"aliases": ["champion"]' in capsys.readouterr().out

@@ -1,5 +1,7 @@
 """The raw-drop sensor on a real (temporary) Dagster instance."""
 
+import json
+
 import dagster as dg
 
 from ft_pipeline.core.drop_files import drop_key
@@ -50,3 +52,32 @@ def test_ingested_drops_are_quiet_until_their_content_changes(tmp_path):
         (raw / "a.jsonl").write_text('{"text": "y"}\n')
         changed = tick(inst, home, quiet.cursor)
         assert [r.partition_key for r in changed.run_requests] == ["a.jsonl"]
+
+
+def test_an_erasure_request_re_ingests_the_drops(tmp_path):
+    """The erasure list is part of raw_examples' data version: the sensor asks for the drop again, and the
+    re-ingested raw_examples holds the row without its text."""
+    from ft_pipeline.core import erasure
+    from ft_pipeline.defs.data import raw_examples
+    from ft_pipeline.jsonl import read_jsonl
+    from ft_pipeline.resources import MlflowTracking
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"prompt": "forget me please", "completion": "ok"}\n'
+                                 '{"prompt": "b", "completion": "c"}\n')
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"))
+    resources = {"home": home, "mlflow_tracking": tracking}
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(drops.name, ["a.jsonl"])
+        assert dg.materialize([raw_examples], partition_key="a.jsonl", instance=inst, resources=resources).success
+        quiet = tick(inst, home)
+        assert quiet.run_requests == []
+        erasure.append_request(home.root, erasure.new_request(erasure.find_rows(raw, "a.jsonl", 1)))
+        again = tick(inst, home, quiet.cursor)
+        assert [r.partition_key for r in again.run_requests] == ["a.jsonl"]
+        assert dg.materialize([raw_examples], partition_key="a.jsonl", instance=inst, resources=resources).success
+        assert tick(inst, home, again.cursor).run_requests == []  # ingested with the request: quiet again
+        records = read_jsonl(home.data("raw_examples", "a.jsonl"))
+        assert "erased" in records[0] and "forget me" not in json.dumps(records)

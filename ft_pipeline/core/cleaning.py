@@ -1,6 +1,7 @@
 """Turn a parsed drop into cleaned canonical records, a quarantine and a list of removed duplicates.
 
-Accounting is exact: every input row ends in exactly one of kept, quarantined or duplicates."""
+Accounting is exact: every input row ends in exactly one of kept, quarantined, duplicates or erased (a row an
+erasure request names: core/erasure.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class CleanedDrop:
     kept_count: int = 0
     quarantined: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
+    erased: list[dict] = field(default_factory=list)  # drop, line, raw_sha256 and request id; never the text
     rows_in: int = 0
     pii_counts: Counter = field(default_factory=Counter)
     signatures: object = None  # MinHash signatures of `kept` (numpy, one row each), for the split to reuse
@@ -53,7 +55,7 @@ class CleanedDrop:
 
     def stats(self) -> dict:
         return {"rows_in": self.rows_in, "kept": self.kept_count, "quarantined": len(self.quarantined),
-                "duplicates": len(self.duplicates),
+                "duplicates": len(self.duplicates), "erased": len(self.erased),
                 "duplicates_by_kind": dict(Counter(d["kind"] for d in self.duplicates)),
                 "quarantined_by_reason": dict(self.quarantine_reasons),
                 "pii_redacted_by_kind": dict(self.pii_counts)}
@@ -255,6 +257,7 @@ def clean_stream(rows: Iterable[dict | str | bytes], kept_path: Path, options: C
         for prep in _prepared_chunks(batches(rows, chunk_rows or CHUNK_ROWS), opts, workers):
             out.rows_in += prep["rows"]
             out.quarantined += prep["quarantined"]
+            out.erased += prep["erased"]
             out.pii_counts.update(prep["pii"])
             keep, kept_lines = [], []
             for ref, key, line in zip(prep["refs"], prep["near_keys"], prep["lines"]):
@@ -334,6 +337,9 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
 
     with no_cycle_gc():
         records = [r if isinstance(r, dict) else loads(r) for r in rows]
+        erased = [{**{k: r[k] for k in ("drop", "line", "raw_sha256")}, "request": r["erased"]} for r in records
+                  if "erased" in r]
+        records = [r for r in records if "erased" not in r]
         pii: Counter = Counter()
         quarantined = []
         # Normalize and redact every content of the chunk in a few passes over the joined text, not row by row.
@@ -364,7 +370,8 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
             refs.append((rid, base["drop"], base["line"], base["raw_sha256"]))
             lines.append(line(rec))
         sig = near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None else None
-    return {"rows": len(records), "quarantined": quarantined, "pii": pii, "refs": refs, "near_keys": near_keys,
+    return {"rows": len(records) + len(erased), "erased": erased, "quarantined": quarantined, "pii": pii,
+            "refs": refs, "near_keys": near_keys,
             "lines": lines, "signatures": sig}
 
 

@@ -124,6 +124,11 @@ def training_rows(name: str, version: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def aliases(client: mlflow.MlflowClient, name: str, version) -> list[str]:
+    """The aliases that point at a version, sorted."""
+    return sorted(client.get_model_version(name, str(version)).aliases)
+
+
 def versions_trained_on(name: str, drop: str, line: int | None = None, raw_sha256: str | None = None) -> list[dict]:
     """Every registered version of `name` whose training data holds the given row (by drop, its partition key or
     its file's original name, and line, or by the hash of the raw row), with its aliases."""
@@ -133,6 +138,7 @@ def versions_trained_on(name: str, drop: str, line: int | None = None, raw_sha25
         for row in training_rows(name, mv.version):
             if drop in (row["drop"], row.get("file")) and (line is None or row["line"] == line) and \
                     (raw_sha256 is None or row["raw_sha256"].startswith(raw_sha256)):
-                out.append({"version": str(mv.version), "aliases": list(mv.aliases), "row": row})
+                # search_model_versions returns versions without their aliases; get_model_version has them.
+                out.append({"version": str(mv.version), "aliases": aliases(client, name, mv.version), "row": row})
                 break
     return out

@@ -7,7 +7,7 @@ from collections import Counter
 import dagster as dg
 
 from ft_pipeline.config import CheckedConfig
-from ft_pipeline.core import base_models, cleaning, formats, knobs, splitting
+from ft_pipeline.core import base_models, cleaning, erasure, formats, knobs, splitting
 from ft_pipeline.core.bulk import no_cycle_gc
 from ft_pipeline.core.near_dup import NearDupParams
 from ft_pipeline.core.token_policy import TooManyTokensError
@@ -81,23 +81,26 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
             yield rec
 
     raw_examples_path = home.data("raw_examples", context.partition_key)
+    erased = erasure.erased_hashes(home.root)  # rows an erasure request names are written without their text
     # Records stream to the file, one at a time; the collector is paused while the parsed rows are alive.
     with no_cycle_gc():
-        n_rows = write_jsonl(raw_examples_path, counted(cleaning.iter_canonical(parsed, fmt)))
+        n_rows = write_jsonl(raw_examples_path,
+                             counted(erasure.mark_erased(cleaning.iter_canonical(parsed, fmt), erased)))
     file_hash, file_format = parsed.sha256, parsed.file_format
+    version = erasure.raw_data_version(file_hash, erased)
     del parsed
     # What the records were made from, for cleaned_examples to record as its provenance.
     home.data("raw_examples", context.partition_key, suffix=".meta.json").write_text(
         json.dumps({"raw_sha256": file_hash, "format": fmt, "file_name": path.name}, ensure_ascii=False))
     with mlflow_tracking.start_run(context, f"raw-{context.partition_key}", "raw_examples",
-                                   tags={"dagster.data_version": file_hash[:16]}) as (run, exp_id):
+                                   tags={"dagster.data_version": version}) as (run, exp_id):
         mlflow.log_params({"drop": context.partition_key, "file_name": path.name, "detected_format": fmt,
                            "file_format": file_format,
                            "format_override": config.format, "encoding": config.encoding})
         mlflow.log_metrics({"rows": n_rows, "rows_not_converted": sum(unconverted.values())})
         log_jsonl_dataset(raw_examples_path, f"raw@{context.partition_key}", "raw", file_hash)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(file_hash[:16]),
+        data_version=dg.DataVersion(version),
         metadata={"file": dg.MetadataValue.path(str(path)), "file_name": path.name, "detected_format": fmt,
                   "file_format": file_format,
                   "rows": n_rows, "rows_not_converted": sum(unconverted.values()),
@@ -109,7 +112,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
 @dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v2",
           kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("rows_accounted_for", asset="cleaned_examples", blocking=True,
-                                         description="rows in = kept + quarantined + duplicates")])
+                                         description="rows in = kept + quarantined + duplicates + erased")])
 def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
@@ -119,7 +122,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     from ft_pipeline.core.tracking import log_jsonl_dataset
 
     drop = context.partition_key
-    paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates")}
+    paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates", "erased")}
     # Streamed: raw_examples' lines a chunk at a time, cleaned by worker processes side by side, the kept
     # records written to the cleaned file as they come.
     with open(home.data("raw_examples", drop), "rb") as raw_lines:
@@ -128,36 +131,40 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                                                                 config.near_dup_params()))
     write_jsonl(paths["quarantine"], result.quarantined)
     write_jsonl(paths["duplicates"], result.duplicates)
+    write_jsonl(paths["erased"], result.erased)  # hashes and request ids only
     # The kept rows' MinHash signatures, for the split to reuse instead of recomputing (same parameters only).
     np.save(home.data("cleaned", drop, suffix=".minhash.npy"), result.signatures)
     stats = {**result.stats(), "near_dup": config.near_dup_params().to_json()}
     raw_sha = json.loads(home.data("raw_examples", drop, suffix=".meta.json").read_text())["raw_sha256"]
     # The check recounts the files on disk rather than trusting the in-memory lists it is checking.
     counted = {k: count_lines(p) for k, p in paths.items()}
-    accounted = counted["cleaned"] + counted["quarantine"] + counted["duplicates"]
+    accounted = sum(counted.values())
     check = dg.AssetCheckResult(
         check_name="rows_accounted_for", passed=accounted == result.rows_in,
         severity=dg.AssetCheckSeverity.ERROR,
+        description=f"rows in {result.rows_in} = " + " + ".join(f"{v} {k}" for k, v in counted.items()) +
+        ("" if accounted == result.rows_in else f" = {accounted}: rows lost"),
         metadata={"rows_in": result.rows_in, **{f"rows_{k}": v for k, v in counted.items()}})
     cleaned_hash = formats.sha256_file(paths["cleaned"])
+    version = erasure.cleaned_data_version(cleaned_hash, result.erased)
     home.data("cleaned", drop, suffix=".stats.json").write_text(
         json.dumps({**stats, "raw_sha256": raw_sha, "cleaned_sha256": cleaned_hash}, indent=2))
     with mlflow_tracking.start_run(context, f"clean-{drop}", "cleaned_examples",
-                                   tags={"dagster.data_version": cleaned_hash[:16]}) as (run, exp_id):
+                                   tags={"dagster.data_version": version}) as (run, exp_id):
         mlflow.log_params({"drop": drop, "redact_pii": config.redact_pii, "max_chars": config.max_chars,
                            **config.near_dup_params().to_json()})
         mlflow.log_metrics({"rows_in": stats["rows_in"], "kept": stats["kept"], "quarantined": stats["quarantined"],
-                            "duplicates": stats["duplicates"],
+                            "duplicates": stats["duplicates"], "erased": stats["erased"],
                             **{f"quarantined.{k}": v for k, v in stats["quarantined_by_reason"].items()},
                             **{f"pii.{k}": v for k, v in stats["pii_redacted_by_kind"].items()}})
         mlflow.log_dict(stats, "cleaning_stats.json")
         log_jsonl_dataset(paths["cleaned"], f"cleaned@{drop}", "cleaned", cleaned_hash)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(cleaned_hash[:16]), check_results=[check],
+        data_version=dg.DataVersion(version), check_results=[check],
         metadata={"cleaned_file": dg.MetadataValue.path(str(paths["cleaned"])),
                   "quarantine_file": dg.MetadataValue.path(str(paths["quarantine"])),
                   "rows_in": stats["rows_in"], "rows_kept": stats["kept"], "rows_quarantined": stats["quarantined"],
-                  "rows_duplicate": stats["duplicates"],
+                  "rows_duplicate": stats["duplicates"], "rows_erased": stats["erased"],
                   "duplicates_by_kind": dg.MetadataValue.json(stats["duplicates_by_kind"]),
                   "quarantined_by_reason": dg.MetadataValue.json(stats["quarantined_by_reason"]),
                   "pii_redacted_by_kind": dg.MetadataValue.json(stats["pii_redacted_by_kind"]),

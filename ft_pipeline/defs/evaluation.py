@@ -63,6 +63,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
               "fixed_metrics": {n: r["metrics"] for n, r in out["fixed"].items()},
               "retention_kl": (out["retention"] or {}).get("kl"), "max_new_tokens": out["max_new_tokens"],
               "tuned_cache_key": out["tuned_key"],
+              # a champion trained on an erased row does not hold the gate back (core/erasure_registry.py)
+              "champion_erasure_pending": (champ.tags or {}).get("erasure.pending") if champ else None,
               "vs_champion": diff["counts"] if diff else None}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
@@ -110,12 +112,15 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
 
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     m = report["metrics"]
-    reasons = gate_failures(m, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion,
+    erased = report.get("champion_erasure_pending")
+    gated = {k: v for k, v in m.items() if not (erased and k == "champion")}
+    reasons = gate_failures(gated, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion,
                             config.metric, retention_kl=(report.get("retention_kl") or {}).get("tuned"),
                             max_retention_kl=config.max_retention_kl)
     return dg.AssetCheckResult(
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(reasons) or "passes the gate",
+        description="; ".join(reasons) or "passes the gate" + (
+            f" (the champion was trained on rows erased by {erased}: not compared)" if erased else ""),
         metadata={"gate_metric": config.metric, "max_retention_kl": config.max_retention_kl or -1.0,
                   "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0, "champion_version": report["champion_version"] or "none",
                   "tuned_json_valid": m["tuned"]["json_valid"],

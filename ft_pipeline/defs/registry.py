@@ -15,7 +15,7 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
     """The adapter as a Model Registry version; runs only when the evaluation gate passed, and moves `champion`."""
     import mlflow
 
-    from ft_pipeline.core import registry
+    from ft_pipeline.core import erasure, erasure_registry, registry
 
     exp_id = mlflow_tracking.setup()
     adapter = json.loads(home.adapter_info.read_text())
@@ -35,6 +35,8 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
                                    parent_run_id=adapter["training_run_id"]) as (run, _):
         mv, created = registry.register(adapter["model_uri"], name, adapter["training_run_id"], tags)
         registry.set_champion(name, mv.version)
+        requests = erasure.load_requests(home.root)
+        states = erasure_registry.refresh_tags(name, requests) if requests else []
         mlflow.log_params({"registered_model": name, "version": mv.version, "newly_registered": created,
                            "previous_champion": previous.version if previous else "none"})
     context.log.info("%s version %s of %s; champion: %s -> %s", "registered" if created else "reused",
@@ -44,6 +46,8 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "previous_champion": previous.version if previous else "none", "newly_registered": created,
         "model_uri": f"models:/{name}@champion", "training_run_id": adapter["training_run_id"],
         "query": dg.MetadataValue.md(_query_md(name, mv.version)),
+        "erasure_tags": dg.MetadataValue.json({s["version"]: {"contains": s["contains"], "clean_of": s["clean_of"]}
+                                               for s in states}),
         "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, adapter["training_run_id"]))})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ft_pipeline.core import formats
+from ft_pipeline.core import erasure, formats
 from ft_pipeline.defs.jobs import ingest_drop_job
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.resources import PipelineHome
@@ -48,13 +48,14 @@ def raw_drops_sensor(context: dg.SensorEvaluationContext, home: PipelineHome) ->
         context.log.warning(msg)
     known = set(context.instance.get_dynamic_partitions(drops.name))
     new = sorted(set(current) - known)
-    changed = sorted(d for d in current if d not in new
-                     and last_ingested_version(context.instance, d) != current[d]["sha256"][:16])
+    erased = erasure.erased_hashes(home.root)  # an erasure request changes every drop's data version
+    version = {d: erasure.raw_data_version(c["sha256"], erased) for d, c in current.items()}
+    changed = sorted(d for d in current if d not in new and last_ingested_version(context.instance, d) != version[d])
     removed = sorted(d for d in known if d not in current)
     for d in removed:
         context.log.warning(f"drop {d} is registered but its file is gone from {home.raw_dir}; "
                             "the split skips it until it comes back")
-    requests = [dg.RunRequest(run_key=f"{d}:{current[d]['sha256'][:16]}", partition_key=d,
+    requests = [dg.RunRequest(run_key=f"{d}:{version[d]}", partition_key=d,
                               tags={"ft_pipeline/drop_sha256": current[d]["sha256"][:16]}) for d in new + changed]
     return dg.SensorResult(
         run_requests=requests, cursor=json.dumps(current, sort_keys=True),

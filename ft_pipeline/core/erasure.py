@@ -1,0 +1,244 @@
+"""Erasure requests: forget a raw row, everywhere the pipeline put it.
+
+A request names rows by the sha256 of the raw row (what provenance records), never by their text, and is kept
+as one JSON line in `<home>/erasure/requests.jsonl`. From there it propagates:
+- raw_examples writes an erased row without its text, and cleaning counts it as `erased`, so every drop still
+  reconciles (rows in = kept + quarantined + duplicates + erased);
+- the erasure list is part of raw_examples' data version (and the erased rows of a drop part of cleaned_examples'),
+  so the drops are re-ingested and the model retrains;
+- `scrub` removes what is not regenerated: the derived files' lines, evaluation cache entries and evaluation
+  reports (under the home and as MLflow artifacts) that hold an erased row's text;
+- registered versions trained on an erased row are tagged (`erasure_tags`)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+from ft_pipeline.core import cleaning, eval_cache, formats
+
+MARKER = "ft_pipeline_erased"  # the key of a line that --redact-source wrote in place of an erased row
+
+
+class ErasureError(ValueError):
+    """A request that cannot be made (no such row, no such drop): one line for the person who asked."""
+
+
+def requests_path(home: Path) -> Path:
+    return Path(home) / "erasure" / "requests.jsonl"
+
+
+def load_requests(home: Path) -> list[dict]:
+    path = requests_path(home)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def erased_hashes(home: Path) -> dict[str, str]:
+    """{raw_sha256: id of the first request that erased it}."""
+    out: dict[str, str] = {}
+    for req in load_requests(home):
+        for row in req["rows"]:
+            out.setdefault(row["raw_sha256"], req["id"])
+    return out
+
+
+def digest(hashes) -> str:
+    return hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()
+
+
+def raw_data_version(file_sha256: str, erased: dict[str, str]) -> str:
+    """raw_examples' data version: the file's hash, and the erasure list once there is one (so that a request
+    re-ingests every drop, the erased row of a drop that another drop repeats included)."""
+    if not erased:
+        return file_sha256[:16]
+    return hashlib.sha256(f"{file_sha256}:{digest(erased)}".encode()).hexdigest()[:16]
+
+
+def cleaned_data_version(cleaned_sha256: str, erased_rows: list[dict]) -> str:
+    """cleaned_examples' data version: the cleaned file's hash, and the drop's erased rows when it has any."""
+    if not erased_rows:
+        return cleaned_sha256[:16]
+    return hashlib.sha256(f"{cleaned_sha256}:{digest(r['raw_sha256'] for r in erased_rows)}".encode()
+                          ).hexdigest()[:16]
+
+
+def redacted_marker(raw: str) -> str | None:
+    """The request id of a row that --redact-source rewrote, or None."""
+    if MARKER not in raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return data.get(MARKER) if isinstance(data, dict) else None
+
+
+def mark_erased(records, erased: dict[str, str]):
+    """Canonical records with every erased row replaced by its provenance and request id, without its text."""
+    for rec in records:
+        req = erased.get(rec["raw_sha256"]) or redacted_marker(rec.get("raw", ""))
+        if req is not None:
+            rec = {k: rec[k] for k in ("drop", "line", "format", "raw_sha256")} | {"erased": req}
+        yield rec
+
+
+def _texts(rec: dict) -> list[str]:
+    """The user and assistant texts of a canonical record (its raw text when it has no messages)."""
+    if "messages" not in rec:
+        return [rec["raw"]]
+    return [m["content"] for m in rec["messages"] if m["role"] in ("user", "assistant")]
+
+
+def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, raw_sha256: str | None = None,
+              text: str | None = None, unreadable: list[str] | None = None) -> list[dict]:
+    """The raw rows a request names: by drop (file name or partition key) and line, by (a prefix of) the raw
+    row's hash, or every row whose user or assistant text contains `text`. A row found by drop and line or
+    by hash is found in every drop that has the same raw row. Each: drop, file, line, raw_sha256 and a short
+    preview of its text (for the confirmation prompt; never stored). A drop that cannot be read is left out,
+    its error appended to `unreadable`."""
+    unreadable = [] if unreadable is None else unreadable
+    found, _ = formats.find_drops(Path(raw_dir))
+    if drop is not None:
+        if not any(drop in (key, path.name) for key, path in found.items()):
+            raise ErasureError(f"no drop {drop!r} in {raw_dir}")
+    rows = []
+    for key, path in sorted(found.items()):
+        try:
+            rows += _canonical_rows(key, path)
+        except formats.DropError as e:  # a drop the pipeline cannot read either (its run fails naming it)
+            if drop in (key, path.name):
+                raise ErasureError(str(e)) from e
+            unreadable.append(str(e))
+    if drop is not None and line is not None:
+        hit = [r for r in rows if drop in (r["drop"], r["file"]) and r["line"] == line]
+        if not hit:
+            raise ErasureError(f"drop {drop} has no line {line}")
+        raw_sha256 = hit[0]["raw_sha256"]
+    if raw_sha256 is not None:
+        out = [r for r in rows if r["raw_sha256"].startswith(raw_sha256.lower())]
+        if len({r["raw_sha256"] for r in out}) > 1:
+            raise ErasureError(f"raw-sha256 prefix {raw_sha256} matches several rows; give more of it")
+    elif text is not None:
+        if not text.strip():
+            raise ErasureError("--text is empty")
+        out = [r for r in rows if any(text in t for t in r.pop("texts"))]
+    else:
+        raise ErasureError("name the row: --drop D --line L, --raw-sha256 H, or --text T")
+    if not out:
+        raise ErasureError("no raw row matches " + (f"raw-sha256 {raw_sha256}" if raw_sha256 else f"text {text!r}"))
+    return [{k: r[k] for k in ("drop", "file", "line", "raw_sha256", "preview")} for r in out]
+
+
+def _canonical_rows(key: str, path: Path) -> list[dict]:
+    parsed = formats.read_drop(path)
+    fmt = formats.detect_format(parsed.rows, path)
+    out = []
+    for rec in cleaning.iter_canonical(parsed, fmt):
+        texts = _texts(rec)
+        out.append({"drop": key, "file": path.name, "line": rec["line"], "raw_sha256": rec["raw_sha256"],
+                    "texts": texts, "preview": " | ".join(texts)[:100]})
+    return out
+
+
+def new_request(rows: list[dict], reason: str | None = None, redacted_source: bool = False) -> dict:
+    """The request as stored: when, which rows (by hash), why; never their text."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {"id": f"erase-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", "created": now.isoformat(timespec="seconds"),
+            "reason": reason, "redacted_source": redacted_source,
+            "rows": [{k: r[k] for k in ("drop", "file", "line", "raw_sha256")} for r in rows]}
+
+
+def append_request(home: Path, request: dict) -> Path:
+    path = requests_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(request, sort_keys=True) + "\n")
+    return path
+
+
+def redact_source(raw_dir: Path, rows: list[dict], request: dict) -> list[Path]:
+    """Rewrite each row's line in its raw JSONL file with a note of what was done (the file's other lines
+    unchanged). Other formats are refused before anything is written."""
+    found, _ = formats.find_drops(Path(raw_dir))
+    paths = {r["drop"]: found[r["drop"]] for r in rows}
+    if bad := sorted(p.name for p in paths.values() if p.suffix != ".jsonl"):
+        raise ErasureError(f"--redact-source rewrites JSONL drops only; edit {', '.join(bad)} yourself")
+    note = {MARKER: request["id"], "note": f"row erased by `ft-pipeline forget` on {request['created']}"}
+    for drop, path in paths.items():
+        lines = path.read_bytes().split(b"\n")
+        for r in rows:
+            if r["drop"] == drop:
+                lines[r["line"] - 1] = json.dumps(note).encode()
+        path.write_bytes(b"\n".join(lines))
+    return sorted(paths.values())
+
+
+def erased_records(home: Path, erased: dict[str, str]) -> list[dict]:
+    """The cleaned (and split) records of erased rows still under the home: what the scrub looks for."""
+    data = Path(home) / "data"
+    out = []
+    for path in sorted([*data.glob("cleaned/*.jsonl"), *data.glob("split/*.jsonl")]):
+        with open(path, encoding="utf-8") as f:
+            out += [rec for ln in f if ln.strip() and (rec := json.loads(ln)).get("raw_sha256") in erased]
+    return out
+
+
+def needles(records: list[dict]) -> set[str]:
+    """The texts to remove from reports: every user and assistant text, as written, JSON-escaped and as the
+    markdown report shows it (escaped, cut at 160 characters)."""
+    from ft_pipeline.core.report import _esc
+
+    out = set()
+    for rec in records:
+        for t in _texts(rec):
+            if len(t) >= 8:  # a short answer ("ok") is not this row's text
+                out |= {t, json.dumps(t, ensure_ascii=False)[1:-1], _esc(t)}
+    return out
+
+
+def scrub_text(text: str, found: set[str]) -> str:
+    for n in sorted(found, key=len, reverse=True):
+        text = text.replace(n, "[erased]")
+    return text
+
+
+def scrub(home: Path, erased: dict[str, str]) -> dict[str, int]:
+    """Remove erased rows from what is under the home now: their lines in every JSONL file under data/, their
+    evaluation cache entries, and their text in the reports. Returns {what: how many}."""
+    home = Path(home)
+    records = erased_records(home, erased)
+    keys, found = {eval_cache.example_key(r) for r in records if "messages" in r}, needles(records)
+    counts = {"data_lines": 0, "cache_entries": 0, "reports": 0}
+    for path in sorted((home / "data").glob("*/*.jsonl")):
+        if path.parent.name != "erased":  # hashes and request ids only: what cleaning erased, kept as is
+            counts["data_lines"] += _drop_lines(path, lambda e: e.get("raw_sha256") in erased)
+    for path in sorted((home / "cache" / "eval").glob("*.jsonl")):
+        counts["cache_entries"] += _drop_lines(path, lambda e: e.get("key") in keys)
+    for path in sorted((home / "reports").glob("evaluation.*")):
+        text = path.read_text()
+        if (new := scrub_text(text, found)) != text:
+            path.write_text(new)
+            counts["reports"] += 1
+    return counts
+
+
+def _drop_lines(path: Path, erased) -> int:
+    kept, n = [], 0
+    for ln in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            hit = ln.strip() and erased(json.loads(ln))
+        except json.JSONDecodeError:
+            hit = False  # a line cut short by a killed run: it names no row
+        n += bool(hit)
+        if not hit:
+            kept.append(ln)
+    if n:
+        tmp = path.with_name(path.name + ".erasing")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return n

@@ -1,0 +1,102 @@
+"""Forget one row of a demo drop through the real CLI, Dagster instance and MLflow store (builtin:tiny, the
+smoke preset), then run the pipeline again: no file under the home holds the row's text, every drop reconciles,
+the new champion was not trained on it, and `forget --status` names the old version that still was."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ft_pipeline_tests._env import demo_drops, isolated_env
+from ft_pipeline_tests.test_end_to_end import SMOKE, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _files_holding(root: Path, needle: str) -> list[str]:
+    data = needle.encode()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and data in p.read_bytes())
+
+
+def _unique_train_row(home: Path) -> tuple[dict, str]:
+    """A training row whose user text is plain ASCII, long, and in no other cleaned row."""
+    cleaned = "".join(p.read_text() for p in (home / "data" / "cleaned").glob("*.jsonl"))
+    for line in (home / "data" / "split" / "train.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        text = rec["messages"][-2]["content"]
+        if len(text) > 40 and text.isascii() and '"' not in text and "\\" not in text and cleaned.count(text) == 1:
+            return rec, text
+    raise AssertionError("no training row with a unique user text")
+
+
+@pytest.fixture(scope="module")
+def forgotten(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("forget")
+    env = isolated_env(tmp, demo_drops(tmp))
+    home = tmp / "home"
+    first = run_cli(env, "run", "--preset", str(SMOKE))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rec, text = _unique_train_row(home)
+    assert _files_holding(home, text), "the row's text should be under the home before the request"
+    drop_file = json.loads((home / "data" / "split" / "manifest.json").read_text())["drop_files"][rec["drop"]]
+    forget = run_cli(env, "forget", "--drop", drop_file, "--line", str(rec["line"]), "--reason", "test")
+    assert forget.returncode == 0, forget.stderr[-3000:]
+    before = {"status": run_cli(env, "forget", "--status"),
+              "trained_on": run_cli(env, "trained-on", "--drop", drop_file, "--line", str(rec["line"]))}
+    second = run_cli(env, "run", "--preset", str(SMOKE))
+    return tmp, env, rec, text, forget, before, second
+
+
+def test_forget_records_the_request_without_the_text(forgotten):
+    tmp, env, rec, text, forget, before, _ = forgotten
+    assert "versions trained on it: 1" in forget.stdout
+    (req,) = [json.loads(x) for x in (tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()]
+    assert req["rows"][0]["raw_sha256"] == rec["raw_sha256"] and req["reason"] == "test"
+    # before retraining: the champion is still trained on it, and both commands say so
+    assert '"aliases": ["champion"]' in before["trained_on"].stdout
+    (st,) = [json.loads(x) for x in before["status"].stdout.splitlines()]
+    assert st["versions_containing"] == [{"version": "1", "aliases": ["champion"]}]
+
+
+def test_the_next_run_retrains_and_leaves_no_trace(forgotten):
+    tmp, env, rec, text, _, _, second = forgotten
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "version 2 (alias champion; previous champion: 1)" in second.stdout
+    assert _files_holding(tmp / "home", text) == []  # data, split, caches, reports, MLflow and Dagster stores
+    for stats_path in (tmp / "home" / "data" / "cleaned").glob("*.stats.json"):
+        s = json.loads(stats_path.read_text())
+        assert s["rows_in"] == s["kept"] + s["quarantined"] + s["duplicates"] + s["erased"], stats_path.name
+    stats = json.loads((tmp / "home" / "data" / "cleaned" / f"{rec['drop']}.stats.json").read_text())
+    assert stats["erased"] == 1
+    lineage = run_cli(env, "lineage", "--version", "champion")
+    assert lineage.returncode == 0 and "version 2" in lineage.stderr
+    assert rec["raw_sha256"] not in lineage.stdout
+
+
+def test_status_names_the_old_version_and_the_clean_one(forgotten):
+    tmp, env, *_ = forgotten
+    out = run_cli(env, "forget", "--status")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (st,) = [json.loads(x) for x in out.stdout.splitlines()]
+    assert st["versions_containing"] == [{"version": "1", "aliases": []}] and st["clean_versions"] == ["2"]
+    assert "delete_model_version('ft-pipeline-adapter', '1')" in out.stderr
+
+
+def test_forgetting_a_row_that_does_not_exist_is_one_line(forgotten):
+    tmp, env, *_ = forgotten
+    out = run_cli(env, "forget", "--drop", "2026-03-tickets.csv", "--line", "999999")
+    assert out.returncode == 2 and out.stderr == "forget: drop 2026-03-tickets.csv has no line 999999\n"
+
+
+def test_the_versions_carry_their_erasure_tags(forgotten):
+    import mlflow
+
+    tmp, _, _, _, forget, *_ = forgotten
+    request_id = json.loads((tmp / "home" / "erasure" / "requests.jsonl").read_text())["id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
+    v1, v2 = (client.get_model_version("ft-pipeline-adapter", v).tags for v in ("1", "2"))
+    assert v1["erasure.superseded"] == request_id and "erasure.pending" not in v1
+    assert v2["erasure.clean_of"] == request_id and "erasure.pending" not in v2
+    runs = client.search_runs([client.get_experiment_by_name("ft_pipeline").experiment_id],
+                              f"tags.`ft_pipeline.erasure_request` = '{request_id}'")
+    assert len(runs) == 1 and runs[0].info.run_name == f"forget-{request_id}"
