@@ -3,12 +3,13 @@
 import dagster as dg
 
 from ft_pipeline.console import LOGGERS
-from ft_pipeline.defs import automation, data, evaluation, jobs, model, registry, sensors
+from ft_pipeline.defs import automation, data, evaluation, jobs, model, preference, registry, sensors
 from ft_pipeline.resources import default_resources
 
 defs = dg.Definitions(
     assets=automation.with_automation(
         [data.raw_examples, data.cleaned_examples, data.train_holdout_split, model.base_model, model.lora_adapter,
+         preference.preference_pairs, preference.preference_adapter,
          evaluation.evaluation_report, registry.registered_model, registry.merged_model]),
     asset_checks=[evaluation.beats_base_and_champion, data.no_near_duplicate_across_split],
     jobs=[jobs.ingest_drop_job, jobs.train_and_register_job],

@@ -75,9 +75,20 @@ def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: d
     return out
 
 
+def _pairs_changed(record) -> str | None:
+    """preference_pairs reads a folder Dagster does not track: compare its files with what it was made from."""
+    from ft_pipeline import settings
+    from ft_pipeline.defs.preference import PREFERENCE_FOLDER, source_version
+
+    if record is None:
+        return None
+    made_from = record.asset_materialization.tags.get("dagster/data_version")
+    return None if made_from == source_version(settings.raw_dir() / PREFERENCE_FOLDER) else "preference drops changed"
+
+
 # Run first, on their own: when they re-materialize with the same content (same data version), nothing
 # downstream of them is stale and nothing retrains.
-FIRST_STAGE = ("train_set", "holdout_set", "base_model")
+FIRST_STAGE = ("train_set", "holdout_set", "base_model", "preference_pairs")
 
 
 def train_selection(instance: dg.DagsterInstance, defs: dg.Definitions, job_name: str, preset_ops: dict,
@@ -95,7 +106,7 @@ def train_selection(instance: dg.DagsterInstance, defs: dg.Definitions, job_name
     for key in keys:
         record = _latest(instance, key)
         op_name = graph.get(dg.AssetKey(key)).assets_def.op.name
-        reason = _why_stale(resolver, status, key)
+        reason = _why_stale(resolver, status, key) or (_pairs_changed(record) if key == "preference_pairs" else None)
         if reason is None and record is not None:
             checks = [c for c in preset_ops if c.startswith(f"{op_name}_")]  # the op's asset checks' config
             if any(_config_changed(instance, record, name, preset_ops) for name in (op_name, *checks)):

@@ -21,17 +21,26 @@ def tuned_key(base_sha256: str, adapter_dir: Path | str) -> str:
 def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed: list[dict], cache_dir: Path,
                  max_new_tokens: int = 128, batch_size: int = 64,
                  champion: tuple[Callable, str | None] | None = None,
-                 log: Callable[[str, int], None] = lambda name, n: None) -> dict:
+                 log: Callable[[str, int], None] = lambda name, n: None, more: dict[str, Path] | None = None,
+                 pairs: list[dict] | None = None) -> dict:
     """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
-    "tuned_key": the tuned model's cache key}.
-    `champion` is (a loader returning (model, tokenizer), its cache key or None)."""
+    "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
+    `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
+    of further adapters on the same base (the DPO adapter), evaluated like the tuned one; `pairs` are holdout
+    preference pairs, scored for pair accuracy by base, tuned and `more` models."""
     from ft_pipeline.core.base_models import load_model_and_tokenizer
 
     adapter_dir = Path(adapter_dir)
     sets = {"holdout": holdout, "fixed": fixed}
     tok = evaluation.load_tokenizer(adapter_dir)
     budget = evaluation.answer_budget(tok, holdout + fixed, max_new_tokens)
-    out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget}
+    out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget, "keys": {}, "pair_accuracy": {}}
+
+    def score_pairs(name: str, model, tok_):
+        if pairs:
+            from ft_pipeline.preference.scoring import pair_accuracy, pair_logps
+
+            out["pair_accuracy"][name] = pair_accuracy(pair_logps(model, tok_, pairs))
 
     def run(name: str, model, tok_, key: str | None):
         if not hasattr(model, "generate"):  # a loader: load at most once, and only if an answer is missing
@@ -53,8 +62,16 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
         model, tok = evaluation.load_tuned(base["path"], adapter_dir)
         with model.disable_adapter():
             run("base", model, evaluation.load_tokenizer(base["path"]), base_key)
-    key = out["tuned_key"] = tuned_key(base["content_sha256"], adapter_dir)
+            score_pairs("base", model, tok)
+    key = out["tuned_key"] = out["keys"]["tuned"] = tuned_key(base["content_sha256"], adapter_dir)
     run("tuned", model, tok, key)
+    score_pairs("tuned", model, tok)
+    extra = {}
+    for name, extra_dir in (more or {}).items():
+        extra[name] = evaluation.load_tuned(base["path"], extra_dir)
+        out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
+        run(name, *extra[name], out["keys"][name])
+        score_pairs(name, *extra[name])
     if full:
         return out
     with model.disable_adapter():
@@ -62,6 +79,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     kl_cache = lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
     out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
                         "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
+    for name, loaded in extra.items():
+        out["retention"]["kl"][name] = retention.cached_kl(kl_cache(out["keys"][name]), lambda m=loaded: m, answers)
     log("retention (tuned)", len(answers))
     if champion is not None:
         loader, champ_key = champion

@@ -325,3 +325,17 @@ def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over
             out.append(f"retention KL {retention_kl:.4f} > {max_retention_kl}: the tuned model drifted too far "
                        "from the base on general prompts")
     return out
+
+
+def pick_candidate(metrics: dict[str, dict], metric: str, compare_champion: bool = True) -> tuple[str, str]:
+    """Which model goes to the gate, and why: the DPO model only if it beats both the SFT model ("tuned") and
+    the champion on the gate metric; otherwise the SFT model, as without preference tuning."""
+    if "dpo" not in metrics:
+        return "tuned", "no DPO model"
+    dpo, sft, champ = metrics["dpo"][metric], metrics["tuned"][metric], metrics.get("champion") if compare_champion else None
+    if dpo <= sft:
+        return "tuned", f"DPO {metric} {dpo:.3f} does not beat SFT's {sft:.3f}"
+    if champ is not None and dpo <= champ[metric]:
+        return "tuned", f"DPO {metric} {dpo:.3f} does not beat the champion's {champ[metric]:.3f}"
+    return "dpo", f"DPO {metric} {dpo:.3f} beats SFT's {sft:.3f}" + (
+        f" and the champion's {champ[metric]:.3f}" if champ is not None else "")

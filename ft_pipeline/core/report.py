@@ -15,14 +15,14 @@ def samples(records: list[dict], results: dict[str, dict], n: int = 8) -> list[d
 
 def log_to_mlflow(results: dict[str, dict], report_md: str, sample_rows: list[dict], diff: dict | None,
                   figures: dict, model_id: str | None, fixed: dict[str, dict] | None = None,
-                  retention: dict | None = None) -> None:
-    """Into the active MLflow run: every model's metrics, the tuned model's metrics on its LoggedModel, the
+                  retention: dict | None = None, candidate: str = "tuned") -> None:
+    """Into the active MLflow run: every model's metrics, the gate candidate's metrics on its LoggedModel, the
     report, the samples and champion-diff tables, and the figures."""
     import mlflow
 
     for name, r in results.items():
         mlflow.log_metrics({f"{name}.{k}": v for k, v in r["metrics"].items()})
-    mlflow.log_metrics({f"eval.{k}": v for k, v in results["tuned"]["metrics"].items()}, model_id=model_id)
+    mlflow.log_metrics({f"eval.{k}": v for k, v in results[candidate]["metrics"].items()}, model_id=model_id)
     for name, r in (fixed or {}).items():
         mlflow.log_metrics({f"fixed.{name}.{k}": v for k, v in r["metrics"].items()})
     for name, kl in ((retention or {}).get("kl") or {}).items():
@@ -87,9 +87,21 @@ def retention_markdown(retention: dict | None) -> list[str]:
     return lines
 
 
+def preference_markdown(pair_accuracy: dict[str, float] | None, candidate: dict | None) -> list[str]:
+    lines = []
+    if pair_accuracy:
+        lines += ["", "### Pair accuracy on the holdout preference pairs", "",
+                  "The share of pairs where the model finds the chosen answer likelier than the rejected one.", "",
+                  "| model | pair accuracy |", "|---|---|"] + [f"| {n} | {v:.3f} |" for n, v in pair_accuracy.items()]
+    if candidate:
+        lines += ["", f"**Goes to the gate: the {candidate['stage'].upper()} model** ({candidate['why']})."]
+    return lines
+
+
 def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dict], diff: dict | None = None,
                     champion_version: str | None = None, fixed: dict[str, dict] | None = None,
-                    fixed_name: str = "Fixed set", retention: dict | None = None) -> str:
+                    fixed_name: str = "Fixed set", retention: dict | None = None,
+                    pair_accuracy: dict[str, float] | None = None, candidate: dict | None = None) -> str:
     """A report a person reads in the Dagster UI: metrics side by side, a few holdout samples, and what got
     better and worse than the champion."""
     names = list(results)
@@ -98,7 +110,9 @@ def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dic
     for k in REPORT_KEYS:
         lines.append(f"| {k} | " + " | ".join(f"{results[n]['metrics'][k]:.3f}" for n in names) + " |")
     lines.append("")
-    lines.append("chrf is sentence chrF2 on a 0-100 scale; rouge_l is ROUGE-L F1 on 0-1; both are means over examples.")
+    lines.append("chrf is sentence chrF2 on a 0-100 scale; rouge_l is ROUGE-L F1 on 0-1; both are means over examples."
+                 + (" tuned is the SFT adapter; dpo is it after preference tuning." if "dpo" in results else ""))
+    lines += preference_markdown(pair_accuracy, candidate)
     lines += ["", "### Samples", "", "| prompt | reference | " + " | ".join(names) + " |",
               "|---|---|" + "---|" * len(names)]
     for s in samples:

@@ -24,12 +24,38 @@ class EvaluationConfig(CheckedConfig):
     """A fixed evaluation set scored beside the holdout (relative to the checkout, or absolute; empty: none)."""
 
 
-@dg.asset(deps=["lora_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v3",
+GATE_CHECK = "evaluation_report_beats_base_and_champion"
+
+
+def gate_metric(context) -> str:
+    """The gate's metric as this run configures it (the check's config, read from the run config, so the model
+    picked for the gate is picked on the metric the gate then judges: one knob, not two)."""
+    ops = (context.run.run_config or {}).get("ops") or {}
+    return ((ops.get(GATE_CHECK) or {}).get("config") or {}).get("metric") or GateConfig().metric
+
+
+def _dpo(home: PipelineHome, adapter: dict, context) -> dict | None:
+    """The DPO adapter trained from this SFT adapter, or None (not trained, or trained from another one)."""
+    from ft_pipeline.defs.preference import preference_info
+
+    path = preference_info(home)
+    pref = json.loads(path.read_text()) if path.exists() else {}
+    if not pref.get("trained"):
+        return None
+    if pref["sft_training_run_id"] != adapter["training_run_id"]:
+        context.log.warning("the DPO adapter was trained from another SFT adapter: left out; re-materialize "
+                            "preference_adapter")
+        return None
+    return pref
+
+
+@dg.asset(deps=["lora_adapter", "preference_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v4",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, home: PipelineHome,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    """Holdout and fixed-set metrics of the base model, the tuned adapter and the current champion, the retention
-    check, a markdown report, a per-example diff against the champion and plots."""
+    """Holdout and fixed-set metrics of the base model, the SFT adapter ("tuned"), the DPO adapter when there is
+    one, and the current champion; pair accuracy on the holdout preference pairs; the retention check; which
+    model goes to the gate; a markdown report, a per-example diff against the champion and plots."""
     import mlflow
 
     from ft_pipeline import settings
@@ -43,28 +69,41 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     mlflow_tracking.setup()
     name = mlflow_tracking.registered_model_name
     champ = registry.champion(name)
+    dpo = _dpo(home, adapter, context)
+    pairs_file = home.data("preference_pairs") / "holdout.jsonl"
     loader = lambda: (lambda py: (py.model, py.tokenizer))(  # noqa: E731
         mlflow.pyfunc.load_model(f"models:/{name}@champion").unwrap_python_model())
     out = eval_run.evaluate_all(
         adapter["base"], adapter["adapter_dir"], holdout, fixed, home.root / "cache", config.max_new_tokens,
         config.batch_size, champion=(loader, (champ.tags or {}).get("eval.cache_key")) if champ else None,
-        log=lambda what, n: context.log.info("evaluated %s: %d answers generated, the rest from cache", what, n))
+        log=lambda what, n: context.log.info("evaluated %s: %d answers generated, the rest from cache", what, n),
+        more={"dpo": dpo["adapter_dir"]} if dpo else None,
+        pairs=read_jsonl(pairs_file) if pairs_file.exists() else None)
     results = out["holdout"]
-    diff = evaluation.champion_diff(holdout, results["tuned"]["per_example"],
+    erased = (champ.tags or {}).get("erasure.pending") if champ else None
+    pick, why = evaluation.pick_candidate({n: r["metrics"] for n, r in results.items()}, gate_metric(context),
+                                          compare_champion=not erased)
+    context.log.info("gate candidate: %s (%s)", "DPO" if pick == "dpo" else "SFT", why)
+    source = dpo if pick == "dpo" else adapter
+    candidate = {"name": pick, "stage": "dpo" if pick == "dpo" else "sft", "why": why,
+                 "training_run_id": source["training_run_id"], "model_uri": source["model_uri"],
+                 "model_id": source["model_id"], "cache_key": out["keys"][pick]}
+    diff = evaluation.champion_diff(holdout, results[pick]["per_example"],
                                     results["champion"]["per_example"]) if champ else None
     samples = rep.samples(holdout, results)
     report_md = rep.markdown_report(results, len(holdout), samples, diff, str(champ.version) if champ else None,
                                     fixed=out["fixed"], fixed_name=fixed_path.name if fixed_path else "",
-                                    retention=out["retention"])
+                                    retention=out["retention"], pair_accuracy=out["pair_accuracy"],
+                                    candidate=candidate)
     metrics = {n: r["metrics"] for n, r in results.items()}
     report = {"training_run_id": adapter["training_run_id"], "model_uri": adapter["model_uri"],
               "model_id": adapter["model_id"], "holdout_examples": len(holdout),
               "champion_version": str(champ.version) if champ else None, "metrics": metrics,
               "fixed_metrics": {n: r["metrics"] for n, r in out["fixed"].items()},
               "retention_kl": (out["retention"] or {}).get("kl"), "max_new_tokens": out["max_new_tokens"],
-              "tuned_cache_key": out["tuned_key"],
+              "tuned_cache_key": out["tuned_key"], "candidate": candidate, "pair_accuracy": out["pair_accuracy"],
               # a champion trained on an erased row does not hold the gate back (core/erasure_registry.py)
-              "champion_erasure_pending": (champ.tags or {}).get("erasure.pending") if champ else None,
+              "champion_erasure_pending": erased,
               "vs_champion": diff["counts"] if diff else None}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
@@ -74,8 +113,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         manifest = json.loads((home.split_dir / "manifest.json").read_text())
         log_jsonl_dataset(home.split_dir / "holdout.jsonl", "holdout_set", "evaluation",
                           manifest["holdout_sha256"])
-        rep.log_to_mlflow(results, report_md, samples, diff, figures, adapter["model_id"], out["fixed"],
-                          out["retention"])
+        rep.log_to_mlflow(results, report_md, samples, diff, figures, candidate["model_id"], out["fixed"],
+                          out["retention"], candidate=pick)
+        mlflow.log_metrics({f"pair_accuracy.{n}": v for n, v in out["pair_accuracy"].items()})
     kl = report["retention_kl"] or {}
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(report_md), "plots": dg.MetadataValue.md(plots_md),
@@ -83,6 +123,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         **{f"base_{k}": float(metrics["base"][k]) for k in evaluation.GATE_METRICS + ("json_valid",)},
         **{f"fixed_tuned_{k}": float(v) for k, v in report["fixed_metrics"].get("tuned", {}).items()},
         **{f"retention_kl_{n}": float(v) for n, v in kl.items() if v is not None},
+        **({f"dpo_{k}": float(v) for k, v in metrics["dpo"].items()} if "dpo" in metrics else {}),
+        **{f"pair_accuracy_{n}": float(v) for n, v in out["pair_accuracy"].items()},
+        "candidate": candidate["stage"], "candidate_why": why,
         "champion_version": str(champ.version) if champ else "none",
         **({f"vs_champion_{k}": v for k, v in diff["counts"].items()} if diff else {}),
         "report_file": dg.MetadataValue.path(str(home.reports_dir / "evaluation.md")),
@@ -108,21 +151,26 @@ class GateConfig(CheckedConfig):
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="The tuned model beats the base model and is at least as good as the champion.")
 def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetCheckResult:
-    from ft_pipeline.core.evaluation import GATE_METRICS, gate_failures
+    from ft_pipeline.core.evaluation import GATE_METRICS, gate_failures, pick_candidate
 
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     m = report["metrics"]
     erased = report.get("champion_erasure_pending")
-    gated = {k: v for k, v in m.items() if not (erased and k == "champion")}
+    pick = report["candidate"]["name"]  # the SFT model ("tuned"), or the DPO model when it beat SFT and champion
+    if (again := pick_candidate(m, config.metric, compare_champion=not erased)[0]) != pick:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=f"the report picked {pick} for the gate, but on {config.metric} it "
+                                               f"would be {again}: re-materialize evaluation_report with this config")
+    gated = {"base": m["base"], "tuned": m[pick], **({"champion": m["champion"]} if "champion" in m and not erased else {})}
     reasons = gate_failures(gated, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion,
-                            config.metric, retention_kl=(report.get("retention_kl") or {}).get("tuned"),
+                            config.metric, retention_kl=(report.get("retention_kl") or {}).get(pick),
                             max_retention_kl=config.max_retention_kl)
     return dg.AssetCheckResult(
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate" + (
             f" (the champion was trained on rows erased by {erased}: not compared)" if erased else ""),
-        metadata={"gate_metric": config.metric, "max_retention_kl": config.max_retention_kl or -1.0,
+        metadata={"gate_metric": config.metric, "candidate": report["candidate"]["stage"], "max_retention_kl": config.max_retention_kl or -1.0,
                   "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0, "champion_version": report["champion_version"] or "none",
                   "tuned_json_valid": m["tuned"]["json_valid"],
                   **{f"{who}_{k}": m[who][k] if who in m else -1.0
-                     for who in ("tuned", "base", "champion") for k in GATE_METRICS}})
+                     for who in ("tuned", "dpo", "base", "champion") for k in GATE_METRICS}})

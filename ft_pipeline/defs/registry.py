@@ -22,34 +22,39 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     if report["training_run_id"] != adapter["training_run_id"]:
         raise dg.Failure("the evaluation report is for another training run; re-materialize evaluation_report")
+    cand = report["candidate"]  # the SFT adapter, or the DPO adapter trained from it when it won (evaluation_report)
     name = mlflow_tracking.registered_model_name
-    tags = {"data_versions": json.dumps(adapter["data_versions"], sort_keys=True),
+    pick = cand["name"]
+    tags = {"training.stage": cand["stage"], "data_versions": json.dumps(adapter["data_versions"], sort_keys=True),
             "train_sha256": adapter["train_sha256"][:16], "base_model": adapter["base"]["spec"],
             "base_model_sha256": adapter["base"]["content_sha256"][:16], "dagster_run_id": context.run_id,
-            "eval.cache_key": report["tuned_cache_key"],
-            **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"]["tuned"].items()},
-            **({"eval.retention_kl": f"{report['retention_kl']['tuned']:.4f}"}
-               if (report.get("retention_kl") or {}).get("tuned") is not None else {})}
+            "eval.cache_key": cand["cache_key"],
+            **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"][pick].items()},
+            **({"eval.pair_accuracy": f"{report['pair_accuracy'][pick]:.4f}"} if pick in report.get("pair_accuracy", {}) else {}),
+            **({"sft_training_run_id": adapter["training_run_id"]} if cand["stage"] == "dpo" else {}),
+            **({"eval.retention_kl": f"{report['retention_kl'][pick]:.4f}"}
+               if (report.get("retention_kl") or {}).get(pick) is not None else {})}
     previous = registry.champion(name)
     with mlflow_tracking.start_run(context, "register", "registered_model",
-                                   parent_run_id=adapter["training_run_id"]) as (run, _):
-        mv, created = registry.register(adapter["model_uri"], name, adapter["training_run_id"], tags)
+                                   parent_run_id=cand["training_run_id"]) as (run, _):
+        mv, created = registry.register(cand["model_uri"], name, cand["training_run_id"], tags)
         registry.set_champion(name, mv.version)
         requests = erasure.load_requests(home.root)
         states = erasure_registry.refresh_tags(name, requests) if requests else []
         mlflow.log_params({"registered_model": name, "version": mv.version, "newly_registered": created,
+                           "training_stage": cand["stage"],
                            "previous_champion": previous.version if previous else "none"})
-    context.log.info("%s version %s of %s; champion: %s -> %s", "registered" if created else "reused",
-                     mv.version, name, previous.version if previous else "none", mv.version)
+    context.log.info("%s version %s of %s (%s); champion: %s -> %s", "registered" if created else "reused",
+                     mv.version, name, cand["stage"].upper(), previous.version if previous else "none", mv.version)
     return dg.MaterializeResult(metadata={
-        "registered_model": name, "version": int(mv.version), "alias": "champion",
+        "registered_model": name, "version": int(mv.version), "alias": "champion", "training_stage": cand["stage"],
         "previous_champion": previous.version if previous else "none", "newly_registered": created,
-        "model_uri": f"models:/{name}@champion", "training_run_id": adapter["training_run_id"],
+        "model_uri": f"models:/{name}@champion", "training_run_id": cand["training_run_id"],
         "query": dg.MetadataValue.md(_query_md(name, mv.version)),
         "erasure_tags": dg.MetadataValue.json({s["version"]: {"contains": s["contains"], "clean_of": s["clean_of"]}
                                                for s in states}),
         "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
-        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, adapter["training_run_id"]))})
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, cand["training_run_id"]))})
 
 
 def _query_md(name: str, version) -> str:
