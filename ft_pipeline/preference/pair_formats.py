@@ -55,8 +55,8 @@ def detect_format(rows: list[RawRow], path: Path | str) -> str:
     return votes.most_common(1)[0][0]
 
 
-def to_pair(data: Any, fmt: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """(prompt, chosen, rejected) of one parsed row, checked by `check_pair`, or RowError."""
+def to_pair(data: Any, fmt: str) -> dict:
+    """{"prompt", "chosen", "rejected"} of one parsed row, checked by `check_pair`, or RowError."""
     if not isinstance(data, dict):
         raise RowError("wrong_data_type", f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
     if fmt == "openai_preference":
@@ -73,7 +73,7 @@ def to_pair(data: Any, fmt: str) -> tuple[list[dict], list[dict], list[dict]]:
     else:
         raise ValueError(f"unknown preference format {fmt!r}; expected one of {FORMATS}")
     check_pair(prompt, chosen, rejected)
-    return prompt, chosen, rejected
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def check_pair(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> None:

@@ -7,14 +7,14 @@ Accounting is exact: for every drop, rows in = kept + quarantined + duplicates."
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 
-from ft_pipeline.core.cleaning import duplicate_entry, example_id, near_dup_key, normalize_many, redact_many
+from ft_pipeline.core.cleaning import (duplicate_entry, example_id, iter_canonical, near_dup_key, normalize_many,
+                                       redact_many)
 from ft_pipeline.core.drop_files import find_drops
-from ft_pipeline.core.errors import DropError, RowError
+from ft_pipeline.core.errors import DropError
 from ft_pipeline.core.formats import ParsedDrop, read_drop, sha256_file
 from ft_pipeline.core.splitting import holdout_bucket
 from ft_pipeline.jsonl import write_jsonl
@@ -26,18 +26,7 @@ PROVENANCE = ("drop", "line", "format", "raw_sha256")
 def canonical_pairs(parsed: ParsedDrop, fmt: str) -> list[dict]:
     """One record per row: provenance and original text (`raw`), and either `prompt`/`chosen`/`rejected` or
     the reason (`code`, `reason`) it could not be converted."""
-    out = []
-    for row in parsed.rows:
-        rec = {"drop": parsed.drop, "line": row.line, "format": fmt,
-               "raw_sha256": hashlib.sha256(row.text.encode("utf-8", errors="replace")).hexdigest(), "raw": row.text}
-        try:
-            if row.error:
-                raise RowError(row.code or "unparseable", row.error)
-            rec["prompt"], rec["chosen"], rec["rejected"] = to_pair(row.data, fmt)
-        except RowError as e:
-            rec.update(code=e.code, reason=str(e))
-        out.append(rec)
-    return out
+    return list(iter_canonical(parsed, fmt, to_pair))
 
 
 def pair_id(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> str:
