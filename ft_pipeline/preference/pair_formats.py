@@ -60,7 +60,7 @@ def to_pair(data: Any, fmt: str) -> dict:
     if not isinstance(data, dict):
         raise RowError("wrong_data_type", f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
     if fmt == "openai_preference":
-        prompt = _messages(_field(_field(data, "input", dict), "messages", list, "input.messages"), "input.messages")
+        prompt = _messages(_field(_field(data, "input", dict), "messages", list, "'input'"), "input")
         chosen, rejected = (_messages(_field(data, k, list), k) for k in ("preferred_output", "non_preferred_output"))
     elif fmt == "trl_preference":
         prompt, chosen, rejected = _trl(data)
@@ -92,8 +92,8 @@ def check_pair(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> 
     if "user" not in roles:
         raise RowError("no_user_turn", "the prompt has no user message: the answers answer nothing")
     if roles[-1] != "user":
-        raise RowError("prompt_not_user_last", f"the prompt ends with a {roles[-1]} message; it must end with "
-                       "the user turn the answers reply to")
+        raise RowError("prompt_not_user_last", f"the prompt ends with a message from the {roles[-1]}; it must "
+                       "end with the user turn the answers reply to")
     if "system" in roles[1:]:
         raise RowError("system_not_first", "a system message may only come first")
     for i, m in enumerate(prompt, start=1):
@@ -107,12 +107,12 @@ def check_pair(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> 
                            f"{e.start}: not valid Unicode text") from None
 
 
-def _field(data: dict, key: str, kind: type, name: str | None = None):
-    name = name or key
+def _field(data: dict, key: str, kind: type, where: str | None = None):
+    name = f"'{key}'" + (f" in {where}" if where else "")
     if data.get(key) is None:
-        raise RowError("missing_field", f"missing '{name}'")
+        raise RowError("missing_field", f"missing {name}")
     if not isinstance(data[key], kind):
-        raise RowError("wrong_data_type", f"wrong data type: '{name}' is a {type(data[key]).__name__}, "
+        raise RowError("wrong_data_type", f"wrong data type: {name} is a {type(data[key]).__name__}, "
                        f"expected {_TYPE_NAMES[kind]}")
     return data[key]
 
@@ -125,11 +125,11 @@ def _messages(value: list, where: str) -> list[dict]:
             raise RowError("wrong_data_type", f"wrong data type: {at} is a {type(m).__name__}, expected an object")
         if m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function"):
             raise RowError("tool_calls", f"{at}: tool and function calls are not supported; remove them or the row")
-        role = _field(m, "role", str, f"{at} role")
+        role = _field(m, "role", str, at)
         if role not in _ROLES:
             raise RowError("unrecognized_role", f"{at} has unrecognized role {role!r}; expected system, user or "
                            "assistant")
-        out.append({"role": role, "content": _field(m, "content", str, f"{at} content")})
+        out.append({"role": role, "content": _field(m, "content", str, at)})
     return out
 
 
@@ -138,7 +138,7 @@ def _text_or_messages(data: dict, key: str, role: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list):
-        return _messages(value, f"'{key}'")
+        return _messages(value, key)
     raise RowError("wrong_data_type", f"wrong data type: '{key}' is a {type(value).__name__}, expected a string "
                    "or a list of messages")
 
@@ -154,7 +154,7 @@ def _trl(data: dict) -> tuple[list[dict], list[dict], list[dict]]:
     if not all(isinstance(data[k], list) for k in SIDES):
         raise RowError("missing_field", "missing 'prompt': plain-text 'chosen'/'rejected' need an explicit prompt "
                        "(only conversational rows share an implicit one)")
-    chosen, rejected = (_messages(data[k], f"'{k}'") for k in SIDES)
+    chosen, rejected = (_messages(data[k], k) for k in SIDES)
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1
