@@ -166,10 +166,10 @@ def test_each_bad_row_is_quarantined_with_its_code_line_and_original_text(tmp_pa
 
 
 def test_the_rows_of_a_file_decide_its_format(tmp_path):
-    """Two Alpaca rows outvote a TRL row, which is then quarantined saying what the Alpaca form lacks."""
-    manifest, out = build(tmp_path, [GOOD["alpaca"], GOOD["trl"], GOOD["alpaca"] | {"rejected": "Other."}])
+    """Two Alpaca rows outvote the TRL row before them, which is then quarantined saying what it lacks."""
+    manifest, out = build(tmp_path, [GOOD["trl"], GOOD["alpaca"], GOOD["alpaca"] | {"rejected": "Other."}])
     assert manifest["drops"]["d.jsonl"]["format"] == "alpaca_preference"
-    assert [(q["line"], q["reason"]) for q in out["quarantine"]] == [(2, "missing 'instruction'")]
+    assert [(q["line"], q["reason"]) for q in out["quarantine"]] == [(1, "missing 'instruction'")]
 
 
 @pytest.mark.parametrize("name,rows,seen", [
