@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ft_pipeline.core.drop_files import find_drops
 from ft_pipeline.settings import REPO_ROOT
 from ft_pipeline_tests._env import demo_drops, isolated_env
 
@@ -65,7 +66,7 @@ def _done(inst, run_ids):
 
 def test_one_backfill_recleans_every_drop(daemon):
     tmp, env, inst = daemon
-    drops = sorted(p.name for p in (tmp / "raw").iterdir())
+    drops = sorted(find_drops(tmp / "raw")[0])
     inst.add_dynamic_partitions("drops", drops)
     out = _dagster(env, "job", "backfill", "-j", "ingest_drop", "--all", "true", "--noprompt")
     assert out.returncode == 0 and "Launched backfill job" in out.stdout, out.stdout + out.stderr

@@ -9,6 +9,7 @@ import shutil
 import dagster as dg
 import pytest
 
+from ft_pipeline.core.drop_files import find_drops
 from ft_pipeline.defs import data, model
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 from ft_pipeline.settings import REPO_ROOT
@@ -22,7 +23,7 @@ def env(tmp_path_factory):
                  "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                                                    artifact_root=str(tmp / "artifacts"))}
     instance = dg.DagsterInstance.ephemeral()
-    drops = sorted(p.name for p in (tmp / "raw").iterdir())
+    drops = sorted(find_drops(tmp / "raw")[0])
     instance.add_dynamic_partitions("drops", drops)
     for drop in drops:
         assert dg.materialize([data.raw_examples, data.cleaned_examples], partition_key=drop, instance=instance,
@@ -39,7 +40,7 @@ def test_cleaning_a_drop_in_worker_processes_inside_a_dagster_step_writes_the_sa
     from ft_pipeline.core import cleaning
 
     tmp, instance, _ = env
-    drop = sorted(p.name for p in (tmp / "raw").iterdir())[0]
+    drop = sorted(find_drops(tmp / "raw")[0])[0]
     monkeypatch.setattr(cleaning, "CHUNK_ROWS", 100)
     from concurrent.futures import ProcessPoolExecutor
 

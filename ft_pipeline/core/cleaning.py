@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -196,16 +196,20 @@ def near_dup_keys(examples: list[list[dict]]) -> list[str]:
             .hexdigest()[:16] for msgs in examples]
 
 
-def iter_canonical(parsed: ParsedDrop, fmt: str) -> Iterator[dict]:
+def iter_canonical(parsed: ParsedDrop, fmt: str, convert: Callable[[Any, str], dict] | None = None) -> Iterator[dict]:
     """One record per input row: its provenance and original text, and either chat `messages` or the reason
-    (`code`, `reason`) it could not be converted."""
+    (`code`, `reason`) it could not be converted. `convert(data, fmt)`, raising RowError, gives other fields in
+    place of `messages` (preference pairs: preference/pair_formats.py)."""
     for row in parsed.rows:
         rec = {"drop": parsed.drop, "line": row.line, "format": fmt,
                "raw_sha256": hashlib.sha256(row.text.encode("utf-8", errors="replace")).hexdigest(), "raw": row.text}
         try:
             if row.error:
                 raise RowError(row.code or "unparseable", row.error)
-            rec["messages"] = to_messages(row.data, fmt)
+            if convert is None:
+                rec["messages"] = to_messages(row.data, fmt)
+            else:
+                rec.update(convert(row.data, fmt))
         except RowError as e:
             rec.update(code=e.code, reason=str(e))
         yield rec
