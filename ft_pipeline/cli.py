@@ -54,6 +54,7 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
 
     # transformers 5.23 calls its own deprecated property inside Trainer and PEFT: noise on every run
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated")  # read by TRL's DPOTrainer
 
     from ft_pipeline import presets, runs
     from ft_pipeline.definitions import defs
@@ -135,11 +136,15 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         print(f"holdout ({report['holdout_examples']} examples)   " + "  ".join(f"{n:>9s}" for n in metrics))
         for k in ("json_valid", "field_accuracy", "exact_match", "holdout_loss"):
             print(f"  {k:28s}" + "  ".join(f"{metrics[n][k]:9.3f}" for n in metrics))
+        if pairs := report.get("pair_accuracy"):
+            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9 for n in metrics))
+        if cand := report.get("candidate"):
+            print(f"to the gate: {cand['stage'].upper()} ({cand['why']})")
         print(f"report: {home / 'reports' / 'evaluation.md'}")
     if res.success:
         mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
         md = {k: v.value for k, v in mat.metadata.items()}
-        print(f"registered: {md['registered_model']} version {md['version']} (alias champion; "
+        print(f"registered: {md['registered_model']} version {md['version']} ({md.get('training_stage', 'sft').upper()}; alias champion; "
               f"previous champion: {md['previous_champion']})\nload it: mlflow.pyfunc.load_model('{md['model_uri']}')")
     else:
         print(f"not registered: {_failure_message(res)}")

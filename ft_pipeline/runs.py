@@ -151,12 +151,17 @@ def _wait_for_slot(instance, pool: str, run_id: str, step: str, log) -> None:
 
 @contextmanager
 def pool_slots(instance, home: Path, job, run_id: str, log=print):
-    """Claim, for `run_id`, a slot for each step of `job` that runs in a pool, before the run starts; the step
-    then finds its slot claimed. Freed when the run ends, however it ends."""
+    """Claim, for `run_id`, a slot for the first step of `job` in each pool, before the run starts; the step then
+    finds its slot claimed. Freed when the run ends, however it ends. Only the first: the steps of one pool run one
+    after another (lora_adapter, then preference_adapter, in pool `gpu` of limit 1), and a later one takes the
+    slot its predecessor frees when it finishes; claiming them all here would wait on this run itself forever."""
     from dagster._core.instance.config import PoolGranularity
 
     storage = instance.event_log_storage
-    steps = {n.name: n.pool for n in job.graph.node_defs if getattr(n, "pool", None)}
+    steps = {}
+    for node in job.graph.nodes_in_topological_order:
+        if (pool := getattr(node.definition, "pool", None)) and pool not in steps.values():
+            steps[node.name] = pool
     if (not steps or not storage.supports_global_concurrency_limits
             or storage.get_pool_config().pool_granularity == PoolGranularity.RUN):
         yield

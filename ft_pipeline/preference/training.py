@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def dpo_config(opts: PreferenceOptions, checkpoint_dir: Path, run_name: str, rep
         max_length=opts.max_length, precompute_ref_log_probs=opts.precompute_ref_log_probs,
         seed=opts.seed, data_seed=opts.seed, save_strategy="steps", save_steps=opts.save_steps,
         save_total_limit=opts.save_total_limit, logging_steps=opts.logging_steps,
-        gradient_checkpointing=False, bf16=precision == "bf16", fp16=precision == "fp16",
+        activation_checkpointing=False, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(), report_to=["mlflow"] if report_to_mlflow else [],
         disable_tqdm=True, dataset_num_proc=None, include_num_input_tokens_seen="non_padding",
     )
@@ -146,8 +147,16 @@ def train_preference(base_dir: Path, sft_dir: Path, pairs: list[dict], checkpoin
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = last_complete_checkpoint(checkpoint_dir)
-    trainer = build_trainer(Path(base_dir), Path(sft_dir), pairs, checkpoint_dir, opts, run_name, report_to_mlflow,
-                            callbacks=[_Progress(on_log)])
+    # TRL's DPOTrainer computes the reference log-probabilities while it is built, under its own tqdm bar:
+    # the run's progress is on_log's, so that bar is off (TRL reads TQDM_DISABLE for it).
+    hide = "TQDM_DISABLE" not in os.environ
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        trainer = build_trainer(Path(base_dir), Path(sft_dir), pairs, checkpoint_dir, opts, run_name,
+                                report_to_mlflow, callbacks=[_Progress(on_log)])
+    finally:
+        if hide:
+            del os.environ["TQDM_DISABLE"]
     trainer.remove_callback(PrinterCallback)
     if on_trainer:
         on_trainer(trainer)
