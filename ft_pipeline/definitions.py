@@ -12,7 +12,7 @@ defs = dg.Definitions(
          preference.preference_pairs, preference.preference_adapter,
          evaluation.evaluation_report, registry.registered_model, registry.merged_model]),
     asset_checks=[evaluation.beats_base_and_champion, data.no_near_duplicate_across_split],
-    jobs=[jobs.ingest_drop_job, jobs.train_and_register_job],
+    jobs=[jobs.ingest_drop_job, jobs.ingest_preferences_job, jobs.train_and_register_job],
     sensors=[sensors.raw_drops_sensor, automation.automation_sensor],
     resources=default_resources(),
     loggers=LOGGERS,

@@ -15,12 +15,15 @@ GRAPH = {
     "holdout_set": ("data", ["base_model", "cleaned_examples"]),
     "base_model": ("model", []),
     "lora_adapter": ("model", ["base_model", "holdout_set", "train_set"]),
-    "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter"]),
+    "preference_pairs": ("data", []),
+    "preference_adapter": ("model", ["base_model", "lora_adapter", "preference_pairs"]),
+    "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter", "preference_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
 }
 CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion"),
-          ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split")}
+          ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split"),
+          ("preference_pairs", "pairs_accounted_for")}
 
 
 def test_asset_graph_snapshot():
@@ -41,6 +44,7 @@ def test_asset_graph_snapshot():
 def test_blocking_checks_and_gpu_pool():
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("lora_adapter")).pools == {"gpu"}
+    assert graph.get(dg.AssetKey("preference_adapter")).pools == {"gpu"}
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking, key
 
@@ -48,6 +52,7 @@ def test_blocking_checks_and_gpu_pool():
 def test_jobs_and_sensors_resolve_and_run_by_default():
     assert defs.resolve_job_def("ingest_drop").partitions_def.name == "drops"
     assert defs.resolve_job_def("train_and_register")
+    assert defs.resolve_job_def("ingest_preferences").asset_layer.selected_asset_keys == {dg.AssetKey("preference_pairs")}
     for name in ("raw_drops_sensor", "ft_pipeline_automation"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
 
@@ -55,8 +60,8 @@ def test_jobs_and_sensors_resolve_and_run_by_default():
 def test_automation_policy():
     graph = defs.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
-    # Ingestion is the raw-drop sensor's job; everything after it follows by itself.
-    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples"}
+    # Ingestion (of drops and of preference drops) is the raw-drop sensor's job; everything after it follows.
+    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs"}
     assert "on 0 3 * * 1" in graph.get(dg.AssetKey("lora_adapter")).automation_condition.get_label()
 
 

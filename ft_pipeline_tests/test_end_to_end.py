@@ -36,9 +36,13 @@ def test_main_job_succeeds_and_names_the_broken_drop(pipeline):
     out = first.stdout
     assert "2026-04-broken.json" in out and "FAILED" in out and "line 2: malformed JSON: the file ends before the array is closed" in out
     assert "1 drop(s) failed and were left out: 2026-04-broken.json" in out
-    assert "registered: ft-pipeline-adapter version 1 (alias champion; previous champion: none)" in out
+    # smoke's 10-step SFT model and its 4-step DPO model both score 0 on the gate metric: a tie keeps SFT
+    assert "to the gate: SFT (DPO field_accuracy 0.000 does not beat SFT's 0.000)" in out
+    assert "registered: ft-pipeline-adapter version 1 (SFT; alias champion; previous champion: none)" in out
     # the terminal: one line per finished stage, not Dagster's event stream or known-noise warnings
-    for stage in ("raw_examples[2026-01-support_chat.jsonl]", "base_model", "lora_adapter", "evaluation_report",
+    for stage in ("raw_examples[2026-01-support_chat.jsonl]", "base_model", "lora_adapter", "preference_pairs",
+                  "check pairs_accounted_for: 2026-04-preferences.jsonl: 320 rows in, 313 kept + 5 quarantined + 2 "
+                  "duplicates on disk", "preference_adapter", "evaluation_report",
                   "registered_model", "check beats_base_and_champion: passes the gate"):
         assert f"  ok    {stage}" in out, stage
     assert "FAIL  raw_examples[2026-04-broken.json]" in out
@@ -86,7 +90,14 @@ assert "eval.field_accuracy" in mv.tags
 ev = mlflow.search_runs(filter_string="tags.`dagster.asset_key` = 'evaluation_report'", search_all_experiments=True,
                        output_format="list")[0]
 assert {"evaluation.md", "samples.json", "loss_curve.png", "metric_comparison.png"} <= {a.path for a in c.list_artifacts(ev.info.run_id)}
-assert "eval.chrf" in ev.data.metrics and "tuned.rouge_l" in ev.data.metrics
+assert "eval.chrf" in ev.data.metrics and "tuned.rouge_l" in ev.data.metrics and "dpo.rouge_l" in ev.data.metrics
+assert 0 <= ev.data.metrics["pair_accuracy.dpo"] <= 1 and "pair_accuracy.tuned" in ev.data.metrics
+assert mv.tags["training.stage"] == "sft"
+dpo = mlflow.search_runs(filter_string="tags.`dagster.asset_key` = 'preference_adapter'", search_all_experiments=True,
+                         output_format="list")[0]
+assert dpo.data.tags["sft_training_run_id"] == run.info.run_id  # DPO started from the champion's SFT adapter
+for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"):
+    assert len(c.get_metric_history(dpo.info.run_id, k)) >= 2, k  # curves, logged every 2 of smoke's 4 steps
 model = mlflow.pyfunc.load_model("models:/ft-pipeline-adapter@champion")
 out = model.predict(["My order ORD-123456 never arrived", "cancel please"])
 assert isinstance(out, list) and len(out) == 2 and all(isinstance(x, str) for x in out)
@@ -104,12 +115,12 @@ def test_forced_retrain_compares_with_the_champion(pipeline):
     second = run_cli(env, "run", "--preset", str(SMOKE), "--force")
     assert second.returncode == 0, second.stdout[-3000:]
     report = json.loads((tmp / "home" / "reports" / "evaluation.json").read_text())
-    assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "champion"}
+    assert report["champion_version"] == "1" and set(report["metrics"]) == {"base", "tuned", "dpo", "champion"}
     # Same data, config and seed: the retrained adapter scores exactly like the champion it replaces.
     assert report["metrics"]["tuned"] == report["metrics"]["champion"]
     assert report["vs_champion"] == {"better": 0, "worse": 0, "same": report["holdout_examples"]}
     assert "Versus champion version 1 on the same" in (tmp / "home" / "reports" / "evaluation.md").read_text()
-    assert "version 2 (alias champion; previous champion: 1)" in second.stdout
+    assert "version 2 (SFT; alias champion; previous champion: 1)" in second.stdout
 
 
 def test_lineage_answers_both_ways(pipeline):

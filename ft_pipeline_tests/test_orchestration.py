@@ -129,4 +129,5 @@ def test_automation_resplits_on_new_content_and_retrains_only_on_the_cron_tick(w
     assert _requested(result) == []  # the train set changed, but the retrain cron has not ticked yet
     result = dg.evaluate_automation_conditions(defs, inst, evaluation_time=MONDAY_NOON + dt.timedelta(days=14),
                                                cursor=result.cursor)
-    assert _requested(result) == ["evaluation_report", "lora_adapter", "merged_model", "registered_model"]
+    assert _requested(result) == ["evaluation_report", "lora_adapter", "merged_model", "preference_adapter",
+                                  "registered_model"]

@@ -116,3 +116,23 @@ def test_resume_skips_a_checkpoint_a_kill_left_half_written(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert not (tmp_path / "checkpoint-15").exists()
     assert last_complete_checkpoint(tmp_path / "checkpoint-5") is None
+
+
+@dg.asset(pool="gpu", deps=[_trained])
+def _tuned_further():
+    return 2
+
+
+def test_two_steps_of_one_pool_in_one_run_do_not_wait_on_each_other(instance, tmp_path):
+    """lora_adapter and preference_adapter share pool `gpu` (limit 1): the run claims the first step's slot, and
+    the second takes it when the first finishes. Claiming both up front would wait on this run itself forever."""
+    job = dg.define_asset_job("train2", selection=[_trained, _tuned_further]).resolve(
+        asset_graph=dg.Definitions(assets=[_trained, _tuned_further]).resolve_asset_graph())
+    done = []
+    worker = threading.Thread(target=lambda: done.append(runs.execute(job, instance, tmp_path, log=lambda m: None)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the run waited on its own slot"
+    assert done[0].success and done[0].output_for_node("_tuned_further") == 2
+    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []

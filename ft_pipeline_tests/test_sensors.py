@@ -81,3 +81,26 @@ def test_an_erasure_request_re_ingests_the_drops(tmp_path):
         assert tick(inst, home, again.cursor).run_requests == []  # ingested with the request: quiet again
         records = read_jsonl(home.data("raw_examples", "a.jsonl"))
         assert "erased" in records[0] and "forget me" not in json.dumps(records)
+
+
+def test_new_or_changed_preference_drops_re_read_the_pairs(tmp_path):
+    from ft_pipeline.defs.preference import preference_pairs
+    from ft_pipeline.resources import MlflowTracking
+
+    raw = tmp_path / "raw"
+    (raw / "preferences").mkdir(parents=True)
+    pair = {"prompt": "cancel order ORD-123456", "chosen": '{"intent": "cancel_order"}', "rejected": '{"intent": "refund"}'}
+    (raw / "preferences" / "p.jsonl").write_text(json.dumps(pair) + "\n")
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"))
+    with dg.instance_for_test() as inst:
+        first = tick(inst, home)
+        assert [r.job_name for r in first.run_requests] == ["ingest_preferences"]  # the subfolder is no partition
+        assert not first.dynamic_partitions_requests
+        assert dg.materialize([preference_pairs], instance=inst,
+                              resources={"home": home, "mlflow_tracking": tracking}).success
+        assert tick(inst, home, first.cursor).run_requests == []
+        (raw / "preferences" / "p.jsonl").write_text(json.dumps({**pair, "rejected": '{"intent": "other"}'}) + "\n")
+        again = tick(inst, home, first.cursor)
+        assert [r.job_name for r in again.run_requests] == ["ingest_preferences"]
+        assert again.run_requests[0].run_key != first.run_requests[0].run_key

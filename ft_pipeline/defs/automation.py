@@ -4,7 +4,8 @@
 - Training waits for the retrain cron (weekly by default, FT_PIPELINE_RETRAIN_CRON) and then runs only if the
   data versions of its inputs (train set, base model) or its own code version changed since it last trained. A
   re-split that yields the same bytes has the same data version, so it retrains nothing.
-- Preference pairs are read on the retrain cron; DPO follows a new SFT adapter or new pairs.
+- Preference pairs are read by the raw-drop sensor when the preferences/ folder changes; DPO follows a new SFT
+  adapter or new pairs.
 - Evaluation follows the DPO asset (which materializes after every SFT adapter, trained or not); registration follows an evaluation whose blocking gate passed; the merged
   export follows a new registered version.
 
@@ -45,7 +46,10 @@ def train_condition(cron: str) -> dg.AutomationCondition:
 
 
 def preference_condition() -> dg.AutomationCondition:
-    changed = (AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed() | AC.newly_missing())
+    # A dependency with a new data version (new pairs; a retrained SFT adapter) or one requested in this very
+    # tick (the SFT adapter on the retrain cron), so SFT and DPO go in one run.
+    changed = (AC.any_deps_match(AC.data_version_changed() | AC.will_be_requested()) | AC.code_version_changed()
+               | AC.newly_missing())
     return (changed.since_last_handled() & ~AC.any_deps_missing() & AC.all_deps_blocking_checks_passed()
             & _not_busy()).with_label("follows a new SFT adapter or new preference pairs")
 
@@ -60,10 +64,9 @@ def conditions() -> dict[str, dg.AutomationCondition]:
         "train_set": split_condition(), "holdout_set": split_condition(),
         "base_model": AC.missing() & ~AC.in_progress(),
         "lora_adapter": train_condition(retrain_cron()),
-        # Preference drops are read on the retrain cron (a changed folder gives a new data version), and DPO
-        # follows a new SFT adapter or new pairs; evaluation follows DPO, which always materializes after SFT
-        # (trained, or recording why not), so a retrain is evaluated once.
-        "preference_pairs": (AC.cron_tick_passed(retrain_cron()) | AC.missing()).since_last_handled() & _not_busy(),
+        # preference_pairs is the raw-drop sensor's (like ingestion). DPO follows a new SFT adapter or new pairs;
+        # evaluation follows DPO, which materializes after every SFT adapter (trained, or recording why not), so
+        # a retrain is evaluated once.
         "preference_adapter": preference_condition(),
         "evaluation_report": follows("preference_adapter"),
         "registered_model": follows("evaluation_report") & AC.all_deps_blocking_checks_passed(),

@@ -26,12 +26,13 @@ def preference_dir(home: PipelineHome) -> Path:
     return Path(home.raw_dir) / PREFERENCE_FOLDER
 
 
-def source_version(pref_dir: Path) -> str:
-    """A hash of the preference drops' names and contents: what preference_pairs was made from."""
+def source_version(pref_dir: Path | None) -> str:
+    """A hash of the preference drops' names and contents: what preference_pairs was made from (None: that of
+    no drops)."""
     from ft_pipeline.core.drop_files import find_drops
     from ft_pipeline.core.formats import sha256_file
 
-    found, _ = find_drops(pref_dir)
+    found = find_drops(pref_dir)[0] if pref_dir is not None else {}
     blob = "".join(f"{p.name}\0{sha256_file(p)}\n" for p in found.values())
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

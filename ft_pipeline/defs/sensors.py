@@ -1,5 +1,6 @@
 """The raw-drop sensor: registers a partition for each new file in the raw folder and ingests new or changed
-drops; a drop whose file disappeared is reported in the sensor's log and tick."""
+drops; a drop whose file disappeared is reported in the sensor's log and tick. New or changed preference drops
+(the raw folder's preferences/) re-read preference_pairs."""
 
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from ft_pipeline.core import erasure, formats
-from ft_pipeline.defs.jobs import ingest_drop_job
+from ft_pipeline.defs.jobs import ingest_drop_job, ingest_preferences_job
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.resources import PipelineHome
 
@@ -29,18 +30,21 @@ def scan_drops(raw_dir: Path, previous: dict) -> tuple[dict, list[str]]:
     return current, problems
 
 
-def last_ingested_version(instance: dg.DagsterInstance, drop: str) -> str | None:
-    """The data version (file hash prefix) of the drop's latest raw_examples materialization."""
+def last_ingested_version(instance: dg.DagsterInstance, drop: str | None, asset: str = "raw_examples") -> str | None:
+    """The data version of the latest materialization of `asset` (the drop's partition of raw_examples: its file
+    hash prefix; preference_pairs: the hash of its folder's files)."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_examples"), asset_partitions=[drop]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[drop] if drop else None),
+        limit=1).records
     if not records:
         return None
     return records[0].asset_materialization.tags.get("dagster/data_version")
 
 
-@dg.sensor(job=ingest_drop_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(jobs=[ingest_drop_job, ingest_preferences_job], minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches the raw data folder: new drops get a partition and are ingested; changed drops "
-                       "(new content hash) are re-ingested; removed drops are reported.")
+                       "(new content hash) are re-ingested; removed drops are reported; changed preference "
+                       "drops (preferences/) re-read preference_pairs.")
 def raw_drops_sensor(context: dg.SensorEvaluationContext, home: PipelineHome) -> dg.SensorResult:
     previous = json.loads(context.cursor) if context.cursor else {}
     current, problems = scan_drops(Path(home.raw_dir), previous)
@@ -55,8 +59,14 @@ def raw_drops_sensor(context: dg.SensorEvaluationContext, home: PipelineHome) ->
     for d in removed:
         context.log.warning(f"drop {d} is registered but its file is gone from {home.raw_dir}; "
                             "the split skips it until it comes back")
-    requests = [dg.RunRequest(run_key=f"{d}:{version[d]}", partition_key=d,
+    requests = [dg.RunRequest(run_key=f"{d}:{version[d]}", partition_key=d, job_name=ingest_drop_job.name,
                               tags={"ft_pipeline/drop_sha256": current[d]["sha256"][:16]}) for d in new + changed]
+    from ft_pipeline.defs.preference import PREFERENCE_FOLDER, source_version
+
+    pref, last = source_version(Path(home.raw_dir) / PREFERENCE_FOLDER), last_ingested_version(
+        context.instance, None, "preference_pairs")
+    if pref != last and (last is not None or pref != source_version(None)):  # None: no folder, never read
+        requests.append(dg.RunRequest(run_key=f"preferences:{pref}", job_name=ingest_preferences_job.name))
     return dg.SensorResult(
         run_requests=requests, cursor=json.dumps(current, sort_keys=True),
         dynamic_partitions_requests=[drops.build_add_request(new)] if new else [],
