@@ -138,3 +138,13 @@ M = lambda v: {"field_accuracy": v}  # noqa: E731
 def test_dpo_goes_to_the_gate_only_if_it_beats_sft_and_champion(metrics, compare_champion, expected):
     pick, why = pick_candidate(metrics, "field_accuracy", compare_champion)
     assert pick == expected and why
+
+
+def test_sft_weight_adds_trl_sft_loss_with_its_weight(tmp_path):
+    from ft_pipeline.preference.training import dpo_config
+
+    plain = dpo_config(PreferenceOptions(), tmp_path, "dpo", report_to_mlflow=False)
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights is None
+    rpo = dpo_config(PreferenceOptions(loss_type="ipo", sft_weight=0.5), tmp_path, "dpo", report_to_mlflow=False)
+    assert rpo.loss_type == ["ipo", "sft"] and rpo.loss_weights == [1.0, 0.5]
+    assert not rpo.gradient_checkpointing and not rpo.bf16  # TRL's GPU-minded defaults follow the machine

@@ -108,7 +108,7 @@ def test_dagster_shows_the_asset_graph(servers, page):
         page.get_by_text(group, exact=True).first.wait_for()
     page.goto(f"{dagster}/assets")
     for key in ("raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
-                "evaluation_report", "registered_model"):
+                "preference_pairs", "preference_adapter", "evaluation_report", "registered_model"):
         page.get_by_text(key, exact=True).first.wait_for()
     page.screenshot(path=str(shots / "dagster_assets.png"))
 

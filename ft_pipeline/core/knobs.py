@@ -77,7 +77,7 @@ PREFERENCE = {
     "max_steps": POSITIVE, "per_device_train_batch_size": POSITIVE, "gradient_accumulation_steps": POSITIVE,
     "learning_rate": Knob(gt=0, le=1), "lr_scheduler_type": Knob(choices=LR_SCHEDULERS),
     "warmup_steps": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "beta": Knob(gt=0),
-    "loss_type": Knob(choices=DPO_LOSS_TYPES), "label_smoothing": Knob(ge=0, lt=0.5), "max_length": POSITIVE,
+    "loss_type": Knob(choices=DPO_LOSS_TYPES), "label_smoothing": Knob(ge=0, lt=0.5), "sft_weight": NON_NEGATIVE, "max_length": POSITIVE,
     "seed": NON_NEGATIVE, "save_steps": POSITIVE, "save_total_limit": POSITIVE, "logging_steps": POSITIVE,
     "precision": Knob(choices=("auto", "bf16", "fp16", "fp32")), "holdout_fraction": Knob(gt=0, lt=1),
 }

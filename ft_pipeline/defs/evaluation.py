@@ -156,7 +156,8 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     m = report["metrics"]
     erased = report.get("champion_erasure_pending")
-    pick = report["candidate"]["name"]  # the SFT model ("tuned"), or the DPO model when it beat SFT and champion
+    # the SFT model ("tuned"), or the DPO model when it beat SFT and champion (a report of eval-v3 has no DPO)
+    pick = (report.get("candidate") or {"name": "tuned"})["name"]
     if (again := pick_candidate(m, config.metric, compare_champion=not erased)[0]) != pick:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description=f"the report picked {pick} for the gate, but on {config.metric} it "
@@ -169,7 +170,7 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate" + (
             f" (the champion was trained on rows erased by {erased}: not compared)" if erased else ""),
-        metadata={"gate_metric": config.metric, "candidate": report["candidate"]["stage"], "max_retention_kl": config.max_retention_kl or -1.0,
+        metadata={"gate_metric": config.metric, "candidate": "dpo" if pick == "dpo" else "sft", "max_retention_kl": config.max_retention_kl or -1.0,
                   "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0, "champion_version": report["champion_version"] or "none",
                   "tuned_json_valid": m["tuned"]["json_valid"],
                   **{f"{who}_{k}": m[who][k] if who in m else -1.0

@@ -109,6 +109,9 @@ class PreferenceConfig(CheckedConfig):
         description="sigmoid (DPO), ipo, hinge, robust, ... (TRL's loss names).")
     label_smoothing: float = Field(_DEFAULTS.label_smoothing,
         description="> 0 with sigmoid: conservative DPO, for preference labels that are sometimes wrong.")
+    sft_weight: float = Field(_DEFAULTS.sft_weight, description=(
+        "> 0: add the chosen answer's NLL with this weight (TRL's sft loss, as in RPO), so the model keeps "
+        "writing the chosen answers while it learns to rank them."))
     precompute_ref_log_probs: bool = Field(_DEFAULTS.precompute_ref_log_probs,
         description="Compute the reference log-probabilities once before training rather than once per step.")
     max_steps: int = Field(_DEFAULTS.max_steps)

@@ -37,6 +37,10 @@ class PreferenceOptions:
     beta: float = 0.1  # how far the policy may move from the reference: lower = further
     loss_type: str = "sigmoid"  # the DPO loss; ipo, hinge, robust, ... (TRL's names)
     label_smoothing: float = 0.0  # > 0 with sigmoid: conservative DPO, for noisy preference labels
+    # > 0: add TRL's "sft" loss (the chosen answer's NLL) with this weight, as RPO does: DPO alone can lower the
+    # chosen answer's likelihood along with the rejected one's, and a model that only has to rank the two may
+    # stop writing the chosen one (e.g. keep adding keys after the last field of a JSON object).
+    sft_weight: float = 0.0
     max_length: int = 1024
     # Reference log-probabilities computed once before training (one forward pass per pair with the frozen
     # reference adapter), instead of one reference forward per pair per step.
@@ -88,7 +92,8 @@ def dpo_config(opts: PreferenceOptions, checkpoint_dir: Path, run_name: str, rep
         per_device_train_batch_size=opts.per_device_train_batch_size,
         gradient_accumulation_steps=opts.gradient_accumulation_steps, learning_rate=opts.learning_rate,
         lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=opts.warmup_steps, max_grad_norm=opts.max_grad_norm,
-        beta=opts.beta, loss_type=[opts.loss_type], label_smoothing=opts.label_smoothing,
+        beta=opts.beta, loss_type=[opts.loss_type] + (["sft"] if opts.sft_weight > 0 else []),
+        loss_weights=[1.0, opts.sft_weight] if opts.sft_weight > 0 else None, label_smoothing=opts.label_smoothing,
         max_length=opts.max_length, precompute_ref_log_probs=opts.precompute_ref_log_probs,
         seed=opts.seed, data_seed=opts.seed, save_strategy="steps", save_steps=opts.save_steps,
         save_total_limit=opts.save_total_limit, logging_steps=opts.logging_steps,
