@@ -61,7 +61,7 @@ def test_forget_records_the_request_without_the_text(forgotten):
 def test_the_next_run_retrains_and_leaves_no_trace(forgotten):
     tmp, env, rec, text, _, _, second = forgotten
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "version 2 (alias champion; previous champion: 1)" in second.stdout
+    assert "version 2 (SFT; alias champion; previous champion: 1)" in second.stdout
     assert _files_holding(tmp / "home", text) == []  # data, split, caches, reports, MLflow and Dagster stores
     for stats_path in (tmp / "home" / "data" / "cleaned").glob("*.stats.json"):
         s = json.loads(stats_path.read_text())
