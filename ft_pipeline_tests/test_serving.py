@@ -218,9 +218,20 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
     store = srv.app.state.store
     v1 = store.get(NAME)
     layer = next(m for n, m in v1.model.named_modules() if n.endswith("layers.0"))
-    # Slow version 1 down (0.1 s a step) so its requests are still generating when the alias moves.
-    hook = layer.register_forward_pre_hook(lambda module, args: time.sleep(0.1))
     streams, started = [], [threading.Event() for _ in range(4)]
+    all_started, swapped_seen = threading.Event(), threading.Event()
+
+    def slow(module, args):
+        # Version 1 takes 0.1 s a step; once every stream has its first token, it waits (30 s at most) until the
+        # server is seen answering with version 2, so its requests are still generating when version 2 takes over,
+        # however slow the machine is at loading version 2.
+        time.sleep(0.1)
+        if all_started.is_set():
+            swapped_seen.wait(30)
+
+    hook = layer.register_forward_pre_hook(slow)
+    batcher = srv.app.state.batcher
+    window, batcher.window_s = batcher.window_s, 2.0  # the four requests go into one generate call
 
     def stream(i):
         got = []
@@ -235,18 +246,23 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
         for t in threads:
             t.start()
         assert all(e.wait(120) for e in started)
+        all_started.set()
         moved = time.monotonic()
         assert registry.promote(NAME, "2") == "1"
         while httpx.get(f"{srv.url}/health").json()["version"] != "2":
             assert time.monotonic() - moved < 10, "the server did not follow the alias"
             time.sleep(0.05)
         swapped = time.monotonic()
+        swapped_seen.set()
         after = srv.client.chat.completions.with_raw_response.create(model=NAME, messages=ASK, temperature=0,
                                                                      max_tokens=N)
         for t in threads:
             t.join(120)
     finally:
+        swapped_seen.set()
         hook.remove()
+        batcher.window_s = window
+        registry.promote(NAME, "1")  # the tests after this one expect version 1 as the champion
     assert swapped - moved < 5
     assert after.headers[VERSION_HEADER] == "2" and after.parse().choices[0].message.content.strip() == srv.want["2"]
     assert len(streams) == 4
@@ -254,10 +270,10 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
         assert {fp for _, fp, _ in got} == {f"{NAME}/1"}  # started on version 1, finished on it
         assert "".join(text for *_, text in got).strip() == srv.want["1"]  # no token of version 2 mixed in
         assert got[-1][0] > swapped  # and they were still generating when version 2 took over
-    registry.promote(NAME, "1")
     deadline = time.monotonic() + 10
     while store.current()["champion"] != "1" and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert store.current()["champion"] == "1"
 
 
 def test_the_cli_serves_and_follows_the_alias(srv, tmp_path):
