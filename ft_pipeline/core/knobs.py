@@ -4,7 +4,9 @@ A wrong value fails with the knob's name and what it may be, not deep inside PEF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 from ft_pipeline.core.evaluation import GATE_METRICS
 from ft_pipeline.core.formats import FORMATS
@@ -91,3 +93,10 @@ def problems(values: dict, spec: dict[str, Knob]) -> list[tuple[str, str]]:
 def check(values: dict, spec: dict[str, Knob]) -> None:
     if found := problems(values, spec):
         raise KnobError(found)
+
+
+def fingerprint(options, leave_out: tuple[str, ...]) -> str:
+    """A short hash of a dataclass of knobs that changes whenever one of them changes, except those in
+    `leave_out` (logging and saving, which do not change the trained weights)."""
+    values = {k: v for k, v in asdict(options).items() if k not in leave_out}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]

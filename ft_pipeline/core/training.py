@@ -7,8 +7,6 @@ a killed run loses at most one checkpoint interval."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -82,8 +80,7 @@ class TrainOptions:
 
     def fingerprint(self) -> str:
         """Changes whenever a knob that affects the trained weights changes (logging and saving do not)."""
-        knobs = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
-        return hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
+        return knobs.fingerprint(self, _NOT_IN_FINGERPRINT)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -8,8 +8,6 @@ checkpoint folder after a kill, and only the trained adapter ("default") is save
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -55,8 +53,7 @@ class PreferenceOptions:
         knobs.check(asdict(self), knobs.PREFERENCE)
 
     def fingerprint(self) -> str:
-        values = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+        return knobs.fingerprint(self, _NOT_IN_FINGERPRINT)
 
     def to_params(self) -> dict:
         return asdict(self)
