@@ -86,6 +86,29 @@ def test_dpo_raises_margins_and_leaves_base_and_sft_adapter_alone(tiny_base, sft
     assert (out / "tokenizer_config.json").exists() and not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.slow
+def test_the_dpo_adapter_evaluated_beside_sft_answers_as_if_loaded_alone(tiny_base, sft_adapter, tmp_path):
+    from ft_pipeline.core.eval_run import evaluate_all
+    from ft_pipeline.core.evaluation import evaluate, load_tuned
+    from ft_pipeline.preference.training import train_preference
+
+    train_preference(tiny_base, sft_adapter, pairs(), tmp_path / "ckpt", tmp_path / "dpo",
+                     PreferenceOptions(**FAST), report_to_mlflow=False)
+    holdout = [{"messages": p["prompt"] + p["chosen"]} for p in pairs(40)[32:]]
+    base = {"path": str(tiny_base), "content_sha256": content_hash(tiny_base)}
+    both = evaluate_all(base, sft_adapter, holdout, [], tmp_path / "cache", max_new_tokens=16,
+                        more={"dpo": tmp_path / "dpo"}, pairs=pairs(40)[32:])
+    budget = both["max_new_tokens"]
+    for name, adapter in (("tuned", sft_adapter), ("dpo", tmp_path / "dpo")):
+        alone = evaluate(*load_tuned(tiny_base, adapter), holdout, budget)
+        assert both["holdout"][name] == alone, name  # every metric and every prediction, exactly
+    # Not vacuous: the two adapters answer differently, and the SFT adapter is active again for the KL
+    assert both["holdout"]["dpo"]["metrics"]["holdout_loss"] != both["holdout"]["tuned"]["metrics"]["holdout_loss"]
+    assert set(both["retention"]["kl"]) == {"tuned", "dpo"} and both["retention"]["kl"]["tuned"] != both[
+        "retention"]["kl"]["dpo"]
+    assert set(both["pair_accuracy"]) == {"base", "tuned", "dpo"}
+
+
 KILL_AT_STEP_4 = """
 import json, os, signal, sys
 from pathlib import Path

@@ -4,6 +4,7 @@ the fixed hand-written set, each example answered once per model (core/eval_cach
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -66,27 +67,44 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     key = out["tuned_key"] = out["keys"]["tuned"] = tuned_key(base["content_sha256"], adapter_dir)
     run("tuned", model, tok, key)
     score_pairs("tuned", model, tok)
-    extra = {}
+    answers, kl_cache = None, lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
+    if not full:
+        with model.disable_adapter():
+            answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json")
+        out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
+                            "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
+        log("retention (tuned)", len(answers))
     for name, extra_dir in (more or {}).items():
-        extra[name] = evaluation.load_tuned(base["path"], extra_dir)
-        out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
-        run(name, *extra[name], out["keys"][name])
-        score_pairs(name, *extra[name])
+        key_ = out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
+        with _switched(model, name, base["path"], Path(extra_dir), full) as (m, t):
+            run(name, m, t, key_)
+            score_pairs(name, m, t)
+            if answers is not None:
+                out["retention"]["kl"][name] = retention.cached_kl(kl_cache(key_), lambda: (m, t), answers)
     if full:
         return out
-    with model.disable_adapter():
-        answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json")
-    kl_cache = lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
-    out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
-                        "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
-    for name, loaded in extra.items():
-        out["retention"]["kl"][name] = retention.cached_kl(kl_cache(out["keys"][name]), lambda m=loaded: m, answers)
-    log("retention (tuned)", len(answers))
     if champion is not None:
         loader, champ_key = champion
         loader = run("champion", _memo(loader), None, champ_key)
         out["retention"]["kl"]["champion"] = retention.cached_kl(kl_cache(champ_key), loader, answers)
     return out
+
+
+@contextmanager
+def _switched(model, name: str, base_path, adapter_dir: Path, full: bool):
+    """(model, tokenizer) with the adapter in `adapter_dir` active: loaded beside the tuned one into the same
+    PeftModel (the base is not loaded again), and removed afterwards. A full fine-tune on either side has no
+    shared base, so it is loaded on its own."""
+    if full or evaluation.is_full_model(adapter_dir):
+        yield evaluation.load_tuned(base_path, adapter_dir)
+        return
+    model.load_adapter(str(adapter_dir), adapter_name=name)
+    model.set_adapter(name)
+    try:
+        yield model, evaluation.load_tokenizer(adapter_dir)
+    finally:
+        model.set_adapter("default")
+        model.delete_adapter(name)
 
 
 def _memo(loader: Callable):
