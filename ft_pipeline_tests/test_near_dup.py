@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from ft_pipeline.core import near_dup
+from ft_pipeline.core import lsh, near_dup
 from ft_pipeline.core.near_dup import NearDupParams
 
 Q = ("Hi team, my Nimbus 5 laptop arrived yesterday with a cracked screen, the charger is missing from the box "
@@ -147,8 +147,8 @@ def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, n
     assert np.array_equal(vec_sim, loop_sim)
     keys = near_dup.band_keys(sig, p)
     biggest = max(np.unique(keys[:, j], return_counts=True)[1].max() for j in range(keys.shape[1]))
-    monkeypatch.setattr(near_dup, "_PAIR_SLICE", biggest * (biggest - 1) // 2)  # slices of one or a few groups
-    assert near_dup._similar_pairs(sig, keys, p, 1 << 30) is not None  # sliced, not the loop
+    monkeypatch.setattr(lsh, "_PAIR_SLICE", biggest * (biggest - 1) // 2)  # slices of one or a few groups
+    assert lsh._similar_pairs(sig, keys, p, 1 << 30) is not None  # sliced, not the loop
     sliced, sliced_sim = near_dup.dedup(sig, p)
     assert sliced.tolist() == vec.tolist() and np.array_equal(sliced_sim, vec_sim)
     assert 30 < (vec >= 0).sum() < 200  # both kinds of rows are there: the check is not vacuous
