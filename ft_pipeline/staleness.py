@@ -78,12 +78,14 @@ def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: d
 def _pairs_changed(record) -> str | None:
     """preference_pairs reads a folder Dagster does not track: compare its files with what it was made from."""
     from ft_pipeline import settings
+    from ft_pipeline.core.erasure import erased_hashes
     from ft_pipeline.defs.preference import PREFERENCE_FOLDER, source_version
 
     if record is None:
         return None
     made_from = record.asset_materialization.tags.get("dagster/data_version")
-    return None if made_from == source_version(settings.raw_dir() / PREFERENCE_FOLDER) else "preference drops changed"
+    now = source_version(settings.raw_dir() / PREFERENCE_FOLDER, erased_hashes(settings.home()))
+    return None if made_from == now else "preference drops or erasure requests changed"
 
 
 # Run first, on their own: when they re-materialize with the same content (same data version), nothing

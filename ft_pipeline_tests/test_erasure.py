@@ -128,6 +128,39 @@ def test_forget_cli_errors_and_lists_every_text_match(pipeline_dirs, capsys, mon
     assert [r.data.tags["ft_pipeline.erasure_request"] for r in runs] == [req["id"]]
 
 
+PAIRS = [json.dumps({"prompt": "my Zork blender never came", "chosen": '{"intent": "missing"}',
+                     "rejected": '{"intent": "refund"}'}),
+         json.dumps({"prompt": "cancel order 77", "chosen": '{"intent": "cancel"}', "rejected": '{"intent": "refund"}'})]
+
+
+def test_a_preference_row_is_found_erased_from_its_pairs_and_scrubbed(pipeline_dirs, capsys):
+    from ft_pipeline.preference.pairs import build_pairs
+
+    home, raw = pipeline_dirs
+    (raw / "preferences").mkdir()
+    (raw / "preferences" / "p1.jsonl").write_text("\n".join(PAIRS) + "\n")
+    (hit,) = erasure.find_rows(raw, "p1.jsonl", 1)
+    assert (hit["drop"], hit["file"], hit["line"]) == ("preferences/p1.jsonl", "preferences/p1.jsonl", 1)
+    assert erasure.find_rows(raw, "preferences/p1.jsonl", 1) == [hit]
+    assert [(r["drop"], r["line"]) for r in erasure.find_rows(raw, text="Zork")] == [
+        ("d1.jsonl", 1), ("preferences/p1.jsonl", 1)]  # the search covers both kinds of drop
+    build_pairs(raw / "preferences", home / "data" / "preference_pairs")  # what the pipeline holds before
+    assert main(["forget", "--drop", "p1.jsonl", "--line", "1", "--redact-source"]) == 0
+    assert "preferences/p1.jsonl line 1" in capsys.readouterr().out
+    pairs_dir = home / "data" / "preference_pairs"
+    assert not [p.name for p in pairs_dir.glob("*.jsonl") if "Zork" in p.read_text()]  # scrubbed at once
+    assert "Zork" not in (raw / "preferences" / "p1.jsonl").read_text()
+    assert (raw / "preferences" / "p1.jsonl").read_text().splitlines()[1] == PAIRS[1]
+    erased = erasure.erased_hashes(home)
+    assert list(erased) == [hit["raw_sha256"]]
+    d = build_pairs(raw / "preferences", pairs_dir, erased=erased)["drops"]["p1.jsonl"]
+    assert (d["rows_in"], d["kept"], d["erased"]) == (2, 1, 1)
+    # an erasure request changes what preference_pairs is made from, so the next run re-reads the pairs
+    from ft_pipeline.defs.preference import source_version
+
+    assert source_version(raw / "preferences", erased) != source_version(raw / "preferences")
+
+
 class Echo(mlflow.pyfunc.PythonModel):
     def predict(self, model_input, params=None):
         return model_input

@@ -29,6 +29,19 @@ def _unique_train_row(home: Path) -> tuple[dict, str]:
     raise AssertionError("no training row with a unique user text")
 
 
+def _unique_pair(home: Path) -> tuple[dict, str]:
+    """A training preference pair whose prompt is plain ASCII, long, and in no cleaned row or other pair."""
+    cleaned = "".join(p.read_text() for p in (home / "data" / "cleaned").glob("*.jsonl"))
+    pairs = (home / "data" / "preference_pairs" / "train.jsonl").read_text()
+    for line in pairs.splitlines():
+        rec = json.loads(line)
+        text = rec["prompt"][-1]["content"]
+        if len(text) > 40 and text.isascii() and '"' not in text and "\\" not in text and text not in cleaned \
+                and pairs.count(text) == 1:
+            return rec, text
+    raise AssertionError("no preference pair with a unique prompt")
+
+
 @pytest.fixture(scope="module")
 def forgotten(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("forget")
@@ -43,26 +56,37 @@ def forgotten(tmp_path_factory):
     assert forget.returncode == 0, forget.stderr[-3000:]
     before = {"status": run_cli(env, "forget", "--status"),
               "trained_on": run_cli(env, "trained-on", "--drop", drop_file, "--line", str(rec["line"]))}
+    pair, pair_text = _unique_pair(home)  # and a row of the preference drop, by its file name and line
+    assert _files_holding(home, pair_text)
+    pair_file = pair["drop"] if "." in pair["drop"] else next((tmp / "raw" / "preferences").glob(f"{pair['drop']}.*")).name
+    forget_pair = run_cli(env, "forget", "--drop", pair_file, "--line", str(pair["line"]), "--reason", "pair")
+    assert forget_pair.returncode == 0 and f"preferences/{pair_file} line {pair['line']}" in forget_pair.stdout, (
+        forget_pair.stdout + forget_pair.stderr[-3000:])
     second = run_cli(env, "run", "--preset", str(SMOKE))
-    return tmp, env, rec, text, forget, before, second
+    return tmp, env, rec, text, forget, before, second, pair_text
 
 
 def test_forget_records_the_request_without_the_text(forgotten):
-    tmp, env, rec, text, forget, before, _ = forgotten
+    tmp, env, rec, text, forget, before, *_ = forgotten
     assert "versions trained on it: 1" in forget.stdout
-    (req,) = [json.loads(x) for x in (tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()]
+    req, pair_req = [json.loads(x) for x in (tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()]
     assert req["rows"][0]["raw_sha256"] == rec["raw_sha256"] and req["reason"] == "test"
+    assert pair_req["rows"][0]["drop"].startswith("preferences/") and pair_req["reason"] == "pair"
     # before retraining: the champion is still trained on it, and both commands say so
     assert '"aliases": ["champion"]' in before["trained_on"].stdout
-    (st,) = [json.loads(x) for x in before["status"].stdout.splitlines()]
+    (st,) = [json.loads(x) for x in before["status"].stdout.splitlines()]  # asked before the pair's request
     assert st["versions_containing"] == [{"version": "1", "aliases": ["champion"]}]
 
 
 def test_the_next_run_retrains_and_leaves_no_trace(forgotten):
-    tmp, env, rec, text, _, _, second = forgotten
+    tmp, env, rec, text, _, _, second, pair_text = forgotten
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "version 2 (SFT; alias champion; previous champion: 1)" in second.stdout
     assert _files_holding(tmp / "home", text) == []  # data, split, caches, reports, MLflow and Dagster stores
+    assert _files_holding(tmp / "home", pair_text) == []  # the preference pairs too
+    pairs = json.loads((tmp / "home" / "data" / "preference_pairs" / "manifest.json").read_text())["drops"]
+    assert sum(d["erased"] for d in pairs.values()) == 1
+    assert all(d["rows_in"] == d["kept"] + d["quarantined"] + d["duplicates"] + d["erased"] for d in pairs.values())
     for stats_path in (tmp / "home" / "data" / "cleaned").glob("*.stats.json"):
         s = json.loads(stats_path.read_text())
         assert s["rows_in"] == s["kept"] + s["quarantined"] + s["duplicates"] + s["erased"], stats_path.name
@@ -77,8 +101,9 @@ def test_status_names_the_old_version_and_the_clean_one(forgotten):
     tmp, env, *_ = forgotten
     out = run_cli(env, "forget", "--status")
     assert out.returncode == 0, out.stderr[-2000:]
-    (st,) = [json.loads(x) for x in out.stdout.splitlines()]
+    st, pair_st = [json.loads(x) for x in out.stdout.splitlines()]
     assert st["versions_containing"] == [{"version": "1", "aliases": []}] and st["clean_versions"] == ["2"]
+    assert {"version": "2"} not in [{"version": v["version"]} for v in pair_st["versions_containing"]]
     assert "delete_model_version('ft-pipeline-adapter', '1')" in out.stderr
 
 
@@ -92,11 +117,13 @@ def test_the_versions_carry_their_erasure_tags(forgotten):
     import mlflow
 
     tmp, _, _, _, forget, *_ = forgotten
-    request_id = json.loads((tmp / "home" / "erasure" / "requests.jsonl").read_text())["id"]
+    ids = [json.loads(x)["id"] for x in (tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()]
+    request_id = ids[0]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
     v1, v2 = (client.get_model_version("ft-pipeline-adapter", v).tags for v in ("1", "2"))
-    assert v1["erasure.superseded"] == request_id and "erasure.pending" not in v1
-    assert v2["erasure.clean_of"] == request_id and "erasure.pending" not in v2
+    # version 1 holds the SFT row (and the pair too if DPO made it); version 2 was trained after both requests
+    assert v1["erasure.superseded"].split(",")[0] == request_id and "erasure.pending" not in v1
+    assert v2["erasure.clean_of"].split(",") == ids and "erasure.pending" not in v2
     runs = client.search_runs([client.get_experiment_by_name("ft_pipeline").experiment_id],
                               f"tags.`ft_pipeline.erasure_request` = '{request_id}'")
     assert len(runs) == 1 and runs[0].info.run_name == f"forget-{request_id}"

@@ -96,7 +96,7 @@ def test_each_format_in_each_file_format_parses_to_the_canonical_pair(tmp_path, 
         "prompt": prompt, "chosen": asst(C), "rejected": asst(R)}
     assert set(rec) == {"drop", "line", "format", "raw_sha256", "pair_id", "prompt", "chosen", "rejected"}
     assert manifest["drops"][f"d.{suffix}"] | {"sha256": None} == {
-        "sha256": None, "format": fmt, "rows_in": 2, "kept": 1, "quarantined": 0, "duplicates": 1}
+        "sha256": None, "format": fmt, "rows_in": 2, "kept": 1, "quarantined": 0, "duplicates": 1, "erased": 0}
     if suffix == "jsonl":  # the hash of the row's original text, as for SFT rows
         assert rec["raw_sha256"] == hashlib.sha256(json.dumps(row).encode()).hexdigest()
 
@@ -238,6 +238,23 @@ def test_rows_reconcile_per_drop_and_a_lost_row_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(pairs, "clean_pairs", lambda recs, redact: clean(recs, redact)[:-1])
     with pytest.raises(RuntimeError, match="4 rows in but"):
         build_pairs(tmp_path / "pref", tmp_path / "out2")
+
+
+def test_erased_rows_and_redacted_lines_are_counted_as_erased_without_their_text(tmp_path):
+    secret = "my card 4111 is lost, I am Zoltan Q."
+    rows = [{"prompt": secret, "chosen": C, "rejected": R}, GOOD["trl"],
+            {"ft_pipeline_erased": "erase-2", "note": "row erased by `ft-pipeline forget`"}]
+    lines = write_drop(tmp_path / "pref" / "d.jsonl", rows)
+    erased = {hashlib.sha256(lines[0].encode()).hexdigest(): "erase-1"}
+    manifest = build_pairs(tmp_path / "pref", tmp_path / "out", erased=erased)
+    d = manifest["drops"]["d.jsonl"]
+    assert (d["rows_in"], d["kept"], d["quarantined"], d["duplicates"], d["erased"]) == (3, 1, 0, 0, 2)
+    gone = read_jsonl(tmp_path / "out" / "erased.jsonl")
+    assert [(g["line"], g["erased"]) for g in gone] == [(1, "erase-1"), (3, "erase-2")]
+    assert set(gone[0]) == {"drop", "line", "format", "raw_sha256", "erased"}
+    assert not [p.name for p in (tmp_path / "out").iterdir() if "Zoltan" in p.read_text()]
+    # and without the request the row is kept: the count above is the request's doing
+    assert build_pairs(tmp_path / "pref", tmp_path / "out2")["drops"]["d.jsonl"]["kept"] == 2
 
 
 @pytest.mark.parametrize("make", [

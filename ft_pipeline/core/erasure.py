@@ -88,34 +88,62 @@ def mark_erased(records, erased: dict[str, str]):
 
 
 def _texts(rec: dict) -> list[str]:
-    """The user and assistant texts of a canonical record (its raw text when it has no messages)."""
-    if "messages" not in rec:
+    """The user and assistant texts of a canonical record or preference pair (its raw text when it has none)."""
+    if "messages" in rec:
+        messages = rec["messages"]
+    elif "prompt" in rec:
+        messages = rec["prompt"] + rec["chosen"] + rec["rejected"]
+    else:
         return [rec["raw"]]
-    return [m["content"] for m in rec["messages"] if m["role"] in ("user", "assistant")]
+    return [m["content"] for m in messages if m["role"] in ("user", "assistant")]
+
+
+PREFERENCES = "preferences"  # the raw folder's subfolder of preference drops (defs/preference.py)
+
+
+def _all_drops(raw_dir: Path) -> list[tuple[str, str, Path, bool]]:
+    """(drop, file, path, is_preference) of every drop: the SFT drops in the raw folder, then the preference
+    drops in its preferences/, named `preferences/<key>` and `preferences/<file name>` as lineage names them."""
+    from ft_pipeline.core.drop_files import find_drops
+
+    sft, _ = formats.find_drops(Path(raw_dir))
+    pref, _ = find_drops(Path(raw_dir) / PREFERENCES)
+    return ([(k, p.name, p, False) for k, p in sorted(sft.items())]
+            + [(f"{PREFERENCES}/{k}", f"{PREFERENCES}/{p.name}", p, True) for k, p in sorted(pref.items())])
+
+
+def _names(drop: str, file: str) -> set[str]:
+    """What a person may call a drop: its partition key or file name, for a preference drop also without the
+    folder."""
+    return {drop, file, drop.removeprefix(f"{PREFERENCES}/"), file.removeprefix(f"{PREFERENCES}/")}
 
 
 def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, raw_sha256: str | None = None,
               text: str | None = None, unreadable: list[str] | None = None) -> list[dict]:
-    """The raw rows a request names: by drop (file name or partition key) and line, by (a prefix of) the raw
+    """The raw rows a request names, in SFT or preference drops: by drop (file name or partition key; a
+    preference drop also as preferences/<name>) and line, by (a prefix of) the raw
     row's hash, or every row whose user or assistant text contains `text`. A row found by drop and line or
     by hash is found in every drop that has the same raw row. Each: drop, file, line, raw_sha256 and a short
     preview of its text (for the confirmation prompt; never stored). A drop that cannot be read is left out,
     its error appended to `unreadable`."""
     unreadable = [] if unreadable is None else unreadable
-    found, _ = formats.find_drops(Path(raw_dir))
+    drops = _all_drops(raw_dir)
     if drop is not None:
-        if not any(drop in (key, path.name) for key, path in found.items()):
+        named = sorted({d[0] for d in drops if drop in _names(d[0], d[1])})
+        if not named:
             raise ErasureError(f"no drop {drop!r} in {raw_dir}")
+        if len(named) > 1:
+            raise ErasureError(f"{drop!r} names {' and '.join(named)}; give the one you mean")
     rows = []
-    for key, path in sorted(found.items()):
+    for key, name, path, is_pref in drops:
         try:
-            rows += _canonical_rows(key, path)
+            rows += _canonical_rows(key, name, path, is_pref)
         except formats.DropError as e:  # a drop the pipeline cannot read either (its run fails naming it)
-            if drop in (key, path.name):
+            if drop is not None and drop in _names(key, name):
                 raise ErasureError(str(e)) from e
             unreadable.append(str(e))
     if drop is not None and line is not None:
-        hit = [r for r in rows if drop in (r["drop"], r["file"]) and r["line"] == line]
+        hit = [r for r in rows if drop in _names(r["drop"], r["file"]) and r["line"] == line]
         if not hit:
             raise ErasureError(f"drop {drop} has no line {line}")
         raw_sha256 = hit[0]["raw_sha256"]
@@ -134,13 +162,19 @@ def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, r
     return [{k: r[k] for k in ("drop", "file", "line", "raw_sha256", "preview")} for r in out]
 
 
-def _canonical_rows(key: str, path: Path) -> list[dict]:
+def _canonical_rows(key: str, name: str, path: Path, is_preference: bool) -> list[dict]:
     parsed = formats.read_drop(path)
-    fmt = formats.detect_format(parsed.rows, path)
+    if is_preference:
+        from ft_pipeline.preference.pair_formats import detect_format
+        from ft_pipeline.preference.pairs import canonical_pairs
+
+        records = canonical_pairs(parsed, detect_format(parsed.rows, path))
+    else:
+        records = cleaning.iter_canonical(parsed, formats.detect_format(parsed.rows, path))
     out = []
-    for rec in cleaning.iter_canonical(parsed, fmt):
+    for rec in records:
         texts = _texts(rec)
-        out.append({"drop": key, "file": path.name, "line": rec["line"], "raw_sha256": rec["raw_sha256"],
+        out.append({"drop": key, "file": name, "line": rec["line"], "raw_sha256": rec["raw_sha256"],
                     "texts": texts, "preview": " | ".join(texts)[:100]})
     return out
 
@@ -164,7 +198,7 @@ def append_request(home: Path, request: dict) -> Path:
 def redact_source(raw_dir: Path, rows: list[dict], request: dict) -> list[Path]:
     """Rewrite each row's line in its raw JSONL file with a note of what was done (the file's other lines
     unchanged). Other formats are refused before anything is written."""
-    found, _ = formats.find_drops(Path(raw_dir))
+    found = {d: path for d, _, path, _ in _all_drops(raw_dir)}
     paths = {r["drop"]: found[r["drop"]] for r in rows}
     if bad := sorted(p.name for p in paths.values() if p.suffix != ".jsonl"):
         raise ErasureError(f"--redact-source rewrites JSONL drops only; edit {', '.join(bad)} yourself")
@@ -182,7 +216,8 @@ def erased_records(home: Path, erased: dict[str, str]) -> list[dict]:
     """The cleaned (and split) records of erased rows still under the home: what the scrub looks for."""
     data = Path(home) / "data"
     out = []
-    for path in sorted([*data.glob("cleaned/*.jsonl"), *data.glob("split/*.jsonl")]):
+    for path in sorted([*data.glob("cleaned/*.jsonl"), *data.glob("split/*.jsonl"),
+                        *data.glob("preference_pairs/*.jsonl")]):
         with open(path, encoding="utf-8") as f:
             out += [rec for ln in f if ln.strip() and (rec := json.loads(ln)).get("raw_sha256") in erased]
     return out

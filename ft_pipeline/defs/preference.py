@@ -26,14 +26,18 @@ def preference_dir(home: PipelineHome) -> Path:
     return Path(home.raw_dir) / PREFERENCE_FOLDER
 
 
-def source_version(pref_dir: Path | None) -> str:
-    """A hash of the preference drops' names and contents: what preference_pairs was made from (None: that of
-    no drops)."""
+def source_version(pref_dir: Path | None, erased: dict[str, str] | None = None) -> str:
+    """A hash of the preference drops' names and contents, and of the erasure list once there is one: what
+    preference_pairs was made from (None: that of no drops). An erasure request re-reads the pairs, as it
+    re-ingests every SFT drop (core/erasure.raw_data_version)."""
     from ft_pipeline.core.drop_files import find_drops
+    from ft_pipeline.core.erasure import digest
     from ft_pipeline.core.formats import sha256_file
 
     found = find_drops(pref_dir)[0] if pref_dir is not None else {}
     blob = "".join(f"{p.name}\0{sha256_file(p)}\n" for p in found.values())
+    if erased:
+        blob += f"erased\0{digest(erased)}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -50,7 +54,7 @@ class PreferencePairsConfig(CheckedConfig):
 @dg.asset(group_name="data", code_version="pairs-v1", kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("pairs_accounted_for", asset="preference_pairs", blocking=True,
                                          description="for every preference drop: rows in = kept + quarantined + "
-                                                     "duplicates")])
+                                                     "duplicates + erased")])
 def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsConfig, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Preference pairs (prompt, chosen, rejected) from every drop in the raw folder's preferences/: validated
@@ -58,39 +62,46 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
     import mlflow
 
     from ft_pipeline.core.drop_files import drop_key
+    from ft_pipeline.core.erasure import erased_hashes
     from ft_pipeline.core.errors import DropError
     from ft_pipeline.preference.pairs import build_pairs
 
     out = home.data("preference_pairs")
+    erased = erased_hashes(home.root)
     try:
         manifest = build_pairs(preference_dir(home), out, holdout_fraction=config.holdout_fraction, seed=config.seed,
-                               redact_pii=config.redact_pii, encoding=config.encoding)
+                               redact_pii=config.redact_pii, encoding=config.encoding, erased=erased)
     except DropError as e:
         raise dg.Failure(description=str(e)) from e
     drops = {drop_key(n): d for n, d in manifest["drops"].items()}  # records name their drop by partition key
     # The check recounts the files on disk (every record names its drop), not the counts build_pairs returned.
     on_disk = {n: Counter() for n in drops}
-    for kind, files in {"kept": ("train", "holdout"), "quarantined": ("quarantine",), "duplicates": ("duplicates",)}.items():
+    files_of = {"kept": ("train", "holdout"), "quarantined": ("quarantine",), "duplicates": ("duplicates",),
+                "erased": ("erased",)}
+    for kind, files in files_of.items():
         for f in files:
             for r in read_jsonl(out / f"{f}.jsonl"):
                 on_disk.setdefault(r["drop"], Counter())[kind] += 1
     lost = {n: c for n, c in on_disk.items() if n not in drops or sum(c.values()) != drops[n]["rows_in"]}
-    version = source_version(preference_dir(home))
+    version = source_version(preference_dir(home), erased)
     with mlflow_tracking.start_run(context, "preference-pairs", "preference_pairs",
                                    tags={"dagster.data_version": version}) as (run, exp_id):
         mlflow.log_metrics({"pairs_train": manifest["train"], "pairs_holdout": manifest["holdout"],
                             "pairs_quarantined": sum(d["quarantined"] for d in drops.values()),
-                            "pairs_duplicates": sum(d["duplicates"] for d in drops.values())})
+                            "pairs_duplicates": sum(d["duplicates"] for d in drops.values()),
+                            "pairs_erased": sum(d["erased"] for d in drops.values())})
         mlflow.log_dict(manifest, "preference_manifest.json")
     check = dg.AssetCheckResult(
         check_name="pairs_accounted_for", passed=not lost, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(f"{n}: {drops.get(n, {}).get('rows_in', 0)} rows in, {c['kept']} kept + "
-                              f"{c['quarantined']} quarantined + {c['duplicates']} duplicates on disk"
+                              f"{c['quarantined']} quarantined + {c['duplicates']} duplicates + {c['erased']} erased "
+                              "on disk"
                               + (": rows lost" if n in lost else "") for n, c in on_disk.items()) or "no preference drops",
-        metadata={f"{n}_{k}": c[k] for n, c in on_disk.items() for k in ("kept", "quarantined", "duplicates")})
+        metadata={f"{n}_{k}": c[k] for n, c in on_disk.items() for k in files_of})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version), check_results=[check],
         metadata={"drops": len(drops), "pairs_train": manifest["train"], "pairs_holdout": manifest["holdout"],
+                  "pairs_erased": sum(d["erased"] for d in drops.values()),
                   "quarantine_by_reason": dg.MetadataValue.json(manifest["quarantine_by_reason"]),
                   "per_drop": dg.MetadataValue.json(drops), "folder": dg.MetadataValue.path(str(preference_dir(home))),
                   "train_sha256": manifest["train_sha256"],

@@ -63,9 +63,9 @@ def raw_drops_sensor(context: dg.SensorEvaluationContext, home: PipelineHome) ->
                               tags={"ft_pipeline/drop_sha256": current[d]["sha256"][:16]}) for d in new + changed]
     from ft_pipeline.defs.preference import PREFERENCE_FOLDER, source_version
 
-    pref, last = source_version(Path(home.raw_dir) / PREFERENCE_FOLDER), last_ingested_version(
+    pref, last = source_version(Path(home.raw_dir) / PREFERENCE_FOLDER, erased), last_ingested_version(
         context.instance, None, "preference_pairs")
-    if pref != last and (last is not None or pref != source_version(None)):  # None: no folder, never read
+    if pref != last and (last is not None or pref != source_version(None, erased)):  # None: no folder, never read
         requests.append(dg.RunRequest(run_key=f"preferences:{pref}", job_name=ingest_preferences_job.name))
     return dg.SensorResult(
         run_requests=requests, cursor=json.dumps(current, sort_keys=True),

@@ -3,7 +3,8 @@ core/formats.py's readers; every row becomes a canonical pair or a quarantined r
 are whitespace-normalized and PII-redacted like SFT rows, deduplicated across drops on (prompt, chosen,
 rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides.
 
-Accounting is exact: for every drop, rows in = kept + quarantined + duplicates."""
+Accounting is exact: for every drop, rows in = kept + quarantined + duplicates + erased (rows an erasure request
+names, core/erasure.py: kept as their provenance and request id, without their text)."""
 
 from __future__ import annotations
 
@@ -60,23 +61,34 @@ def is_holdout(prompt: list[dict], holdout_fraction: float, seed: int) -> bool:
 
 
 def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1, seed: int = 0,
-                redact_pii: bool = True, encoding: str = "utf-8") -> dict:
+                redact_pii: bool = True, encoding: str = "utf-8", erased: dict[str, str] | None = None) -> dict:
     """Read every preference drop directly in `pref_dir`, write train.jsonl, holdout.jsonl, quarantine.jsonl,
-    duplicates.jsonl and manifest.json to `out_dir`, and return the manifest. No drops (or no folder): all
-    counts zero. A file that is no preference drop raises DropError naming it."""
+    duplicates.jsonl, erased.jsonl and manifest.json to `out_dir`, and return the manifest. `erased` is
+    {raw_sha256: erasure request id}: those rows, and lines `forget --redact-source` rewrote, are counted as
+    erased. No drops (or no folder): all counts zero. A file that is no preference drop raises DropError
+    naming it."""
+    from ft_pipeline.core.erasure import mark_erased
+
     drops, problems = find_drops(pref_dir)
     if problems:
         raise DropError("; ".join(problems))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sides: dict[str, list[dict]] = {"train": [], "holdout": []}
-    quarantine, duplicates, meta = [], [], {}
+    quarantine, duplicates, gone, meta = [], [], [], {}
     seen: dict[str, dict] = {}  # pair_id -> the kept pair's reference
     for path in drops.values():
         parsed = read_drop(path, encoding)
         fmt = detect_format(parsed.rows, path)
         counts = Counter()
-        for r in clean_pairs(canonical_pairs(parsed, fmt), redact_pii):
+        records = []
+        for r in mark_erased(canonical_pairs(parsed, fmt), erased or {}):
+            if "erased" in r:
+                gone.append(r)
+                counts["erased"] += 1
+            else:
+                records.append(r)
+        for r in clean_pairs(records, redact_pii):
             base = {k: r[k] for k in PROVENANCE}
             if "code" in r:
                 quarantine.append({**base, "raw": r["raw"], "code": r["code"], "reason": r["reason"]})
@@ -90,10 +102,10 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
                 sides["holdout" if is_holdout(r["prompt"], holdout_fraction, seed) else "train"].append(kept)
                 counts["kept"] += 1
         meta[path.name] = {"sha256": parsed.sha256, "format": fmt, "rows_in": len(parsed.rows),
-                           **{k: counts[k] for k in ("kept", "quarantined", "duplicates")}}
+                           **{k: counts[k] for k in ("kept", "quarantined", "duplicates", "erased")}}
         if sum(counts.values()) != len(parsed.rows):
             raise RuntimeError(f"{path}: {len(parsed.rows)} rows in but {dict(counts)} out: rows were lost")
-    for name, records in (*sides.items(), ("quarantine", quarantine), ("duplicates", duplicates)):
+    for name, records in (*sides.items(), ("quarantine", quarantine), ("duplicates", duplicates), ("erased", gone)):
         write_jsonl(out_dir / f"{name}.jsonl", records)
     manifest = {"drops": meta, "train": len(sides["train"]), "holdout": len(sides["holdout"]),
                 "train_sha256": sha256_file(out_dir / "train.jsonl"),
