@@ -1,5 +1,5 @@
 """What `ft-pipeline run` prints while it works: one line per stage as it finishes, a progress bar with ETA
-while the adapter trains, a line per model evaluated. Dagster's run log (the UI, `dagster debug`) keeps every
+while an adapter trains and while each model answers the evaluation sets, a line per model evaluated. Dagster's run log (the UI, `dagster debug`) keeps every
 detail; this is a Dagster logger (`stages`) that `ft-pipeline run` turns on instead of the console logger."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 import dagster as dg
 
 _STEP = re.compile(r"^step (\d+)/(\d+) loss=(\S+)")
+_EVAL = re.compile(r"^evaluating (.+): (\d+)/(\d+) answers$")
 
 
 class StageHandler(logging.Handler):
@@ -60,21 +61,29 @@ class StageHandler(logging.Handler):
             status = "ok" if data.passed else "FAIL"
             self._print(f"  {status:5s} check {data.check_name}: {data.description or ''}".rstrip(": "))
 
-    def _message(self, msg: str) -> None:
-        m = _STEP.match(msg)
-        if m:
-            done, total = int(m.group(1)), int(m.group(2))
-            if self.bar is None:
-                from tqdm import tqdm
+    def _progress(self, desc: str, done: int, total: int, unit: str):
+        """The bar for `desc` (a new one when the last was for something else), moved to `done`."""
+        if self.bar is not None and self.bar.desc != desc:
+            self._close_bar()
+        if self.bar is None:
+            from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=done, desc="  training", unit="step", file=sys.stderr,
-                                leave=False, dynamic_ncols=True)
-            self.bar.update(done - self.bar.n)
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        return self.bar
+
+    def _message(self, msg: str) -> None:
+        if m := _STEP.match(msg):
+            bar = self._progress("  training", int(m.group(1)), int(m.group(2)), "step")
             try:
-                self.bar.set_postfix_str(f"loss {float(m.group(3)):.4f}", refresh=True)
+                bar.set_postfix_str(f"loss {float(m.group(3)):.4f}", refresh=True)
             except ValueError:  # a log line without a loss (loss=None)
                 pass
+        elif m := _EVAL.match(msg):
+            self._progress(f"  evaluating {m.group(1)}", int(m.group(2)), int(m.group(3)), "answer")
         elif msg.startswith("evaluated "):
+            self._close_bar()
             self._print(f"        {msg}")
 
 

@@ -80,3 +80,12 @@ def test_a_line_cut_by_a_killed_run_is_answered_again(tmp_path):
     c.path.write_text(text[: len(text) - 20])  # the second entry half written, as a SIGKILL leaves it
     again = EvalCache(tmp_path, "m")
     assert again.get(rec(0), 12)["prediction"] == "x" and again.get(rec(1), 12) is None
+
+
+def test_progress_follows_the_answers_generated_a_batch_at_a_time(model_tok, tmp_path):
+    model, tok = model_tok
+    seen = []
+    evaluate(model, tok, [rec(i) for i in range(2)], 12, 4, cache=EvalCache(tmp_path, "m"))
+    evaluate(model, tok, [rec(i) for i in range(7)], 12, 2, cache=EvalCache(tmp_path, "m"),
+             progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]  # the 2 cached answers are not generated again

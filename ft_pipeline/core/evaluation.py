@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -46,9 +47,10 @@ def left_padded(enc: list[list[int]], pad: int):
 
 
 def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 64,
-             details: bool = False):
+             details: bool = False, progress: Callable[[int, int], None] | None = None):
     """Greedy completions, batched with left padding; batches hold prompts of similar length. Generation stops
-    at the end-of-turn (eos) token. With `details`, also (new tokens, stopped by itself) per completion."""
+    at the end-of-turn (eos) token. With `details`, also (new tokens, stopped by itself) per completion.
+    `progress(done, total)` is called after each batch with the number of completions done."""
     import torch
 
     enc = chat_prompt_ids(tok, conversations)
@@ -70,6 +72,8 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
             stop = new.index(tok.eos_token_id) + 1 if tok.eos_token_id in new else None
             info[i] = (stop or len(new), stop is not None)
             outputs[i] = tok.decode(new[:stop], skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(start + len(idx), len(order))
     return (outputs, info) if details else outputs
 
 
@@ -224,9 +228,10 @@ def score(predictions: list[str], references: list[str]) -> Scores:
 
 
 def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_size: int = 64,
-             cache=None) -> dict:
+             cache=None, progress: Callable[[int, int], None] | None = None) -> dict:
     """All metrics of one model on `records`, plus its predictions. `model` may be a callable returning
-    (model, tokenizer): it is only called when some record is not in `cache` (an EvalCache)."""
+    (model, tokenizer): it is only called when some record is not in `cache` (an EvalCache). `progress(done,
+    total)` follows the answers generated (those not in the cache)."""
     from ft_pipeline.core.eval_cache import EvalCache
 
     cache = cache if cache is not None else EvalCache(None, None)
@@ -235,7 +240,7 @@ def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_s
         if callable(model) and not hasattr(model, "generate"):
             model, tok = model()
         preds, info = generate(model, tok, [prompt_messages(r) for r in todo], max_new_tokens, batch_size,
-                               details=True)
+                               details=True, progress=progress)
         for r, p, (n_new, finished), (nll, n) in zip(todo, preds, info, example_losses(model, tok, todo),
                                                      strict=True):
             cache.put(r, p, n_new, finished, max_new_tokens, nll, n)

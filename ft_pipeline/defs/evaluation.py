@@ -77,6 +77,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         adapter["base"], adapter["adapter_dir"], holdout, fixed, home.root / "cache", config.max_new_tokens,
         config.batch_size, champion=(loader, (champ.tags or {}).get("eval.cache_key")) if champ else None,
         log=lambda what, n: context.log.info("evaluated %s: %d answers generated, the rest from cache", what, n),
+        progress=lambda what, done, total: context.log.info("evaluating %s: %d/%d answers", what, done, total),
         more={"dpo": dpo["adapter_dir"]} if dpo else None,
         pairs=read_jsonl(pairs_file) if pairs_file.exists() else None)
     results = out["holdout"]
