@@ -23,14 +23,18 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                  max_new_tokens: int = 128, batch_size: int = 64,
                  champion: tuple[Callable, str | None] | None = None,
                  log: Callable[[str, int], None] = lambda name, n: None, more: dict[str, Path] | None = None,
-                 pairs: list[dict] | None = None) -> dict:
+                 pairs: list[dict] | None = None,
+                 progress: Callable[[str, int, int], None] = lambda what, done, total: None) -> dict:
     """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
     "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
     of further adapters on the same base (the DPO adapter), evaluated like the tuned one; `pairs` are holdout
-    preference pairs, scored for pair accuracy by base, tuned and `more` models."""
+    preference pairs, scored for pair accuracy by base, tuned and `more` models. `progress(what, done, total)`
+    follows each model's generation on each set, a batch at a time."""
     from ft_pipeline.core.base_models import load_model_and_tokenizer
+    from ft_pipeline.core.cpu_speed import keep_freed_memory
 
+    keep_freed_memory()
     adapter_dir = Path(adapter_dir)
     sets = {"holdout": holdout, "fixed": fixed}
     tok = evaluation.load_tokenizer(adapter_dir)
@@ -49,8 +53,10 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
         cache = eval_cache.EvalCache(cache_dir / "eval", key)
         for set_name, records in sets.items():
             if records:
-                res = evaluation.evaluate(model, tok_, records, budget, batch_size, cache=cache)
-                log(f"{name} ({set_name})", res["generated"])
+                what = f"{name} ({set_name})"
+                res = evaluation.evaluate(model, tok_, records, budget, batch_size, cache=cache,
+                                          progress=lambda done, total: progress(what, done, total))
+                log(what, res["generated"])
                 out[set_name][name] = res
         return model
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ft_pipeline.core import knobs
+from ft_pipeline.core import cpu_speed, knobs
 
 
 # Knobs that change how a run is logged, saved or launched, not the weights it trains.
@@ -172,7 +172,8 @@ def sft_config(opts: TrainOptions, checkpoint_dir: Path, run_name: str, report_t
         # Examples arrive tokenized with their assistant mask (see `tokenize`), from which TRL builds the labels:
         # loss on assistant tokens only. TRL's own flag only applies to untokenized conversations.
         packing=opts.packing, assistant_only_loss=False,
-        # Batches of similar length waste less compute on padding (packing makes this moot).
+        # Batches of similar length waste less compute on padding (packing makes this moot): shuffled length
+        # buckets (core/cpu_speed.py), not transformers' sampler of the same name.
         train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.packing else "random",
         eval_strategy="steps" if evaluate else "no", eval_steps=opts.eval_steps if evaluate else None,
         load_best_model_at_end=evaluate and (opts.load_best_model_at_end or opts.early_stopping_patience > 0),
@@ -269,6 +270,7 @@ def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    cpu_speed.keep_freed_memory()
     tok = load_tokenizer(base_dir, opts)
     rows, supervision = tokenize(tok, train_records, opts.max_length)
     check_supervision(supervision)
@@ -280,8 +282,9 @@ def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     model = str(base_dir)
     if opts.load_in_4bit:
         model = _load_kbit_model(base_dir, args)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(rows), eval_dataset=eval_ds,
-                         processing_class=tok, peft_config=lora_config(opts), callbacks=callbacks)
+    trainer = cpu_speed.trainer_class(SFTTrainer)(model=model, args=args, train_dataset=to_dataset(rows),
+                                                  eval_dataset=eval_ds, processing_class=tok,
+                                                  peft_config=lora_config(opts), callbacks=callbacks)
     trainer.supervision = supervision
     return trainer
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ft_pipeline.core import knobs
+from ft_pipeline.core import cpu_speed, knobs
 from ft_pipeline.core.training import TrainResult
 
 _NOT_IN_FINGERPRINT = ("enabled", "logging_steps", "save_steps", "save_total_limit")
@@ -131,10 +131,13 @@ def build_trainer(base_dir: Path, sft_dir: Path, pairs: list[dict], checkpoint_d
 
     if not pairs:
         raise ValueError("no preference pairs to train on")
+    cpu_speed.keep_freed_memory()
     model, tok = load_policy(base_dir, sft_dir, opts.precision)
     args = dpo_config(opts, checkpoint_dir, run_name, report_to_mlflow)
-    return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(to_trl(pairs)),
-                      processing_class=tok, callbacks=list(callbacks or []))
+    with cpu_speed.compact_lm_head():  # TRL computes the reference log-probabilities here when they are precomputed
+        return cpu_speed.trainer_class(DPOTrainer)(model=model, ref_model=None, args=args,
+                                                   train_dataset=Dataset.from_list(to_trl(pairs)),
+                                                   processing_class=tok, callbacks=list(callbacks or []))
 
 
 def train_preference(base_dir: Path, sft_dir: Path, pairs: list[dict], checkpoint_dir: Path, out_dir: Path,
