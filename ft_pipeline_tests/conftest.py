@@ -5,6 +5,9 @@ import pytest
 # Tests never touch the user's stores: each test that needs a home gets one under tmp_path.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The config classes' defaults (ft_pipeline/config.py) are builtin:tiny's here, in this process and in every
+# CLI, dagster and mlflow process a test starts (they inherit the environment): the tests train the tiny model.
+os.environ["FT_PIPELINE_DEFAULTS"] = "configs/cpu_tiny.yaml"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,6 +29,52 @@ def test_preset_parses_into_the_config_classes(path: Path):
         assert (REPO_ROOT / opts.accelerate_config).is_file()
 
 
+TINY = ["cpu_tiny.yaml", "smoke.yaml", "full_tiny.yaml"]
+_DUMP = """
+import json, sys, yaml
+from ft_pipeline.defs import evaluation as e, model as m, preference as p
+classes = {"base_model": m.BaseModelConfig, "lora_adapter": m.TrainConfig, "preference_adapter": p.PreferenceConfig,
+           "evaluation_report": e.EvaluationConfig, e.GATE_CHECK: e.GateConfig}
+if sys.argv[1:] == ["defaults"]:
+    print(json.dumps([m.BaseModelConfig().base_model, m.TrainConfig().max_steps, m.TrainConfig().learning_rate,
+                      p.PreferenceConfig().enabled, e.EvaluationConfig().batch_size, e.GateConfig().max_retention_kl]))
+else:
+    out = {}
+    for name in sys.argv[1:]:
+        ops = yaml.safe_load(open("configs/" + name))["ops"]
+        out[name] = {op: cls(**((ops.get(op) or {}).get("config") or {})).model_dump() for op, cls in classes.items()}
+    print(json.dumps(out))
+"""
+
+
+def _dump(defaults: str | None, *args: str):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "FT_PIPELINE_DEFAULTS"}
+    if defaults:
+        env["FT_PIPELINE_DEFAULTS"] = defaults
+    out = subprocess.run([sys.executable, "-c", _DUMP, *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_tiny_preset_runs_the_same_whichever_preset_gives_the_defaults():
+    # The config classes' defaults are cpu_smollm2.yaml's, the tests' cpu_tiny.yaml's: a builtin:tiny preset sets
+    # every knob on which they differ, or `make run PRESET=...` would train tiny with SmolLM2's rate and gate.
+    assert _dump(None, *TINY) == _dump("configs/cpu_tiny.yaml", *TINY)
+
+
+@pytest.mark.parametrize("defaults, expected", [
+    (None, ["smollm2-135m-instruct", 80, 1e-3, False, 32, 2.0]),  # what `make run` runs
+    ("configs/cpu_tiny.yaml", ["builtin:tiny", 400, 3e-3, True, 64, None]),  # what the tests run
+])
+def test_the_config_classes_take_their_defaults_from_the_defaults_preset(defaults, expected):
+    assert _dump(defaults, "defaults") == expected
+
+
 def test_preset_knobs_mean_what_their_names_say():
     load = lambda name: TrainConfig(**yaml.safe_load((REPO_ROOT / "configs" / name).read_text())["ops"]["lora_adapter"]["config"]).options()  # noqa: E731
     assert load("qlora_qwen.yaml").load_in_4bit and load("qlora_qwen.yaml").finetune == "lora"

@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from ft_pipeline.config import CheckedConfig
+from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.core import knobs
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
@@ -13,18 +13,19 @@ from ft_pipeline.resources import MlflowTracking, PipelineHome
 OWNERS = ["team:ml-platform"]
 
 
+GATE_CHECK = "evaluation_report_beats_base_and_champion"
+_EVAL, _GATE = preset_defaults("evaluation_report"), preset_defaults(GATE_CHECK)
+
+
 class EvaluationConfig(CheckedConfig):
     KNOBS = knobs.EVALUATION
-    max_new_tokens: int = 128
+    max_new_tokens: int = _EVAL.get("max_new_tokens", 128)
     """Upper bound on an answer's length; generation also stops at the longest reference answer plus a margin."""
-    batch_size: int = 64
-    max_examples: int = 0
+    batch_size: int = _EVAL.get("batch_size", 64)
+    max_examples: int = _EVAL.get("max_examples", 0)
     """Evaluate on the first N holdout examples only (0 = all)."""
-    fixed_eval_path: str = "data/eval/support_handwritten.jsonl"
+    fixed_eval_path: str = _EVAL.get("fixed_eval_path", "data/eval/support_handwritten.jsonl")
     """A fixed evaluation set scored beside the holdout (relative to the checkout, or absolute; empty: none)."""
-
-
-GATE_CHECK = "evaluation_report_beats_base_and_champion"
 
 
 def gate_metric(context) -> str:
@@ -135,16 +136,16 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
 
 class GateConfig(CheckedConfig):
     KNOBS = knobs.EVALUATION
-    min_json_valid: float = 0.9
-    min_gain_over_base: float = 0.05
+    min_json_valid: float = _GATE.get("min_json_valid", 0.9)
+    min_gain_over_base: float = _GATE.get("min_gain_over_base", 0.05)
     """The gate metric (field accuracy by default) must beat the base model's by at least this much."""
-    max_loss_vs_champion: float = 0.0
+    max_loss_vs_champion: float = _GATE.get("max_loss_vs_champion", 0.0)
     """The gate metric may fall below the champion's by at most this much (0 = must match or beat it)."""
-    max_retention_kl: float | None = None
+    max_retention_kl: float | None = _GATE.get("max_retention_kl")
     """If set, the tuned model's retention KL (its divergence from the base on general prompts) must not exceed
-    this: it may learn the task, but not forget how to answer everything else. Off by default (builtin:tiny's
-    base is random)."""
-    metric: str = "field_accuracy"
+    this: it may learn the task, but not forget how to answer everything else. 2.0 in the SmolLM2 presets; off
+    (null) for builtin:tiny, whose base is random."""
+    metric: str = _GATE.get("metric", "field_accuracy")
     """What must beat the base and hold against the champion: field_accuracy (structured output, the default),
     exact_match, chrf (0-100: set the margins in chrF points) or rouge_l, for free-text tasks."""
 

@@ -9,21 +9,23 @@ import dagster as dg
 from pydantic import field_validator, model_validator
 
 from ft_pipeline import settings
-from ft_pipeline.config import CheckedConfig
+from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.core import base_models, knobs
 from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
-_TRAIN_DEFAULTS = TrainOptions()
+_TRAIN_DEFAULTS = TrainOptions(**preset_defaults("lora_adapter"))
+_BASE_DEFAULTS = preset_defaults("base_model")
 
 
 class BaseModelConfig(CheckedConfig):
     KNOBS = knobs.BASE_MODEL
-    base_model: str = base_models.BUILTIN_TINY
-    """builtin:tiny, an absolute local model directory, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct[@rev]."""
-    seed: int = 0
+    base_model: str = _BASE_DEFAULTS.get("base_model", base_models.BUILTIN_TINY)
+    """smollm2-135m-instruct (the packaged model), gguf:/abs/path.gguf, builtin:tiny, an absolute local model
+    directory, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct[@rev]."""
+    seed: int = _BASE_DEFAULTS.get("seed", 0)
     """Seed of builtin:tiny's random init."""
 
     @field_validator("base_model")
@@ -57,7 +59,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home:
 
 
 class TrainConfig(CheckedConfig):
-    """Training hyperparameters; the defaults are the CPU run on builtin:tiny (see configs/ for presets)."""
+    """Training hyperparameters; the defaults are the defaults preset's (ft_pipeline/config.py: what `make run`
+    trains, SmolLM2 on CPU; see configs/ for presets)."""
 
     KNOBS = knobs.TRAIN
 
@@ -74,7 +77,7 @@ class TrainConfig(CheckedConfig):
     lora_r: int = _TRAIN_DEFAULTS.lora_r
     lora_alpha: int = _TRAIN_DEFAULTS.lora_alpha
     lora_dropout: float = _TRAIN_DEFAULTS.lora_dropout
-    target_modules: str = "all-linear"
+    target_modules: str = _TRAIN_DEFAULTS.target_modules
     modules_to_save: list[str] = _TRAIN_DEFAULTS.modules_to_save
     load_in_4bit: bool = _TRAIN_DEFAULTS.load_in_4bit
     """QLoRA: load the frozen base in 4-bit (needs bitsandbytes and a CUDA GPU)."""
@@ -93,7 +96,7 @@ class TrainConfig(CheckedConfig):
     """Holdout loss every N steps (0 = never); needed by early stopping and load_best_model_at_end."""
     early_stopping_patience: int = _TRAIN_DEFAULTS.early_stopping_patience
     load_best_model_at_end: bool = _TRAIN_DEFAULTS.load_best_model_at_end
-    trust_remote_code: bool = False
+    trust_remote_code: bool = _TRAIN_DEFAULTS.trust_remote_code
     launcher: str = _TRAIN_DEFAULTS.launcher
     """in_process, subprocess, torchrun or accelerate (several processes / GPUs with num_processes)."""
     num_processes: int = _TRAIN_DEFAULTS.num_processes

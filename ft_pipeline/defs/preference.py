@@ -11,14 +11,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.config import CheckedConfig
+from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.core import knobs
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.preference.training import PreferenceOptions
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
-_DEFAULTS = PreferenceOptions()
+_DEFAULTS = PreferenceOptions(**preset_defaults("preference_adapter"))
 PREFERENCE_FOLDER = "preferences"
 
 
@@ -109,7 +109,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
 
 
 class PreferenceConfig(CheckedConfig):
-    """DPO after SFT; the defaults are the fast CPU run on builtin:tiny (configs/cpu_smollm2_dpo.yaml for SmolLM2)."""
+    """DPO after SFT; the defaults are the defaults preset's (ft_pipeline/config.py); configs/cpu_smollm2_dpo.yaml
+    turns it on for SmolLM2."""
 
     KNOBS = knobs.PREFERENCE
     enabled: bool = Field(_DEFAULTS.enabled,
