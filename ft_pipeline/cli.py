@@ -62,8 +62,10 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
                           ) if preset_path else {}
     runs.sigterm_as_interrupt()
-    instance = dg.DagsterInstance.get()
     with runs.home_lock(settings.home()):
+        # inside the lock: Dagster's SQLite run and schedule storages create their tables without guarding
+        # against a second process doing the same ("table secondary_indexes already exists")
+        instance = dg.DagsterInstance.get()
         for line in runs.reap(instance, settings.home()):
             print(f"stale run: {line}")
         return _run_all(instance, preset, force)

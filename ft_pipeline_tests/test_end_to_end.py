@@ -42,7 +42,7 @@ def test_main_job_succeeds_and_names_the_broken_drop(pipeline):
     # the terminal: one line per finished stage, not Dagster's event stream or known-noise warnings
     for stage in ("raw_examples[2026-01-support_chat.jsonl]", "base_model", "lora_adapter", "preference_pairs",
                   "check pairs_accounted_for: 2026-04-preferences.jsonl: 320 rows in, 313 kept + 5 quarantined + 2 "
-                  "duplicates on disk", "preference_adapter", "evaluation_report",
+                  "duplicates + 0 erased on disk", "preference_adapter", "evaluation_report",
                   "registered_model", "check beats_base_and_champion: passes the gate"):
         assert f"  ok    {stage}" in out, stage
     assert "FAIL  raw_examples[2026-04-broken.json]" in out
