@@ -54,7 +54,8 @@ def _cpu_s(pid: int) -> float:
 def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_registers(tmp_path):
     env = isolated_env(tmp_path)
     preset = tmp_path / "long.yaml"
-    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 80").replace("save_steps: 5",
+    # killed after the checkpoint of step 4 (polled every 0.5 s), with 20 steps (~10 s) still to go
+    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 24").replace("save_steps: 5",
                                                                                           "save_steps: 4"))
     proc = _start(env, tmp_path / "first.log", preset)
     ckpts = tmp_path / "home" / "checkpoints"
