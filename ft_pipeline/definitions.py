@@ -6,6 +6,14 @@ from ft_pipeline.console import LOGGERS
 from ft_pipeline.defs import automation, data, evaluation, jobs, model, preference, registry, sensors
 from ft_pipeline.resources import default_resources
 
+# Runs launched from the UI, the daemon or the automation run each step in a process of its own. Started with
+# `spawn` (Dagster's default), each imported dagster, this module, torch and transformers again: about 10 s per
+# step, nine steps a training run. A forkserver imports them once per run and forks every step from it. (No
+# torch op runs in the server, so no thread pool or CUDA context is forked.) `ft-pipeline run` runs in process.
+executor = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["ft_pipeline.definitions", "torch", "transformers",
+                                                         "peft", "trl", "mlflow"]}}}, name="multiprocess")
+
 defs = dg.Definitions(
     assets=automation.with_automation(
         [data.raw_examples, data.cleaned_examples, data.train_holdout_split, model.base_model, model.lora_adapter,
@@ -16,4 +24,5 @@ defs = dg.Definitions(
     sensors=[sensors.raw_drops_sensor, automation.automation_sensor],
     resources=default_resources(),
     loggers=LOGGERS,
+    executor=executor,
 )

@@ -77,3 +77,11 @@ def test_code_location_loads_without_heavy_imports():
             "print(sorted(m for m in ('torch','transformers','trl','peft','mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ui_and_daemon_runs_fork_their_steps_from_a_server_that_imported_torch_once():
+    for job in ("ingest_drop", "ingest_preferences", "train_and_register"):
+        ex = defs.resolve_job_def(job).executor_def
+        cfg = ex.config_schema.resolve_config({}).value["config"]
+        assert ex.name == "multiprocess" and set(cfg["start_method"]) == {"forkserver"}, (job, cfg)
+        assert {"ft_pipeline.definitions", "torch", "transformers"} <= set(cfg["start_method"]["forkserver"]["preload_modules"])
