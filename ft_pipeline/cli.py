@@ -47,7 +47,6 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     prepare_instance_home()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import warnings
 
     import dagster as dg
@@ -200,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
+    # MLflow draws a bar for every artifact it reads or writes (forget, lineage and export read several)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.cmd == "run":
         from ft_pipeline.presets import PresetError
 

@@ -69,6 +69,7 @@ def forgotten(tmp_path_factory):
 def test_forget_records_the_request_without_the_text(forgotten):
     tmp, env, rec, text, forget, before, *_ = forgotten
     assert "versions trained on it: 1" in forget.stdout
+    assert "Downloading artifacts" not in forget.stdout + forget.stderr  # one line per fact, no progress bars
     req, pair_req = [json.loads(x) for x in (tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()]
     assert req["rows"][0]["raw_sha256"] == rec["raw_sha256"] and req["reason"] == "test"
     assert pair_req["rows"][0]["drop"].startswith("preferences/") and pair_req["reason"] == "pair"
