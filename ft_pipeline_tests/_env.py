@@ -5,6 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from ft_pipeline.settings import REPO_ROOT
 
 # Each would point a subprocess at the user's own stores or change what the automation does.
@@ -25,3 +27,13 @@ def demo_drops(tmp: Path) -> Path:
     raw = tmp / "raw"
     shutil.copytree(REPO_ROOT / "data" / "raw", raw)
     return raw
+
+
+def smoke_preset(path: Path, **ops: dict) -> Path:
+    """configs/smoke.yaml with some knobs changed (`lora_adapter={"max_steps": 24}`), written to `path`. Loaded and
+    updated as YAML, not by replacing text, so a knob is set even when smoke.yaml's wording of it changes."""
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
+    for op, knobs in ops.items():
+        preset["ops"].setdefault(op, {}).setdefault("config", {}).update(knobs)
+    path.write_text(yaml.safe_dump(preset))
+    return path

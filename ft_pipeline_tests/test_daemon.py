@@ -14,12 +14,11 @@ import pytest
 
 from ft_pipeline.core.drop_files import find_drops
 from ft_pipeline.settings import REPO_ROOT
-from ft_pipeline_tests._env import demo_drops, isolated_env
+from ft_pipeline_tests._env import demo_drops, isolated_env, smoke_preset
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
 
 def _wait(pred, what, timeout=900):
@@ -99,9 +98,8 @@ def test_training_runs_launched_at_once_never_train_together(daemon):
     # Two queued runs of the training job at the same moment (what two clicks in the UI do) ...
     # smoke without DPO and with a small evaluation: the queue is the point, and a daemon-launched run starts a
     # process per step
-    queued_cfg = tmp / "queued.yaml"
-    queued_cfg.write_text(SMOKE.read_text().replace("      enabled: true", "      enabled: false")
-                          .replace("max_examples: 16", "max_examples: 4").replace("max_new_tokens: 64", "max_new_tokens: 16"))
+    queued_cfg = smoke_preset(tmp / "queued.yaml", preference_adapter={"enabled": False},
+                              evaluation_report={"max_examples": 4, "max_new_tokens": 16, "retention_prompts": 2})
     launches = [subprocess.Popen([str(BIN / "dagster"), "job", "launch", "-j", "train_and_register", "-c", str(queued_cfg),
                                   "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]

@@ -134,7 +134,8 @@ GOOD = {"base": {"json_valid": 0.0, "field_accuracy": 0.1}, "tuned": {"json_vali
     (0.5, None, []),       # off (the default, and builtin:tiny's): any drift passes
     (0.05, 0.1, []),       # within the limit
     (0.2, 0.1, ["retention KL 0.2000 > 0.1"]),  # drifted too far from the base on general prompts
-    (None, 0.1, ["max_retention_kl is set, but the retention check did not run (full fine-tune)"]),
+    (None, 0.1, ["max_retention_kl is set, but the retention check did not run (a full fine-tune, or "
+                 "retention_prompts"]),
 ])
 def test_gate_on_retention(kl, max_kl, reasons):
     got = gate_failures(GOOD, 0.9, 0.05, 0.0, retention_kl=kl, max_retention_kl=max_kl)

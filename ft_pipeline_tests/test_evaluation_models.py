@@ -51,6 +51,20 @@ def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, a
     assert results["tuned"]["metrics"]["holdout_loss"] != alone["metrics"]["holdout_loss"]
 
 
+def test_retention_prompts_picks_how_many_general_prompts_the_check_uses(tiny_base, adapter, tmp_path):
+    import json
+
+    few = evaluate_all(base_info(tiny_base), adapter, holdout()[:2], [], tmp_path, max_new_tokens=8,
+                       retention_prompts=4)
+    assert few["retention"]["prompts"] == 4 and len(few["retention"]["side_by_side"]) == 3
+    assert few["retention"]["kl"]["tuned"] > 0
+    base_cache = [p for p in (tmp_path / "retention").glob("*.json") if not p.name.startswith("kl-")]
+    assert [len(json.loads(p.read_text())["answers"]) for p in base_cache] == [4]
+    off = evaluate_all(base_info(tiny_base), adapter, holdout()[:2], [], tmp_path / "off", max_new_tokens=8,
+                       retention_prompts=0)
+    assert off["retention"] is None and not (tmp_path / "off" / "retention").exists()
+
+
 def test_disable_adapter_routes_modules_to_save_to_the_original_weights(tiny_base, adapter):
     tuned, tok = load_tuned(tiny_base, adapter)
     base, _ = load_model_and_tokenizer(tiny_base)

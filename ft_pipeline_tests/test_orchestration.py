@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
-from ft_pipeline_tests._env import demo_drops, isolated_env
+from ft_pipeline_tests._env import demo_drops, isolated_env, smoke_preset
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +94,7 @@ def test_same_content_retrains_nothing_and_changed_config_retrains(world):
     assert "to ingest: 2026-01-support_chat.jsonl (file content changed)" in out
     assert "nothing to do" in out and _count(inst, "lora_adapter") == 1
     # Another training config is a different model: it trains (and only the model side re-runs).
-    preset = tmp / "smoke-11.yaml"
-    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 11"))
+    preset = smoke_preset(tmp / "smoke-11.yaml", lora_adapter={"max_steps": 11})
     out = run_cli(env, "run", "--preset", str(preset))
     assert "lora_adapter: run config changed" in out and "train_set" not in out.split("to materialize:")[1]
     assert _count(inst, "lora_adapter") == 2

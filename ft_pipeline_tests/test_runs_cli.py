@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
-from ft_pipeline_tests._env import isolated_env
+from ft_pipeline_tests._env import isolated_env, smoke_preset
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +53,8 @@ def _cpu_s(pid: int) -> float:
 
 def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_registers(tmp_path):
     env = isolated_env(tmp_path)
-    preset = tmp_path / "long.yaml"
     # killed after the checkpoint of step 4 (polled every 0.5 s), with 20 steps (~10 s) still to go
-    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 24").replace("save_steps: 5",
-                                                                                          "save_steps: 4"))
+    preset = smoke_preset(tmp_path / "long.yaml", lora_adapter={"max_steps": 24, "save_steps": 4})
     proc = _start(env, tmp_path / "first.log", preset)
     ckpts = tmp_path / "home" / "checkpoints"
     _until(lambda: list(ckpts.glob("*/checkpoint-*/trainer_state.json")), "a training checkpoint", timeout=900)
@@ -80,9 +78,7 @@ def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_reg
 
 def test_sigterm_mid_training_stops_within_seconds_frees_the_slot_and_keeps_the_checkpoint(tmp_path):
     env = isolated_env(tmp_path)
-    preset = tmp_path / "long.yaml"
-    preset.write_text(SMOKE.read_text().replace("max_steps: 10", "max_steps: 400").replace("save_steps: 5",
-                                                                                           "save_steps: 2"))
+    preset = smoke_preset(tmp_path / "long.yaml", lora_adapter={"max_steps": 400, "save_steps": 2})
     log = tmp_path / "run.log"
     proc = _start(env, log, preset)
     ckpts = tmp_path / "home" / "checkpoints"

@@ -25,7 +25,8 @@ def run(tmp_path_factory):
     fixed = tmp / "support_handwritten.jsonl"  # the first 6 of the 30 hand-written examples: minutes less
     fixed.write_text("".join((REPO_ROOT / "data" / "eval" / "support_handwritten.jsonl").read_text()
                              .splitlines(keepends=True)[:6]))
-    preset["ops"]["evaluation_report"]["config"].update(max_examples=8, fixed_eval_path=str(fixed))
+    preset["ops"]["evaluation_report"]["config"].update(max_examples=8, fixed_eval_path=str(fixed),
+                                                       retention_prompts=10)
     preset["ops"]["evaluation_report_beats_base_and_champion"]["config"].update(
         min_json_valid=0.0, min_gain_over_base=-1.0)  # 4 steps cannot pass the real gate
     path = tmp / "preset.yaml"
@@ -47,6 +48,7 @@ def test_registers_a_smollm2_champion(run):
     assert report["retention_kl"]["tuned"] > 0  # 4 steps of LoRA at lr 1e-3 move the model a little
     md = (tmp / "home" / "reports" / "evaluation.md").read_text()
     assert "Retention: did it forget?" in md and "support_handwritten.jsonl" in md
+    assert "greedy answers to 10 general prompts" in md  # retention_prompts: 10 of the 50
 
 
 def test_pyfunc_in_a_fresh_process_and_the_export_use_the_models_own_template(run):

@@ -24,13 +24,15 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                  champion: tuple[Callable, str | None] | None = None,
                  log: Callable[[str, int], None] = lambda name, n: None, more: dict[str, Path] | None = None,
                  pairs: list[dict] | None = None,
-                 progress: Callable[[str, int, int], None] = lambda what, done, total: None) -> dict:
+                 progress: Callable[[str, int, int], None] = lambda what, done, total: None,
+                 retention_prompts: int = len(retention.PROMPTS)) -> dict:
     """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
     "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
     of further adapters on the same base (the DPO adapter), evaluated like the tuned one; `pairs` are holdout
     preference pairs, scored for pair accuracy by base, tuned and `more` models. `progress(what, done, total)`
-    follows each model's generation on each set, a batch at a time."""
+    follows each model's generation on each set, a batch at a time. The retention check uses the first
+    `retention_prompts` of its prompts (0: no retention check)."""
     from ft_pipeline.core.base_models import load_model_and_tokenizer
     from ft_pipeline.core.cpu_speed import keep_freed_memory
 
@@ -74,9 +76,10 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     run("tuned", model, tok, key)
     score_pairs("tuned", model, tok)
     answers, kl_cache = None, lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
-    if not full:
+    if not full and retention_prompts:
         with model.disable_adapter():
-            answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json")
+            answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json",
+                                             n_prompts=retention_prompts)
         out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
                             "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
         log("retention (tuned)", len(answers))
@@ -92,7 +95,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     if champion is not None:
         loader, champ_key = champion
         loader = run("champion", _memo(loader), None, champ_key)
-        out["retention"]["kl"]["champion"] = retention.cached_kl(kl_cache(champ_key), loader, answers)
+        if answers is not None:
+            out["retention"]["kl"]["champion"] = retention.cached_kl(kl_cache(champ_key), loader, answers)
     return out
 
 

@@ -325,7 +325,8 @@ def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over
         out.append(f"{name} {tuned[metric]:.3f} is below the champion's {champ[metric]:.3f}")
     if max_retention_kl is not None:
         if retention_kl is None:
-            out.append("max_retention_kl is set, but the retention check did not run (full fine-tune)")
+            out.append("max_retention_kl is set, but the retention check did not run (a full fine-tune, or "
+                       "retention_prompts: 0)")
         elif retention_kl > max_retention_kl:
             out.append(f"retention KL {retention_kl:.4f} > {max_retention_kl}: the tuned model drifted too far "
                        "from the base on general prompts")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ft_pipeline.core.evaluation import GATE_METRICS
 from ft_pipeline.core.formats import FORMATS
+from ft_pipeline.core.retention import PROMPTS
 from ft_pipeline.core.token_policy import ON_TOO_LONG
 
 FINETUNE_MODES = ("lora", "full")
@@ -69,6 +70,7 @@ DATA = {
 }
 EVALUATION = {
     "max_new_tokens": POSITIVE, "batch_size": POSITIVE, "max_examples": NON_NEGATIVE,
+    "retention_prompts": Knob(ge=0, le=len(PROMPTS)),
     "min_json_valid": FRACTION, "metric": Knob(choices=GATE_METRICS), "max_retention_kl": NON_NEGATIVE,
 }
 BASE_MODEL = {"seed": NON_NEGATIVE}

@@ -81,21 +81,24 @@ def _write_atomic(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def conversations() -> list[list[dict]]:
-    return [[{"role": "user", "content": p}] for p in PROMPTS]
+def conversations(n: int = len(PROMPTS)) -> list[list[dict]]:
+    """The first `n` prompts as one-turn conversations."""
+    return [[{"role": "user", "content": p}] for p in PROMPTS[:n]]
 
 
-def base_answers(model, tok, cache_file: Path, max_new_tokens: int = 64, batch_size: int = 25) -> list[str]:
-    """The base model's greedy answers to PROMPTS, computed once per base model (`cache_file` is named by the
-    base's content hash)."""
+def base_answers(model, tok, cache_file: Path, max_new_tokens: int = 64, batch_size: int = 25,
+                 n_prompts: int = len(PROMPTS)) -> list[str]:
+    """The base model's greedy answers to the first `n_prompts` PROMPTS, computed once per base model
+    (`cache_file` is named by the base's content hash)."""
     from ft_pipeline.core.evaluation import generate
 
+    prompts = PROMPTS[:n_prompts]
     if cache_file.is_file():
         cached = json.loads(cache_file.read_text())
-        if cached["prompts"] == PROMPTS and cached["max_new_tokens"] == max_new_tokens:
+        if cached["prompts"] == prompts and cached["max_new_tokens"] == max_new_tokens:
             return cached["answers"]
-    answers = generate(model, tok, conversations(), max_new_tokens=max_new_tokens, batch_size=batch_size)
-    _write_atomic(cache_file, {"prompts": PROMPTS, "max_new_tokens": max_new_tokens, "answers": answers})
+    answers = generate(model, tok, conversations(n_prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
+    _write_atomic(cache_file, {"prompts": prompts, "max_new_tokens": max_new_tokens, "answers": answers})
     return answers
 
 
@@ -105,7 +108,7 @@ def _answer_batches(tok, answers: list[str], batch_size: int):
     import torch
 
     seqs = []
-    for conv, ans in zip(conversations(), answers, strict=True):
+    for conv, ans in zip(conversations(len(answers)), answers, strict=True):
         prompt = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
                      add_special_tokens=False)["input_ids"]
         answer = tok(ans, add_special_tokens=False)["input_ids"]
@@ -173,5 +176,6 @@ def side_by_side(model, tok, answers: list[str], n: int = 3, max_new_tokens: int
     """The first `n` prompts with the base's answer and the tuned model's, for the report."""
     from ft_pipeline.core.evaluation import generate
 
-    tuned = generate(model, tok, conversations()[:n], max_new_tokens=max_new_tokens, batch_size=n)
+    n = min(n, len(answers))
+    tuned = generate(model, tok, conversations(n), max_new_tokens=max_new_tokens, batch_size=n)
     return [{"prompt": PROMPTS[i], "base": answers[i], "tuned": tuned[i]} for i in range(n)]

@@ -26,6 +26,8 @@ class EvaluationConfig(CheckedConfig):
     """Evaluate on the first N holdout examples only (0 = all)."""
     fixed_eval_path: str = _EVAL.get("fixed_eval_path", "data/eval/support_handwritten.jsonl")
     """A fixed evaluation set scored beside the holdout (relative to the checkout, or absolute; empty: none)."""
+    retention_prompts: int = _EVAL.get("retention_prompts", 50)
+    """The retention check's general prompts to use: the first N of its 50 (0 = no retention check)."""
 
 
 def gate_metric(context) -> str:
@@ -80,7 +82,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         log=lambda what, n: context.log.info("evaluated %s: %d answers generated, the rest from cache", what, n),
         progress=lambda what, done, total: context.log.info("evaluating %s: %d/%d answers", what, done, total),
         more={"dpo": dpo["adapter_dir"]} if dpo else None,
-        pairs=read_jsonl(pairs_file) if pairs_file.exists() else None)
+        pairs=read_jsonl(pairs_file) if pairs_file.exists() else None, retention_prompts=config.retention_prompts)
     results = out["holdout"]
     erased = (champ.tags or {}).get("erasure.pending") if champ else None
     pick, why = evaluation.pick_candidate({n: r["metrics"] for n, r in results.items()}, gate_metric(context),
