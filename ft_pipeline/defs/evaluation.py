@@ -7,6 +7,7 @@ import dagster as dg
 
 from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.core import knobs
+from ft_pipeline.core.retention import PROMPTS
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
@@ -26,7 +27,7 @@ class EvaluationConfig(CheckedConfig):
     """Evaluate on the first N holdout examples only (0 = all)."""
     fixed_eval_path: str = _EVAL.get("fixed_eval_path", "data/eval/support_handwritten.jsonl")
     """A fixed evaluation set scored beside the holdout (relative to the checkout, or absolute; empty: none)."""
-    retention_prompts: int = _EVAL.get("retention_prompts", 50)
+    retention_prompts: int = _EVAL.get("retention_prompts", len(PROMPTS))
     """The retention check's general prompts to use: the first N of its 50 (0 = no retention check)."""
 
 
