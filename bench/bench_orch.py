@@ -2,9 +2,11 @@
 
 - orch.overhead_fraction: (wall time of `ft-pipeline run` through Dagster - the same core functions called from
   one script) / the Dagster wall time. Both run as fresh processes on fresh stores with the same training steps
-  (BENCH_ORCH_STEPS, default 400: the default run). The Dagster side also pays for what the script leaves out:
-  one MLflow run per asset with its params and dataset inputs, the event log, checks and the config-aware
-  staleness pass, so this is an upper bound on Dagster's own share.
+  (BENCH_ORCH_STEPS, default 400: builtin:tiny's run, configs/cpu_tiny.yaml, SFT then DPO). The Dagster side
+  also pays for what the script leaves out: one MLflow run per asset with its params and dataset inputs, the
+  event log, checks and the config-aware staleness pass, so this is an upper bound on Dagster's own share. Both
+  sides print how long each stage took. They take turns for BENCH_ORCH_ROUNDS rounds (default 2), the best
+  of each counting: one run against one run is mostly noise here.
 - orch.noop_rerun_s: the same `ft-pipeline run` again with nothing changed: it must train nothing.
 """
 
@@ -33,6 +35,24 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     return wall, proc.stdout
 
 
+ROUNDS = int(os.environ.get("BENCH_ORCH_ROUNDS", "2"))
+
+
+def run_script(tmp: Path, env: dict) -> float:
+    wall, out = timed([sys.executable, "bench/_orch_script.py", str(tmp), str(STEPS)], env)
+    print(f"# script (core functions only): {wall:.1f}s  {out.strip().splitlines()[-1]}")
+    print("\n".join(f"#   {line.strip()}" for line in out.splitlines() if line.strip().startswith("stage ")), flush=True)
+    return wall
+
+
+def run_dagster(cli: list[str], env: dict) -> float:
+    wall, out = timed(cli, env)
+    tuned = [line for line in out.splitlines() if line.strip().startswith("field_accuracy")]
+    print(f"# ft-pipeline run through Dagster: {wall:.1f}s  {tuned[0].strip() if tuned else ''}")
+    print("\n".join(f"#   {line.strip()}" for line in out.splitlines() if line.strip().startswith("ok ")), flush=True)
+    return wall
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         tmp = Path(tmp)
@@ -43,19 +63,26 @@ def main() -> None:
                           "  evaluation_report_beats_base_and_champion:\n    config:\n      min_json_valid: 0.0\n"
                           "      min_gain_over_base: -1.0\n      max_loss_vs_champion: 1.0\n")
         env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
-        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                   MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-        script_s, out = timed([sys.executable, "bench/_orch_script.py", str(tmp / "script"), str(STEPS)], env)
-        print(f"# script (core functions only): {script_s:.1f}s  {out.strip().splitlines()[-1]}")
-        env_d = {**env, "FT_PIPELINE_HOME": str(tmp / "dagster")}
+        # builtin:tiny's run (configs/cpu_tiny.yaml as the config classes' defaults), which the script mirrors
+        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+                   FT_PIPELINE_DEFAULTS="configs/cpu_tiny.yaml")
         cli = [sys.executable, "-m", "ft_pipeline.cli", "run", "--preset", str(preset)]
-        dagster_s, out = timed(cli, env_d)
-        tuned = [line for line in out.splitlines() if line.strip().startswith("field_accuracy")]
-        print(f"# ft-pipeline run through Dagster: {dagster_s:.1f}s  {tuned[0].strip() if tuned else ''}")
+        # The machine is shared and noisy: two runs of the same side differ by 5-10% here (measured), as much as
+        # the goal. So the sides take turns, A B then B A, each round on fresh stores, and the best of each counts.
+        script, dagster = [], []
+        for r in range(ROUNDS):
+            env_d = {**env, "FT_PIPELINE_HOME": str(tmp / f"dagster{r}")}
+            if r % 2 == 0:
+                script.append(run_script(tmp / f"script{r}", env))
+                dagster.append(run_dagster(cli, env_d))
+            else:
+                dagster.append(run_dagster(cli, env_d))
+                script.append(run_script(tmp / f"script{r}", env))
         noop_s, out = timed(cli, env_d)
         trained_nothing = "nothing to do" in out
         print(f"# the same run again: {noop_s:.1f}s, {'trained nothing' if trained_nothing else 'DID WORK'}")
-    bench_line("orch.overhead_fraction", (dagster_s - script_s) / dagster_s, "ratio", "<=", 0.05)
+        print(f"# best of {ROUNDS}: script {min(script):.1f}s, Dagster {min(dagster):.1f}s")
+    bench_line("orch.overhead_fraction", (min(dagster) - min(script)) / min(dagster), "ratio", "<=", 0.05)
     bench_line("orch.noop_rerun_s", noop_s if trained_nothing else float("inf"), "s", "<=", 15)
 
 
