@@ -71,6 +71,21 @@ def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computatio
         assert nll == pytest.approx(-float(sum(logp[i - 1, f[i]] for i in range(len(p), len(f)))), rel=1e-5)
 
 
+def test_one_pass_for_loss_and_prefill_gives_the_answers_and_losses_of_two(model_tok):
+    from ft_pipeline.core.evaluation import answer_and_score, example_losses, generate, prompt_messages
+
+    model, tok = model_tok
+    # prompts and references of different lengths in one batch: left padding before the prompts, right padding
+    # after the references, and a batch of one
+    recs = [{"messages": [{"role": "user", "content": "ask " + "x" * (2 + 7 * i)},
+                          {"role": "assistant", "content": "ab" * (1 + (i * 5) % 9)}]} for i in range(7)]
+    answers, info, losses = answer_and_score(model, tok, recs, max_new_tokens=10, batch_size=3)
+    want_answers, want_info = generate(model, tok, [prompt_messages(r) for r in recs], 10, 3, details=True)
+    assert answers == want_answers and info == want_info
+    for (nll, n), (want_nll, want_n) in zip(losses, example_losses(model, tok, recs, batch_size=3), strict=True):
+        assert n == want_n and nll == pytest.approx(want_nll, rel=1e-5)
+
+
 def test_a_line_cut_by_a_killed_run_is_answered_again(tmp_path):
     c = EvalCache(tmp_path, "m")
     c.put(rec(0), "x", 3, True, 12, 1.0, 3)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ft_pipeline.core.evaluation import champion_diff, chrf, gate_failures, rouge_l, score
+from ft_pipeline.core.evaluation import champion_diff, gate_failures, score
+from ft_pipeline.core.text_metrics import chrf, rouge_l
 from ft_pipeline.core.report import markdown_report
 
 REF = '{"intent": "refund", "order_id": "ORD-1", "urgency": "high", "product": "X"}'

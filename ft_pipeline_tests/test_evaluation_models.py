@@ -65,6 +65,43 @@ def test_retention_prompts_picks_how_many_general_prompts_the_check_uses(tiny_ba
     assert off["retention"] is None and not (tmp_path / "off" / "retention").exists()
 
 
+def test_retention_kl_is_the_mean_over_answer_tokens_of_kl_base_to_tuned(tiny_base, adapter):
+    from ft_pipeline.core import retention
+
+    model, tok = load_tuned(tiny_base, adapter)
+    answers = ["Paris is the capital of France.", "4", "def f():\n    return 1"]  # prompts and answers of 3 lengths
+    got = retention.mean_kl(model, tok, answers, batch_size=2)
+    total = count = 0.0  # by hand: one conversation at a time, every position's logits
+    for conv, answer in zip(retention.conversations(3), answers, strict=True):
+        p = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+        a = tok(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + a])
+        with torch.inference_mode():
+            tuned = torch.log_softmax(model(ids).logits[0].float(), -1)
+            with model.disable_adapter():
+                base = torch.log_softmax(model(ids).logits[0].float(), -1)
+        total += float((base.exp() * (base - tuned)).sum(-1)[len(p) - 1:len(p) + len(a) - 1].sum())
+        count += len(a)
+    assert got > 0 and got == pytest.approx(total / count, rel=1e-4)
+
+
+def test_merged_adapter_answers_as_the_unmerged_one_and_leaves_the_base_exactly_as_it_was(tiny_base, adapter):
+    from ft_pipeline.core.evaluation import merged
+
+    model, tok = load_tuned(tiny_base, adapter)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unmerged = evaluate(model, tok, holdout(), max_new_tokens=24)
+    with merged(model):
+        inside = evaluate(model, tok, holdout(), max_new_tokens=24)
+        assert not torch.equal(model.state_dict()[next(k for k in before if "q_proj.base_layer" in k)],
+                               before[next(k for k in before if "q_proj.base_layer" in k)])  # merged in
+    assert [e["prediction"] for e in inside["per_example"]] == [e["prediction"] for e in unmerged["per_example"]]
+    assert inside["metrics"]["holdout_loss"] == pytest.approx(unmerged["metrics"]["holdout_loss"], rel=1e-5)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_disable_adapter_routes_modules_to_save_to_the_original_weights(tiny_base, adapter):
     tuned, tok = load_tuned(tiny_base, adapter)
     base, _ = load_model_and_tokenizer(tiny_base)

@@ -89,7 +89,7 @@ def test_dpo_raises_margins_and_leaves_base_and_sft_adapter_alone(tiny_base, sft
 @pytest.mark.slow
 def test_the_dpo_adapter_evaluated_beside_sft_answers_as_if_loaded_alone(tiny_base, sft_adapter, tmp_path):
     from ft_pipeline.core.eval_run import evaluate_all
-    from ft_pipeline.core.evaluation import evaluate, load_tuned
+    from ft_pipeline.core.evaluation import evaluate, load_tuned, merged
     from ft_pipeline.preference.training import train_preference
 
     train_preference(tiny_base, sft_adapter, pairs(), tmp_path / "ckpt", tmp_path / "dpo",
@@ -100,7 +100,9 @@ def test_the_dpo_adapter_evaluated_beside_sft_answers_as_if_loaded_alone(tiny_ba
                         more={"dpo": tmp_path / "dpo"}, pairs=pairs(40)[32:])
     budget = both["max_new_tokens"]
     for name, adapter in (("tuned", sft_adapter), ("dpo", tmp_path / "dpo")):
-        alone = evaluate(*load_tuned(tiny_base, adapter), holdout, budget)
+        model, tok = load_tuned(tiny_base, adapter)
+        with merged(model):  # as the evaluation answers with an adapter: merged into the base weights
+            alone = evaluate(model, tok, holdout, budget)
         assert both["holdout"][name] == alone, name  # every metric and every prediction, exactly
     # Not vacuous: the two adapters answer differently, and the SFT adapter is active again for the KL
     assert both["holdout"]["dpo"]["metrics"]["holdout_loss"] != both["holdout"]["tuned"]["metrics"]["holdout_loss"]

@@ -64,6 +64,7 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
 
     full = evaluation.is_full_model(adapter_dir)
     base_key = eval_cache.model_key(base["content_sha256"])
+    answers, kl_cache = None, lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
     if full:  # a full fine-tune has no base inside it: the base is loaded on its own, first, then dropped
         run("base", lambda: load_model_and_tokenizer(base["path"]), None, base_key)
         model, tok = evaluation.load_tuned(base["path"], adapter_dir)
@@ -72,22 +73,23 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
         with model.disable_adapter():
             run("base", model, evaluation.load_tokenizer(base["path"]), base_key)
             score_pairs("base", model, tok)
+            if retention_prompts:
+                answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json",
+                                                 n_prompts=retention_prompts)
     key = out["tuned_key"] = out["keys"]["tuned"] = tuned_key(base["content_sha256"], adapter_dir)
-    run("tuned", model, tok, key)
-    score_pairs("tuned", model, tok)
-    answers, kl_cache = None, lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
-    if not full and retention_prompts:
-        with model.disable_adapter():
-            answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json",
-                                             n_prompts=retention_prompts)
+    with evaluation.merged(model):  # before the retention check, which needs the adapter apart (disable_adapter)
+        run("tuned", model, tok, key)
+        score_pairs("tuned", model, tok)
+    if answers is not None:
         out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
                             "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
         log("retention (tuned)", len(answers))
     for name, extra_dir in (more or {}).items():
         key_ = out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
         with _switched(model, name, base["path"], Path(extra_dir), full) as (m, t):
-            run(name, m, t, key_)
-            score_pairs(name, m, t)
+            with evaluation.merged(m):
+                run(name, m, t, key_)
+                score_pairs(name, m, t)
             if answers is not None:
                 out["retention"]["kl"][name] = retention.cached_kl(kl_cache(key_), lambda: (m, t), answers)
     if full:

@@ -140,14 +140,17 @@ def mean_kl(model, tok, answers: list[str], base_model=None, batch_size: int = 1
     model.eval()
     for ids, mask, target in _answer_batches(tok, answers, batch_size):
         ids, mask = ids.to(model.device), mask.to(model.device)
+        # logits only from the batch's first answer position on: the prompts before it are not scored
+        start = int(target.any(0).int().argmax())
+        keep = torch.arange(start, ids.shape[1] - 1, device=model.device)
         with torch.inference_mode():
-            tuned = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+            tuned = torch.log_softmax(model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
             ctx = contextlib.nullcontext() if base_model is not None else model.disable_adapter()
             with ctx:
                 ref = base_model if base_model is not None else model
-                base = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+                base = torch.log_softmax(ref(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
         kl = (base.exp() * (base - tuned)).sum(-1)
-        sel = target.to(kl.device)
+        sel = target[:, start:].to(kl.device)
         total += float(kl[sel].sum())
         count += int(sel.sum())
     return total / max(count, 1)
