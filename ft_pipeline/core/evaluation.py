@@ -142,8 +142,8 @@ def answer_and_score(model, tok, records: list[dict], max_new_tokens: int = 128,
             nll = -logp.gather(-1, both[:, width:].to(model.device).unsqueeze(-1)).squeeze(-1)
             for row, i in enumerate(idx):
                 losses[i] = (float(nll[row, :len(tails[i])].sum()), len(tails[i]))
-            del out.logits, logp, nll
             cache = out.past_key_values
+            del out, logp, nll  # the logits (batch x answer width x vocabulary) are not needed while generating
             cache.crop(-(answer_width + 1))  # keep the prompts but their last token: generation runs that one
             generated = _greedy(model, tok, ids, mask, max_new_tokens, cache)
         _read_answers(tok, generated, width, idx, outputs, info)
