@@ -68,7 +68,7 @@ def test_a_tiny_preset_runs_the_same_whichever_preset_gives_the_defaults():
 
 
 @pytest.mark.parametrize("defaults, expected", [
-    (None, ["smollm2-135m-instruct", 80, 1e-3, False, 32, 2.0]),  # what `make run` runs
+    (None, ["smollm2-135m-instruct", 80, 1e-3, False, 64, 2.0]),  # what `make run` runs
     ("configs/cpu_tiny.yaml", ["builtin:tiny", 400, 3e-3, True, 64, None]),  # what the tests run
 ])
 def test_the_config_classes_take_their_defaults_from_the_defaults_preset(defaults, expected):
