@@ -52,27 +52,35 @@ def test_example_key_ignores_provenance_and_weights_but_not_content():
     assert example_key(a) == example_key(b) != example_key(rec(1))
 
 
-def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computation(model_tok):
+def full_nll(model, tok, record: dict) -> tuple[float, int]:
+    """(summed NLL, token count) of a record's reference answer, by hand: one conversation, every position."""
     import torch
 
-    from ft_pipeline.core.evaluation import example_losses, prompt_messages
+    from ft_pipeline.core.evaluation import prompt_messages
+
+    p = tok(tok.apply_chat_template(prompt_messages(record), tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False)["input_ids"]
+    f = tok(tok.apply_chat_template(record["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(torch.tensor([f])).logits[0, :-1].float(), -1)
+    return -float(sum(logp[i - 1, f[i]] for i in range(len(p), len(f)))), len(f) - len(p)
+
+
+def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computation(model_tok):
+    from ft_pipeline.core.evaluation import answer_and_score
 
     model, tok = model_tok
     # prompts of different lengths in one batch: the earliest answer position decides where the head starts
     recs = [{"messages": [{"role": "user", "content": "x" * (3 + 5 * i)},
                           {"role": "assistant", "content": "ab" * (i + 1)}]} for i in range(5)]
-    for r, (nll, n) in zip(recs, example_losses(model, tok, recs, batch_size=3)):
-        p = tok(tok.apply_chat_template(prompt_messages(r), tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False)["input_ids"]
-        f = tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
-        with torch.inference_mode():
-            logp = torch.log_softmax(model(torch.tensor([f])).logits[0, :-1].float(), -1)
-        assert n == len(f) - len(p)
-        assert nll == pytest.approx(-float(sum(logp[i - 1, f[i]] for i in range(len(p), len(f)))), rel=1e-5)
+    for r, (nll, n) in zip(recs, answer_and_score(model, tok, recs, max_new_tokens=4, batch_size=3)[2], strict=True):
+        want_nll, want_n = full_nll(model, tok, r)
+        assert n == want_n
+        assert nll == pytest.approx(want_nll, rel=1e-5)
 
 
 def test_one_pass_for_loss_and_prefill_gives_the_answers_and_losses_of_two(model_tok):
-    from ft_pipeline.core.evaluation import answer_and_score, example_losses, generate, prompt_messages
+    from ft_pipeline.core.evaluation import answer_and_score, generate, prompt_messages
 
     model, tok = model_tok
     # prompts and references of different lengths in one batch: left padding before the prompts, right padding
@@ -82,7 +90,8 @@ def test_one_pass_for_loss_and_prefill_gives_the_answers_and_losses_of_two(model
     answers, info, losses = answer_and_score(model, tok, recs, max_new_tokens=10, batch_size=3)
     want_answers, want_info = generate(model, tok, [prompt_messages(r) for r in recs], 10, 3, details=True)
     assert answers == want_answers and info == want_info
-    for (nll, n), (want_nll, want_n) in zip(losses, example_losses(model, tok, recs, batch_size=3), strict=True):
+    for r, (nll, n) in zip(recs, losses, strict=True):
+        want_nll, want_n = full_nll(model, tok, r)
         assert n == want_n and nll == pytest.approx(want_nll, rel=1e-5)
 
 

@@ -159,49 +159,6 @@ def answer_budget(tok, records: list[dict], cap: int, margin: int = 8) -> int:
     return max(1, min(cap, longest + 1 + margin))
 
 
-def example_losses(model, tok, records: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each record's final assistant turn given the conversation before it.
-
-    The vocabulary head (49k x 576 on SmolLM2: a fifth of the model) runs only from the earliest answer
-    position of a batch on (`logits_to_keep`), not over every prompt token; batches hold records of similar
-    prompt length, so little of it is wasted."""
-    import torch
-
-    pairs = []
-    for r in records:
-        prompt = tok.apply_chat_template(prompt_messages(r), tokenize=False, add_generation_prompt=True)
-        full = tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in r["messages"]],
-                                       tokenize=False)
-        pairs.append((tok(full, add_special_tokens=False)["input_ids"],
-                      len(tok(prompt, add_special_tokens=False)["input_ids"])))
-    pad = pad_id(tok)
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i][1])
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(pairs[i][0]) for i in idx)
-        first = max(min(pairs[i][1] for i in idx) - 1, 0)  # the first position that predicts an answer token
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            f = pairs[i][0]
-            ids[row, :len(f)] = torch.tensor(f)
-            mask[row, :len(f)] = 1
-        keep = torch.arange(first, width - 1)
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           logits_to_keep=keep.to(model.device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        tgt = ids[:, first + 1:].to(model.device)
-        nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-        for row, i in enumerate(idx):
-            f, n_prompt = pairs[i]
-            sl = nll[row, n_prompt - 1 - first:len(f) - 1 - first]
-            out[i] = (float(sl.sum()), int(sl.numel()))
-    return out
-
-
 def _parse_object(text: str):
     try:
         value = json.loads(text)
