@@ -28,3 +28,59 @@ def tiny_base(tmp_path_factory):
     from ft_pipeline.core.base_models import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("base") / "builtin-tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory):
+    """The packaged SmolLM2 converted from GGUF once a session (~45 s): test_gguf checks this conversion against
+    an independent second one, test_smollm2 seeds its home's model cache with a copy of it."""
+    from ft_pipeline.core.base_models import resolve_base_model
+
+    return resolve_base_model("smollm2-135m-instruct", tmp_path_factory.mktemp("smollm2-base"))
+
+
+@pytest.fixture(scope="session")
+def smoke_home(tmp_path_factory):
+    """One run of the whole graph (configs/smoke.yaml on a copy of the demo drops, ~45 s) for the modules whose
+    fixture starts from exactly that run (test_forget_e2e, test_orchestration, test_ui). Each call puts the run's
+    folder back as it was right after the run, at the same path (the Dagster and MLflow stores and the home's
+    JSON files hold absolute paths), and returns (tmp, env, the run's CompletedProcess). Modules run one after
+    another, so a module that changes the home changes its own copy; the next one starts from the run again."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ft_pipeline.settings import REPO_ROOT
+    from ft_pipeline_tests._env import demo_drops, isolated_env
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = isolated_env(tmp, demo_drops(tmp))
+    out = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
+                          str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True,
+                         timeout=900)
+    pristine = tmp_path_factory.mktemp("smoke-pristine") / "run"
+    shutil.copytree(tmp, pristine, symlinks=True)
+
+    def fresh():
+        shutil.rmtree(tmp)
+        shutil.copytree(pristine, tmp, symlinks=True)
+        _close_pooled_connections()
+        return tmp, dict(env), out
+
+    return fresh
+
+
+def _close_pooled_connections():
+    """MLflow keeps an SQLAlchemy engine per tracking URI for the life of the process, its SQLite connections
+    pooled: after the folder is put back, a pooled connection would still read and write the deleted database
+    file. A disposed engine opens new connections, to the file now at that path."""
+    import gc
+    import sys
+
+    if "sqlalchemy" not in sys.modules:
+        return
+    from sqlalchemy.engine import Engine
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Engine):
+            obj.dispose()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ft_pipeline_tests._env import demo_drops, isolated_env
 from ft_pipeline_tests.test_end_to_end import SMOKE, run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,11 +42,9 @@ def _unique_pair(home: Path) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def forgotten(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("forget")
-    env = isolated_env(tmp, demo_drops(tmp))
+def forgotten(smoke_home):
+    tmp, env, first = smoke_home()  # a smoke run on a copy of the demo drops, in a folder of this module's own
     home = tmp / "home"
-    first = run_cli(env, "run", "--preset", str(SMOKE))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rec, text = _unique_train_row(home)
     assert _files_holding(home, text), "the row's text should be under the home before the request"

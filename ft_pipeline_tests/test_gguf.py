@@ -59,17 +59,17 @@ def test_a_relative_gguf_path_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path, smollm2_gguf):
+def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path, smollm2_gguf, smollm2_converted):
     import torch
     from transformers import AutoModelForCausalLM
 
     from ft_pipeline.core.base_models import load_model_and_tokenizer
 
-    a = resolve_base_model("smollm2-135m-instruct", tmp_path / "a")
+    a = smollm2_converted  # resolve_base_model("smollm2-135m-instruct", <a session folder>), shared with test_smollm2
     b = resolve_base_model(f"gguf:{smollm2_gguf}", tmp_path / "b")  # a second, independent conversion
     assert a.source == b.source == "gguf"
     assert a.content_sha256 == b.content_sha256 == content_hash(a.path) == content_hash(b.path)
-    assert resolve_base_model("smollm2-135m-instruct", tmp_path / "a").content_sha256 == a.content_sha256
+    assert resolve_base_model("smollm2-135m-instruct", a.path.parents[1]).content_sha256 == a.content_sha256
     cfg = json.loads((a.path / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["architectures"] == ["LlamaForCausalLM"]
     src = json.loads((a.path / gguf_models.SOURCE_FILE).read_text())

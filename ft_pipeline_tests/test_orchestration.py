@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
-from ft_pipeline_tests._env import demo_drops, isolated_env, smoke_preset
+from ft_pipeline_tests._env import smoke_preset
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,10 @@ def run_cli(env, *args):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("orch")
-    env = isolated_env(tmp, demo_drops(tmp))
-    first = run_cli(env, "run", "--preset", str(SMOKE))
-    return tmp, env, first
+def world(smoke_home):
+    tmp, env, first = smoke_home()  # a smoke run on a copy of the demo drops, in a folder of this module's own
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp, env, first.stdout
 
 
 def _defs_and_instance(tmp):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from ft_pipeline.settings import REPO_ROOT
-from ft_pipeline_tests._env import isolated_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,15 +42,12 @@ def _wait(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(smoke_home):
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):  # CI installs chromium: a missing one is a failure there
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    tmp = tmp_path_factory.mktemp("ui")
-    env = isolated_env(tmp)
-    run = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
-                          str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True)
+    tmp, env, run = smoke_home()  # a smoke run on a copy of the demo drops, in a folder of this module's own
     assert run.returncode == 0, run.stdout[-3000:]
     lines = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "env"], env=env, capture_output=True,
                            text=True, check=True).stdout.splitlines()
