@@ -26,7 +26,7 @@ def _wait(pred, what, timeout=900):
     while time.monotonic() < deadline:
         if pred():
             return
-        time.sleep(2)
+        time.sleep(0.5)  # a run ends between two polls: at 2 s a wait overran it by 1 s on average
     raise AssertionError(f"timed out waiting for {what}")
 
 

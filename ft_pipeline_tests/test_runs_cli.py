@@ -19,6 +19,9 @@ from ft_pipeline_tests._env import isolated_env, smoke_preset
 pytestmark = pytest.mark.slow
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+# smoke without DPO and with a small evaluation, for tests about what happens around a run, not in its stages
+_LIGHT = {"preference_adapter": {"enabled": False},
+          "evaluation_report": {"max_examples": 4, "max_new_tokens": 16, "retention_prompts": 2}}
 
 
 def _start(env, log: Path, preset=SMOKE):
@@ -53,8 +56,9 @@ def _cpu_s(pid: int) -> float:
 
 def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_registers(tmp_path):
     env = isolated_env(tmp_path)
-    # killed after the checkpoint of step 4 (polled every 0.5 s), with 20 steps (~10 s) still to go
-    preset = smoke_preset(tmp_path / "long.yaml", lora_adapter={"max_steps": 24, "save_steps": 4})
+    # killed after the checkpoint of step 4 (polled every 0.5 s), with 20 steps (~10 s) still to go; no DPO and a
+    # small evaluation: the resumed SFT stage and the registration after it are the point
+    preset = smoke_preset(tmp_path / "long.yaml", lora_adapter={"max_steps": 24, "save_steps": 4}, **_LIGHT)
     proc = _start(env, tmp_path / "first.log", preset)
     ckpts = tmp_path / "home" / "checkpoints"
     _until(lambda: list(ckpts.glob("*/checkpoint-*/trainer_state.json")), "a training checkpoint", timeout=900)
@@ -140,7 +144,8 @@ def test_runs_started_at_once_on_a_fresh_home_each_set_up_dagster_without_a_trac
 def test_two_runs_started_at_once_on_one_home_both_end_well_with_one_registration(tmp_path):
     env = isolated_env(tmp_path)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [_start(env, log) for log in logs]
+    preset = smoke_preset(tmp_path / "light.yaml", **_LIGHT)  # the home's lock is the point, not what runs under it
+    procs = [_start(env, log, preset) for log in logs]
     for p in procs:
         p.wait(timeout=1800)
     outs = [log.read_text() for log in logs]
