@@ -82,7 +82,7 @@ class StageHandler(logging.Handler):
                 pass
         elif m := _EVAL.match(msg):
             self._progress(f"  evaluating {m.group(1)}", int(m.group(2)), int(m.group(3)), "answer")
-        elif msg.startswith("evaluated "):
+        elif msg.startswith(("evaluated ", "warm start: ", "no warm start: ")):
             self._close_bar()
             self._print(f"        {msg}")
 

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-dir", help="checkpoints, resumed from if present (default: OUT.checkpoints)")
     p.add_argument("--config", help="a preset YAML; its ops.lora_adapter.config are the training options")
     p.add_argument("--options-json", help="training options as JSON (override --config)")
+    p.add_argument("--init-adapter", help="a LoRA adapter of this base to continue training (a warm start)")
     p.add_argument("--run-name", default="sft")
     p.add_argument("--result-json", help="rank 0 writes the training result here")
     args = p.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     res = train_adapter(Path(args.base_dir), train, ckpt, out, opts, run_name=args.run_name,
                         report_to_mlflow=bool(os.environ.get("MLFLOW_RUN_ID")),
                         on_log=lambda d: print(LOG_PREFIX + json.dumps(d, default=str), flush=True),
-                        eval_records=holdout)
+                        eval_records=holdout, init_adapter=Path(args.init_adapter) if args.init_adapter else None)
     if args.result_json and int(os.environ.get("RANK", "0")) == 0:
         Path(args.result_json).write_text(json.dumps(result_to_json(res), indent=2, default=str))
     return 0

@@ -15,6 +15,17 @@ pytestmark = pytest.mark.slow
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
 
+def warm_preset(tmp, steps: int):
+    """The smoke preset with warm starts on: a retrain continues the champion for `steps` steps."""
+    import yaml
+
+    preset = yaml.safe_load(SMOKE.read_text())
+    preset["ops"]["lora_adapter"]["config"]["warm_start_steps"] = steps
+    path = tmp / f"warm{steps}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
 def run_cli(env, *args):
     return subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *args], env=env, capture_output=True,
                           text=True, timeout=900)
@@ -148,3 +159,18 @@ def test_export_and_rollback_through_the_cli(pipeline):
     assert back.returncode == 0 and back.stdout.strip() == "ft-pipeline-adapter: champion 2 -> 1", back.stderr[-3000:]
     hits = run_cli(env, "lineage", "--version", "champion")
     assert "ft-pipeline-adapter version 1" in hits.stderr  # the alias now resolves to version 1
+
+
+def test_a_warm_start_continues_the_champion(pipeline):
+    import mlflow
+
+    tmp, env, _ = pipeline
+    # version 1 is champion again after the rollback above; version 2 was trained on the same rows
+    out = run_cli(env, "run", "--preset", str(warm_preset(tmp, 3)), "--force")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "warm start: continuing the champion (version 1) for 3 steps" in out.stdout
+    adapter = json.loads((tmp / "home" / "models" / "adapter.json").read_text())
+    assert adapter["warm_start_from"] == "1" and adapter["global_step"] == 3
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
+    params = client.get_run(adapter["training_run_id"]).data.params
+    assert params["warm_start_from"] == "ft-pipeline-adapter/1" and params["train.max_steps"] == "3"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ft_pipeline_tests.test_end_to_end import SMOKE, run_cli
+from ft_pipeline_tests.test_end_to_end import run_cli, warm_preset
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,8 @@ def forgotten(smoke_home):
     forget_pair = run_cli(env, "forget", "--drop", pair_file, "--line", str(pair["line"]), "--reason", "pair")
     assert forget_pair.returncode == 0 and f"preferences/{pair_file} line {pair['line']}" in forget_pair.stdout, (
         forget_pair.stdout + forget_pair.stderr[-3000:])
-    second = run_cli(env, "run", "--preset", str(SMOKE))
+    # with warm starts on: the champion holds the erased row, so the retrain must start from the base
+    second = run_cli(env, "run", "--preset", str(warm_preset(tmp, 3)))
     return tmp, env, rec, text, forget, before, second, pair_text
 
 
@@ -80,6 +81,9 @@ def test_the_next_run_retrains_and_leaves_no_trace(forgotten):
     tmp, env, rec, text, _, _, second, pair_text = forgotten
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "version 2 (SFT; alias champion; previous champion: 1)" in second.stdout
+    request_id = json.loads((tmp / "home" / "erasure" / "requests.jsonl").read_text().splitlines()[0])["id"]
+    assert f"no warm start: the champion (version 1) was trained on rows erased by {request_id}" in second.stdout
+    assert json.loads((tmp / "home" / "models" / "adapter.json").read_text())["global_step"] == 10  # smoke's
     assert _files_holding(tmp / "home", text) == []  # data, split, caches, reports, MLflow and Dagster stores
     assert _files_holding(tmp / "home", pair_text) == []  # the preference pairs too
     pairs = json.loads((tmp / "home" / "data" / "preference_pairs" / "manifest.json").read_text())["drops"]

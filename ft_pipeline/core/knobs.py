@@ -54,6 +54,7 @@ POSITIVE, NON_NEGATIVE, FRACTION = Knob(ge=1), Knob(ge=0), Knob(ge=0, le=1)
 
 TRAIN = {
     "max_steps": POSITIVE, "per_device_train_batch_size": POSITIVE, "gradient_accumulation_steps": POSITIVE,
+    "warm_start_steps": NON_NEGATIVE,
     "learning_rate": Knob(gt=0, le=1), "lr_scheduler_type": Knob(choices=LR_SCHEDULERS),
     "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE,
     "finetune": Knob(choices=FINETUNE_MODES), "lora_r": POSITIVE, "lora_alpha": POSITIVE,

@@ -49,7 +49,7 @@ def launch_command(opts: TrainOptions, repo_root: Path) -> list[str]:
 def train_in_child(opts: TrainOptions, base_dir: Path, train_jsonl: Path, checkpoint_dir: Path, out_dir: Path,
                    result_json: Path, run_name: str, repo_root: Path, eval_jsonl: Path | None = None,
                    on_log: Callable[[dict], None] | None = None, on_line: Callable[[str], None] | None = None,
-                   env: dict | None = None) -> dict:
+                   env: dict | None = None, init_adapter: Path | None = None) -> dict:
     """Run the training entry point under `opts.launcher` and return its result (the JSON rank 0 wrote).
     `on_log` gets each step log, `on_line` every other output line; a failed child raises with its last lines."""
     cmd = launch_command(opts, repo_root) + [
@@ -58,6 +58,8 @@ def train_in_child(opts: TrainOptions, base_dir: Path, train_jsonl: Path, checkp
         "--run-name", run_name, "--result-json", str(result_json)]
     if eval_jsonl is not None:
         cmd += ["--eval-jsonl", str(eval_jsonl)]
+    if init_adapter is not None:
+        cmd += ["--init-adapter", str(init_adapter)]
     result_json.unlink(missing_ok=True)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1",
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}

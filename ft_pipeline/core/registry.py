@@ -103,14 +103,18 @@ def promote(name: str, version: str) -> str | None:
 LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"
 
 
-def log_lineage(train_records: list[dict], drop_files: dict[str, str] | None = None) -> None:
+def log_lineage(train_records: list[dict], drop_files: dict[str, str] | None = None,
+                inherited: list[dict] | None = None) -> None:
     """Record, in the active training run, the provenance of every row it trains on: its drop (partition key),
-    the original name of that drop's file (`drop_files`, the split manifest's), line, raw-row hash and id."""
+    the original name of that drop's file (`drop_files`, the split manifest's), line, raw-row hash and id;
+    and the `inherited` rows (a warm start's: the lineage of the adapter it continued) not among them."""
     import json
 
     files = drop_files or {}
     rows = [{"drop": r["drop"], "file": files.get(r["drop"], r["drop"]),
              **{k: r[k] for k in ("line", "raw_sha256", "id")}} for r in train_records]
+    seen = {(r["drop"], r["line"], r["raw_sha256"]) for r in rows}
+    rows += [r for r in inherited or [] if (r["drop"], r["line"], r["raw_sha256"]) not in seen]
     mlflow.log_text("".join(json.dumps(r) + "\n" for r in rows), LINEAGE_ARTIFACT)
 
 

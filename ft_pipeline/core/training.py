@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ft_pipeline.core import cpu_speed, knobs
+from ft_pipeline.core import cpu_speed, knobs, warm_start
 
 
 # Knobs that change how a run is logged, saved or launched, not the weights it trains.
@@ -31,6 +31,7 @@ class TrainOptions:
     """Every knob of a training run. The defaults are the CPU run on builtin:tiny."""
 
     max_steps: int = 400
+    warm_start_steps: int = 0  # > 0: a LoRA retrain continues the champion's adapter this many steps (warm_start.py)
     per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     learning_rate: float = 3e-3  # high for LoRA on purpose: the tiny base is random, the adapter learns the task
@@ -265,8 +266,10 @@ def load_tokenizer(base_dir: Path, opts: TrainOptions):
 
 def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, opts: TrainOptions,
                   run_name: str = "sft", report_to_mlflow: bool = True, callbacks: list | None = None,
-                  eval_records: list[dict] | None = None):
-    """An SFTTrainer on `train_records` (loss on assistant tokens only, checked before training starts)."""
+                  eval_records: list[dict] | None = None, init_adapter: Path | None = None):
+    """An SFTTrainer on `train_records` (loss on assistant tokens only, checked before training starts). With
+    `init_adapter`, a saved LoRA adapter of this base, training continues from its weights (a warm start)
+    instead of from a fresh adapter."""
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
@@ -282,9 +285,12 @@ def build_trainer(base_dir: Path, train_records: list[dict], checkpoint_dir: Pat
     model = str(base_dir)
     if opts.load_in_4bit:
         model = _load_kbit_model(base_dir, args)
+    peft_config = lora_config(opts)
+    if init_adapter is not None:
+        model, peft_config = warm_start.trainable(model, Path(init_adapter), args), None
     trainer = cpu_speed.trainer_class(SFTTrainer)(model=model, args=args, train_dataset=to_dataset(rows),
                                                   eval_dataset=eval_ds, processing_class=tok,
-                                                  peft_config=lora_config(opts), callbacks=callbacks)
+                                                  peft_config=peft_config, callbacks=callbacks)
     trainer.supervision = supervision
     return trainer
 
@@ -357,15 +363,16 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
 def train_adapter(base_dir: Path, train_records: list[dict], checkpoint_dir: Path, adapter_dir: Path,
                   opts: TrainOptions, run_name: str = "sft", report_to_mlflow: bool = True,
                   on_log: Callable[[dict], None] | None = None, eval_records: list[dict] | None = None,
-                  on_trainer: Callable | None = None) -> TrainResult:
+                  on_trainer: Callable | None = None, init_adapter: Path | None = None) -> TrainResult:
     """Train (or resume from the last checkpoint in `checkpoint_dir`) and save the adapter, or the whole model for
-    a full fine-tune, to `adapter_dir`. `on_trainer(trainer)` sees the trainer before training starts."""
+    a full fine-tune, to `adapter_dir`. `on_trainer(trainer)` sees the trainer before training starts;
+    `init_adapter`: see build_trainer (a checkpoint to resume from takes precedence over it)."""
     from transformers.trainer_callback import PrinterCallback
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = last_complete_checkpoint(checkpoint_dir)
     trainer = build_trainer(Path(base_dir), train_records, checkpoint_dir, opts, run_name, report_to_mlflow,
-                            callbacks=[_Progress(on_log)], eval_records=eval_records)
+                            callbacks=[_Progress(on_log)], eval_records=eval_records, init_adapter=init_adapter)
     trainer.remove_callback(PrinterCallback)  # logs go to on_log (the Dagster run log) instead of stdout
     check_fsdp(trainer)
     if on_trainer:

@@ -1,6 +1,7 @@
 """Model assets: the base model as a local directory, and the LoRA adapter trained on the train set."""
 
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -65,6 +66,9 @@ class TrainConfig(CheckedConfig):
     KNOBS = knobs.TRAIN
 
     max_steps: int = _TRAIN_DEFAULTS.max_steps
+    warm_start_steps: int = _TRAIN_DEFAULTS.warm_start_steps
+    """> 0: a retrain continues the champion's LoRA adapter (same base and LoRA shape, no erased row in its
+    lineage) for this many steps instead of training a new adapter for max_steps (core/warm_start.py)."""
     per_device_train_batch_size: int = _TRAIN_DEFAULTS.per_device_train_batch_size
     gradient_accumulation_steps: int = _TRAIN_DEFAULTS.gradient_accumulation_steps
     learning_rate: float = _TRAIN_DEFAULTS.learning_rate
@@ -115,7 +119,7 @@ class TrainConfig(CheckedConfig):
 
 
 def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: dict, key: str, train: list[dict],
-           holdout: list[dict] | None) -> dict:
+           holdout: list[dict] | None, init_adapter: Path | None) -> dict:
     """Train in this process, or through ft_pipeline.train in a child process (torchrun / accelerate for several
     processes) whose step logs stream into this run's log and whose metrics land in the active MLflow run."""
     import mlflow
@@ -130,13 +134,25 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
         from ft_pipeline.train import result_to_json
 
         return result_to_json(training.train_adapter(base["path"], train, ckpt, home.adapter_dir, opts,
-                                                     run_name=run_name, on_log=log, eval_records=holdout))
+                                                     run_name=run_name, on_log=log, eval_records=holdout,
+                                                     init_adapter=init_adapter))
     env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id}
     return launch.train_in_child(opts, Path(base["path"]), home.split_dir / "train.jsonl", ckpt, home.adapter_dir,
                                  result_json=home.models_dir / "train_result.json", run_name=run_name,
                                  repo_root=settings.REPO_ROOT,
                                  eval_jsonl=home.split_dir / "holdout.jsonl" if holdout is not None else None,
-                                 on_log=log, on_line=context.log.debug, env=env)
+                                 on_log=log, on_line=context.log.debug, env=env, init_adapter=init_adapter)
+
+
+def _warm_start(context, home: PipelineHome, mlflow_tracking: MlflowTracking, opts, base: dict):
+    """The champion to continue (core/warm_start.py), or None; the log says which and why."""
+    from ft_pipeline.core import erasure, warm_start
+
+    mlflow_tracking.setup()
+    warm, why = warm_start.from_champion(mlflow_tracking.registered_model_name, base["content_sha256"], opts,
+                                         erasure.erased_hashes(home.root))
+    context.log.info(why)
+    return warm
 
 
 @dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool="gpu",
@@ -160,29 +176,37 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     key = f"{manifest['train_sha256'][:12]}-{base['content_sha256'][:12]}-{opts.fingerprint()}"
     if opts.accelerate_config:  # FSDP checkpoints are sharded: never resume one as a DDP run's, or back
         key += "-" + hashlib.sha256(opts.accelerate_config.encode()).hexdigest()[:8]
+    # a full fine-tune has no adapter to continue: it always trains from the base
+    warm = _warm_start(context, home, mlflow_tracking, opts, base) if opts.warm_start_steps and \
+        opts.finetune == "lora" else None
+    if warm is not None:
+        opts, key = dataclasses.replace(opts, max_steps=opts.warm_start_steps), f"{key}-{warm.key}"
     with mlflow_tracking.start_run(context, "train", "lora_adapter",
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
-        mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]})
+        mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]}
+                          | {"warm_start_from": f"{mlflow_tracking.registered_model_name}/{warm.version}" if warm else ""})
         log_jsonl_dataset(train_path, "train_set", "training", manifest["train_sha256"])
-        result = _train(context, home, opts, base, key, train, holdout)
+        result = _train(context, home, opts, base, key, train, holdout, warm.adapter_dir if warm else None)
         sup = result["supervision"]
         mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
                             "train_runtime_s": result["train_runtime_s"],
                             "supervised_token_fraction": sup["supervised"] / sup["tokens"]}
                            | ({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {}))
         info = registry.log_adapter_model(home.adapter_dir, base, finetune=opts.finetune)
-        registry.log_lineage(train, manifest.get("drop_files"))
+        registry.log_lineage(train, manifest.get("drop_files"), inherited=warm.rows if warm else None)
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],
-               "global_step": result["global_step"], "train_loss": result["train_loss"], "finetune": opts.finetune}
+               "global_step": result["global_step"], "train_loss": result["train_loss"], "finetune": opts.finetune,
+               "warm_start_from": warm.version if warm else None}
     home.adapter_info.write_text(json.dumps(adapter, indent=2))
     return dg.MaterializeResult(metadata={
         "adapter_dir": dg.MetadataValue.path(str(home.adapter_dir)), "model_uri": info.model_uri,
         "finetune": opts.finetune, "train_loss": result["train_loss"], "global_step": result["global_step"],
         "train_tokens": result["train_tokens"], "train_runtime_s": round(result["train_runtime_s"], 1),
-        "resumed_from": result["resumed_from"] or "", "supervised_token_fraction": round(sup["supervised"] / sup["tokens"], 4),
+        "resumed_from": result["resumed_from"] or "", "warm_start_from": f"version {warm.version}" if warm else "",
+        "supervised_token_fraction": round(sup["supervised"] / sup["tokens"], 4),
         "examples_without_supervised_tokens": sup["examples_without_supervision"],
         "train_config": dg.MetadataValue.json(opts.to_params()), "launcher": opts.launcher,
         "world_size": result["world_size"],
