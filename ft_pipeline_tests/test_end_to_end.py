@@ -171,6 +171,7 @@ def test_a_warm_start_continues_the_champion(pipeline):
     assert "warm start: continuing the champion (version 1) for 3 steps" in out.stdout
     adapter = json.loads((tmp / "home" / "models" / "adapter.json").read_text())
     assert adapter["warm_start_from"] == "1" and adapter["global_step"] == 3
+    assert not (tmp / "home" / "models" / "warm_start").exists()  # the champion's copy, removed after training
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
     params = client.get_run(adapter["training_run_id"]).data.params
     assert params["warm_start_from"] == "ft-pipeline-adapter/1" and params["train.max_steps"] == "3"

@@ -41,13 +41,17 @@ def champion(tiny_base, tmp_path_factory):
     return tmp / "adapter", base["content_sha256"]
 
 
-def test_the_champion_of_the_same_base_and_lora_shape_is_continued(champion):
+def test_the_champion_of_the_same_base_and_lora_shape_is_continued(champion, tmp_path):
     adapter, base_sha = champion
-    warm, why = warm_start.from_champion(NAME, base_sha, TrainOptions(**FAST, warm_start_steps=2), {})
+    (tmp_path / "warm" / "stale.txt").parent.mkdir()
+    (tmp_path / "warm" / "stale.txt").write_text("a copy from an earlier run")
+    warm, why = warm_start.from_champion(NAME, base_sha, TrainOptions(**FAST, warm_start_steps=2), {},
+                                         dst=tmp_path / "warm")
     assert why == "warm start: continuing the champion (version 1) for 2 steps"
     assert warm.version == "1" and warm.rows == ROWS
-    # the registered copy of the adapter, byte for byte
+    # the registered copy of the adapter, byte for byte, downloaded into the folder given, which held nothing else
     assert warm.adapter_sha256 == content_hash(adapter) == content_hash(warm.adapter_dir)
+    assert warm.adapter_dir.parent == tmp_path / "warm" and [p.name for p in (tmp_path / "warm").iterdir()] == ["adapter"]
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -57,11 +61,12 @@ def test_the_champion_of_the_same_base_and_lora_shape_is_continued(champion):
     (dict(modules_to_save=[]), "no warm start: the champion's (version 1) adapter differs in modules_to_save"),
     (dict(erased={ROWS[1]["raw_sha256"]: "req-1"}), "no warm start: the champion (version 1) was trained on rows erased by req-1"),
 ])
-def test_a_champion_that_cannot_be_continued_says_why(champion, change, reason):
+def test_a_champion_that_cannot_be_continued_says_why(champion, change, reason, tmp_path):
     _, base_sha = champion
     name, base_sha = change.pop("name", NAME), change.pop("base_sha", base_sha)
     erased = change.pop("erased", {})
-    warm, why = warm_start.from_champion(name, base_sha, TrainOptions(**{**FAST, **change}, warm_start_steps=2), erased)
+    warm, why = warm_start.from_champion(name, base_sha, TrainOptions(**{**FAST, **change}, warm_start_steps=2), erased,
+                                         dst=tmp_path / "warm")
     assert warm is None and why.startswith(reason), why
 
 

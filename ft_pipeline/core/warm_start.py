@@ -28,9 +28,13 @@ class WarmStart:
         return f"warm{self.adapter_sha256[:10]}"
 
 
-def from_champion(name: str, base_sha256: str, opts, erased: dict[str, str]) -> tuple[WarmStart | None, str]:
+def from_champion(name: str, base_sha256: str, opts, erased: dict[str, str],
+                  dst: Path) -> tuple[WarmStart | None, str]:
     """(the champion to continue, "warm start: ...") or (None, "no warm start: why"; a new adapter is trained
-    from the base). `opts` are this run's TrainOptions; `erased` is {raw_sha256: erasure request id}."""
+    from the base). `opts` are this run's TrainOptions; `erased` is {raw_sha256: erasure request id}; the
+    champion's adapter is downloaded into `dst` (emptied first), which the caller removes after training."""
+    import shutil
+
     import mlflow
 
     from ft_pipeline.core import registry
@@ -54,7 +58,9 @@ def from_champion(name: str, base_sha256: str, opts, erased: dict[str, str]) -> 
         return None, f"no warm start: the champion (version {v}) was trained on rows erased by {', '.join(hits)}"
     model_id = mv.source.removeprefix("models:/")
     root = mlflow.get_logged_model(model_id).artifact_location
-    adapter = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/adapter"))
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    adapter = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/adapter", dst_path=str(dst)))
     return (WarmStart(v, adapter, content_hash(adapter), rows),
             f"warm start: continuing the champion (version {v}) for {opts.warm_start_steps} steps")
 

@@ -4,6 +4,7 @@
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -144,13 +145,18 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
                                  on_log=log, on_line=context.log.debug, env=env, init_adapter=init_adapter)
 
 
+def _warm_dir(home: PipelineHome) -> Path:
+    """Where a warm start's copy of the champion's adapter lives while it trains (removed after training)."""
+    return home.models_dir / "warm_start"
+
+
 def _warm_start(context, home: PipelineHome, mlflow_tracking: MlflowTracking, opts, base: dict):
     """The champion to continue (core/warm_start.py), or None; the log says which and why."""
     from ft_pipeline.core import erasure, warm_start
 
     mlflow_tracking.setup()
     warm, why = warm_start.from_champion(mlflow_tracking.registered_model_name, base["content_sha256"], opts,
-                                         erasure.erased_hashes(home.root))
+                                         erasure.erased_hashes(home.root), dst=_warm_dir(home))
     context.log.info(why)
     return warm
 
@@ -187,7 +193,10 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]}
                           | {"warm_start_from": f"{mlflow_tracking.registered_model_name}/{warm.version}" if warm else ""})
         log_jsonl_dataset(train_path, "train_set", "training", manifest["train_sha256"])
-        result = _train(context, home, opts, base, key, train, holdout, warm.adapter_dir if warm else None)
+        try:
+            result = _train(context, home, opts, base, key, train, holdout, warm.adapter_dir if warm else None)
+        finally:  # the copy is the champion's, still in the registry; a crash resumes from the checkpoints
+            shutil.rmtree(_warm_dir(home), ignore_errors=True)
         sup = result["supervision"]
         mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
                             "train_runtime_s": result["train_runtime_s"],
