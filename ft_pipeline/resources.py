@@ -71,6 +71,11 @@ class PipelineHome(dg.ConfigurableResource):
     def adapter_info(self) -> Path:
         return self.models_dir / "adapter.json"
 
+    @property
+    def warm_start_dir(self) -> Path:
+        """A warm start's copy of the champion's adapter, while it trains (removed after training)."""
+        return self.models_dir / "warm_start"
+
     def checkpoints(self, key: str) -> Path:
         return self.root / "checkpoints" / key
 

@@ -145,18 +145,13 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
                                  on_log=log, on_line=context.log.debug, env=env, init_adapter=init_adapter)
 
 
-def _warm_dir(home: PipelineHome) -> Path:
-    """Where a warm start's copy of the champion's adapter lives while it trains (removed after training)."""
-    return home.models_dir / "warm_start"
-
-
 def _warm_start(context, home: PipelineHome, mlflow_tracking: MlflowTracking, opts, base: dict):
     """The champion to continue (core/warm_start.py), or None; the log says which and why."""
     from ft_pipeline.core import erasure, warm_start
 
     mlflow_tracking.setup()
     warm, why = warm_start.from_champion(mlflow_tracking.registered_model_name, base["content_sha256"], opts,
-                                         erasure.erased_hashes(home.root), dst=_warm_dir(home))
+                                         erasure.erased_hashes(home.root), dst=home.warm_start_dir)
     context.log.info(why)
     return warm
 
@@ -196,7 +191,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
         try:
             result = _train(context, home, opts, base, key, train, holdout, warm.adapter_dir if warm else None)
         finally:  # the copy is the champion's, still in the registry; a crash resumes from the checkpoints
-            shutil.rmtree(_warm_dir(home), ignore_errors=True)
+            shutil.rmtree(home.warm_start_dir, ignore_errors=True)
         sup = result["supervision"]
         mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
                             "train_runtime_s": result["train_runtime_s"],
