@@ -61,10 +61,11 @@ def sigterm_as_interrupt() -> None:
 
 
 @contextmanager
-def home_lock(home: Path, log=print):
-    """Hold the home's run lock, waiting (interruptibly) while another `ft-pipeline run` holds it."""
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "run.lock", "a+") as f:
+def _exclusive(path: Path, waiting, log, who: str = ""):
+    """Hold an exclusive lock on the file `path`, waiting (interruptibly) while another process holds it and
+    logging `waiting(holder)` once a minute, where holder is what that process wrote in the file (`who` first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
         told = None
         while True:
             try:
@@ -73,15 +74,32 @@ def home_lock(home: Path, log=print):
             except BlockingIOError:
                 if told is None or time.monotonic() - told > MESSAGE_EVERY_S:
                     f.seek(0)
-                    log(f"waiting: another ft-pipeline run holds {home} ({f.read().strip() or 'unknown process'}); "
-                        "it continues when that run ends (Ctrl-C stops waiting)")
+                    log(waiting(f.read().strip() or "unknown process"))
                     told = time.monotonic()
                 time.sleep(POLL_S)
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {dt.datetime.now().isoformat(timespec='seconds')}")
+        f.write(f"{who}pid {os.getpid()} on {socket.gethostname()}, since {dt.datetime.now().isoformat(timespec='seconds')}")
         f.flush()
         yield
+
+
+def home_lock(home: Path, log=print):
+    """Hold the home's run lock, waiting (interruptibly) while another `ft-pipeline run` holds it."""
+    return _exclusive(home / "run.lock", lambda holder: f"waiting: another ft-pipeline run holds {home} ({holder}); "
+                      "it continues when that run ends (Ctrl-C stops waiting)", log)
+
+
+def pool_lock(home: Path, pool: str, step: str, run_id: str, log=print):
+    """Hold the home's lock of `pool` for the whole step, waiting while another step of the pool holds it.
+
+    Dagster's pool should already keep the pool's steps apart, but on SQLite storage (the default) its slot claim
+    is not atomic in dagster 1.13.27: `claim_concurrency_slot` checks for a free slot and queues the step in two
+    statements, and SELECT ... FOR UPDATE is a no-op in SQLite, so two steps that ask at the same moment can both
+    be told they hold the one slot. The steps of pool `gpu` train on the machine's accelerator and write the
+    home's model folder, so they also take this lock (the kernel drops it when a process dies)."""
+    return _exclusive(home / f"pool-{pool}.lock", lambda holder: f"{step} waits for pool {pool!r} on {home}, held by "
+                      f"{holder}; it starts when that step ends", log, who=f"run {run_id} ({step}), ")
 
 
 def _claims_dir(home: Path) -> Path:

@@ -136,3 +136,51 @@ def test_two_steps_of_one_pool_in_one_run_do_not_wait_on_each_other(instance, tm
     assert not worker.is_alive(), "the run waited on its own slot"
     assert done[0].success and done[0].output_for_node("_tuned_further") == 2
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+
+
+def test_a_step_of_a_pool_waits_for_the_step_holding_its_lock_and_names_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "POLL_S", 0.05)
+    said, order = [], []
+    with runs.pool_lock(tmp_path, "gpu", "lora_adapter", "run-a", log=said.append):
+        def take_it():
+            with runs.pool_lock(tmp_path, "gpu", "preference_adapter", "run-b", log=said.append):
+                order.append("b holds")
+
+        waiter = threading.Thread(target=take_it)
+        waiter.start()
+        time.sleep(1)
+        assert not order
+        order.append("a releases")
+    waiter.join(5)
+    assert order == ["a releases", "b holds"]
+    assert len(said) == 1 and said[0].startswith("preference_adapter waits for pool 'gpu' on ")
+    assert "held by run run-a (lora_adapter), pid " in said[0]
+    # another pool, or another home, does not wait
+    with runs.pool_lock(tmp_path / "other", "gpu", "lora_adapter", "run-c", log=said.append), \
+            runs.pool_lock(tmp_path, "cpu", "x", "run-d", log=said.append):
+        assert len(said) == 1
+
+
+def test_the_steps_of_pool_gpu_take_its_lock(tmp_path, monkeypatch):
+    """preference_adapter (its skip path: no training, nothing else to set up) waits while the home's gpu lock is
+    held, as lora_adapter does: the same `home.pool_lock` wraps both steps."""
+    import json
+
+    from ft_pipeline.defs.preference import preference_adapter, preference_info
+    from ft_pipeline.resources import MlflowTracking, PipelineHome
+
+    monkeypatch.setattr(runs, "POLL_S", 0.05)
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
+    home.adapter_info.parent.mkdir(parents=True)
+    home.adapter_info.write_text(json.dumps({"training_run_id": "r1"}))
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    results = []
+    run = threading.Thread(target=lambda: results.append(dg.materialize(
+        [preference_adapter], resources={"home": home, "mlflow_tracking": tracking},
+        run_config={"ops": {"preference_adapter": {"config": {"enabled": False}}}}).success))
+    with runs.pool_lock(home.root, "gpu", "lora_adapter", "run-a", log=lambda m: None):
+        run.start()
+        time.sleep(3)
+        assert not preference_info(home).exists() and not results
+    run.join(60)
+    assert results == [True] and json.loads(preference_info(home).read_text())["trained"] is False
