@@ -6,6 +6,11 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Tests run in TEST_WORKERS pytest-xdist workers, each module (or the modules sharing a costly session fixture:
+# ft_pipeline_tests/conftest.py) whole on one worker, the cores split between them: much of a slow test is process start-up, imports and
+# waiting, which the other worker fills. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope,-p no:xdist)
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
 PRESET ?= configs/cpu_smollm2.yaml
 
@@ -26,10 +31,10 @@ run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, re
 	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 test: $(VENV)/.installed  ## fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  ## every benchmark under bench/, one `BENCH name value unit goal op-goal PASS|FAIL` line per figure (BENCH=data runs one)
 	$(PY) -m bench $(BENCH)

@@ -8,9 +8,46 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # The config classes' defaults (ft_pipeline/config.py) are builtin:tiny's here, in this process and in every
 # CLI, dagster and mlflow process a test starts (they inherit the environment): the tests train the tiny model.
 os.environ["FT_PIPELINE_DEFAULTS"] = "configs/cpu_tiny.yaml"
+# Under pytest-xdist (`make test` runs two workers), each worker and the processes it starts get an equal share
+# of the cores: two workers each training on every core would oversubscribe them.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+# Under xdist each module runs whole on one worker (its module fixtures are built once), and the modules that
+# share one of these costly session fixtures all run on the same worker (it is built once a session).
+SHARED_FIXTURES = {"smoke_home": {"test_forget_e2e", "test_orchestration", "test_ui"},
+                   "smollm2_converted": {"test_gguf", "test_smollm2"}}
+
+
+def _scope(module: str) -> str:
+    return next((fixture for fixture, modules in SHARED_FIXTURES.items() if module in modules), module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope`, where a scope is a module or the modules that share a fixture of SHARED_FIXTURES."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"))
+
+    return ByModule(config, log)
+
+
+def _check_shared(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        for fixture in set(SHARED_FIXTURES) & set(item.fixturenames):
+            if module not in SHARED_FIXTURES[fixture]:
+                raise pytest.UsageError(f"{module} uses the session fixture {fixture}: add it to SHARED_FIXTURES "
+                                        "in conftest.py, so that xdist runs it where that fixture is built")
 
 
 def pytest_collection_modifyitems(config, items):
+    _check_shared(items)
     try:
         import torch
 
