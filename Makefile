@@ -6,9 +6,9 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Tests run in TEST_WORKERS pytest-xdist workers, each module (or the modules sharing a costly session fixture:
-# ft_pipeline_tests/conftest.py) whole on one worker, the cores split between them: much of a slow test is process start-up, imports and
-# waiting, which the other worker fills. TEST_WORKERS=0 runs them in this process.
+# Tests run in TEST_WORKERS pytest-xdist workers, the cores split between them: much of a slow test is process
+# start-up, imports and waiting, which the other worker fills. Each module (or the modules sharing a costly session
+# fixture: ft_pipeline_tests/conftest.py) runs whole on one worker. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope,-p no:xdist)
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.

@@ -79,7 +79,8 @@ def _exclusive(path: Path, waiting, log, who: str = ""):
                 time.sleep(POLL_S)
         f.seek(0)
         f.truncate()
-        f.write(f"{who}pid {os.getpid()} on {socket.gethostname()}, since {dt.datetime.now().isoformat(timespec='seconds')}")
+        since = dt.datetime.now().isoformat(timespec="seconds")
+        f.write(f"{who}pid {os.getpid()} on {socket.gethostname()}, since {since}")
         f.flush()
         yield
 
