@@ -38,12 +38,13 @@ class PipelineHome(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.home)
 
-    def pool_lock(self, context: dg.AssetExecutionContext, pool: str):
-        """Held by a step of `pool` for its whole body: one such step at a time on this home, even where Dagster's
-        pool lets two through (see runs.pool_lock)."""
+    def pool_lock(self, context: dg.AssetExecutionContext):
+        """Held by a step in a pool for its whole body: one step of that pool at a time on this home, even where
+        Dagster's pool lets two through (see runs.pool_lock)."""
         from ft_pipeline import runs
 
-        return runs.pool_lock(self.root, pool, context.asset_key.to_user_string(), context.run_id, context.log.info)
+        return runs.pool_lock(self.root, context.op_def.pool, context.asset_key.to_user_string(), context.run_id,
+                              context.log.info)
 
     def raw_file(self, drop: str) -> Path:
         """The raw file of a partition key (the file's own name, or a name whose key it is)."""

@@ -18,7 +18,6 @@ from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
-GPU_POOL = "gpu"  # the training steps' pool (dagster.yaml limits it to one step at a time)
 _TRAIN_DEFAULTS = TrainOptions(**preset_defaults("lora_adapter"))
 _BASE_DEFAULTS = preset_defaults("base_model")
 
@@ -157,13 +156,13 @@ def _warm_start(context, home: PipelineHome, mlflow_tracking: MlflowTracking, op
     return warm
 
 
-@dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool=GPU_POOL,
+@dg.asset(deps=["train_set", "holdout_set", base_model], group_name="model", code_version="train-v2", pool="gpu",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """A LoRA adapter (or a fully fine-tuned model) trained with TRL's SFTTrainer on the train set, loss on
     assistant tokens only; the holdout set is used for holdout loss / early stopping when configured."""
-    with home.pool_lock(context, GPU_POOL):
+    with home.pool_lock(context):
         return _lora_adapter(context, config, home, mlflow_tracking)
 
 

@@ -13,7 +13,6 @@ from pydantic import Field
 
 from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.core import knobs
-from ft_pipeline.defs.model import GPU_POOL
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.preference.training import PreferenceOptions
 from ft_pipeline.resources import MlflowTracking, PipelineHome
@@ -153,12 +152,12 @@ def preference_info(home: PipelineHome) -> Path:
 
 
 @dg.asset(deps=["lora_adapter", preference_pairs, "base_model"], group_name="model", code_version="dpo-v1",
-          pool=GPU_POOL, kinds={"pytorch", "mlflow"}, owners=OWNERS)
+          pool="gpu", kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def preference_adapter(context: dg.AssetExecutionContext, config: PreferenceConfig, home: PipelineHome,
                        mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The SFT adapter further trained with TRL's DPOTrainer on the preference pairs (reference: the SFT model),
     or, with no pairs or `enabled: false`, a record of why there is none."""
-    with home.pool_lock(context, GPU_POOL):
+    with home.pool_lock(context):
         return _preference_adapter(context, config, home, mlflow_tracking)
 
 
