@@ -14,7 +14,7 @@ XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscop
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
 PRESET ?= configs/cpu_smollm2.yaml
 
-.PHONY: run test test-fast bench ui serve backfill clean
+.PHONY: run test test-fast lint bench ui serve backfill clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)
 	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
-test: $(VENV)/.installed  ## fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
+test: lint  ## the linter, the import contracts, then the fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed  ## ruff (pycodestyle, pyflakes, bugbear, isort) and the import contracts (pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)

@@ -15,10 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ft_pipeline import settings
-from ft_pipeline.core import base_models, cleaning, eval_run, export, formats, registry, splitting, training
+from ft_pipeline.data import cleaning, formats, splitting
+from ft_pipeline.evaluation import run as eval_run
+from ft_pipeline.export import merged as export
 from ft_pipeline.jsonl import read_jsonl, write_jsonl
+from ft_pipeline.model import base_models, training
 from ft_pipeline.preference.pairs import build_pairs
 from ft_pipeline.preference.training import PreferenceOptions, train_preference
+from ft_pipeline.registry import versions as registry
 
 
 @contextmanager

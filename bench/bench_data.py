@@ -132,7 +132,7 @@ def clean_drop(path: Path, out_dir: Path) -> dict:
     import numpy as np
     import pyarrow.parquet  # noqa: F401  imported before the clock starts, as the naive path does
 
-    from ft_pipeline.core import cleaning, formats
+    from ft_pipeline.data import cleaning, formats
     from ft_pipeline.jsonl import write_jsonl
 
     t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def clean_drop(path: Path, out_dir: Path) -> dict:
 def split(cleaned_dir: Path) -> dict:
     import numpy as np
 
-    from ft_pipeline.core import splitting
+    from ft_pipeline.data import splitting
 
     t0 = time.perf_counter()
     files = {p.name.removesuffix(".jsonl"): p for p in sorted(cleaned_dir.glob("*.jsonl"))}
@@ -182,7 +182,7 @@ def pipeline(data_dir: Path) -> dict:
 
 def near_dup_only(paths: dict[str, Path]) -> dict:
     """Signatures and greedy LSH dedup of every parsed example, timed alone."""
-    from ft_pipeline.core import cleaning, formats, near_dup
+    from ft_pipeline.data import cleaning, formats, lsh, near_dup
 
     examples = []
     for name, path in sorted(paths.items()):
@@ -192,7 +192,7 @@ def near_dup_only(paths: dict[str, Path]) -> dict:
     params = near_dup.NearDupParams()
     t0 = time.perf_counter()
     sig = near_dup.signatures(examples, params)
-    dup_of, _ = near_dup.dedup(sig, params)
+    dup_of, _ = lsh.dedup(sig, params)
     return {"rows": len(examples), "seconds": time.perf_counter() - t0, "near_dups": int((dup_of >= 0).sum())}
 
 
@@ -207,10 +207,10 @@ def naive(paths: dict[str, Path]) -> dict:
     import pyarrow.parquet as pq
     from datasketch import MinHash, MinHashLSH
 
-    from ft_pipeline.core.cleaning import normalize_text, redact
-    from ft_pipeline.core.formats import RowError, to_messages
-    from ft_pipeline.core.near_dup import NearDupParams
-    from ft_pipeline.core.splitting import holdout_bucket
+    from ft_pipeline.data.cleaning import normalize_text, redact
+    from ft_pipeline.data.formats import RowError, to_messages
+    from ft_pipeline.data.near_dup import NearDupParams
+    from ft_pipeline.data.splitting import holdout_bucket
 
     params = NearDupParams()
     perms = MinHash(num_perm=params.num_perm, seed=params.seed).permutations

@@ -62,7 +62,7 @@ def fresh_sft_adapter(base: Path, out: Path) -> Path:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ft_pipeline.core.training import TrainOptions, lora_config
+    from ft_pipeline.model.training import TrainOptions, lora_config
 
     opts = TrainOptions(**{k: v for k, v in preset_ops("lora_adapter").items() if k in TrainOptions.__dataclass_fields__})
     get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)), lora_config(opts)).save_pretrained(str(out))
@@ -107,7 +107,7 @@ def main() -> int:
     import torch
 
     from ft_pipeline import settings
-    from ft_pipeline.core.base_models import resolve_base_model
+    from ft_pipeline.model.base_models import resolve_base_model
     from ft_pipeline.preference.training import PreferenceOptions
 
     opts = PreferenceOptions(**{**preset_ops("preference_adapter"), "enabled": True, "save_steps": 10 ** 6})

@@ -30,7 +30,7 @@ MODEL = os.environ.get("BENCH_EVAL_MODEL", "smollm2-135m-instruct")
 
 
 def demo_holdout():
-    from ft_pipeline.core import cleaning, formats, splitting
+    from ft_pipeline.data import cleaning, formats, splitting
 
     found, _ = formats.find_drops(DROPS)
     drops = {}
@@ -59,8 +59,8 @@ def per_example(model, tok, conversations):
 
 def main() -> int:
     from ft_pipeline import settings
-    from ft_pipeline.core.base_models import load_model_and_tokenizer, resolve_base_model
-    from ft_pipeline.core.evaluation import generate, prompt_messages
+    from ft_pipeline.evaluation.scoring import generate, prompt_messages
+    from ft_pipeline.model.base_models import load_model_and_tokenizer, resolve_base_model
 
     convs = [prompt_messages(r) for r in demo_holdout()[:N_PROMPTS]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,8 +42,8 @@ def tracking_uri(tmp: Path) -> str:
     import mlflow
 
     from ft_pipeline import settings
-    from ft_pipeline.core import registry
-    from ft_pipeline.core.base_models import build_tiny, resolve_base_model
+    from ft_pipeline.model.base_models import build_tiny, resolve_base_model
+    from ft_pipeline.registry import versions as registry
     from ft_pipeline_tests._serving import register_tiny
 
     uri = settings.mlflow_tracking_uri()
@@ -105,7 +105,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     from bench.bench_eval import demo_holdout
-    from ft_pipeline.core.evaluation import prompt_messages
+    from ft_pipeline.evaluation.scoring import prompt_messages
     from ft_pipeline_tests._serving import start_cli_server
 
     holdout = demo_holdout()

@@ -27,7 +27,7 @@ the pipeline's default batch size on a CPU.
   2 for the backward pass through the frozen weights to the activations (LoRA computes no gradient for them;
   the adapter's own FLOPs and attention's sequence-length term are left out, both small here: r=16, ~85 tokens).
   The LM head counts at every position, as the model defines it; the pipeline projects only the positions that
-  carry loss (core/cpu_speed.py), so this counts model FLOPs, some of which the pipeline never executes.
+  carry loss (model/cpu_speed.py), so this counts model FLOPs, some of which the pipeline never executes.
 - mlflow_overhead: wall time inside mlflow.* calls made during the pipeline's training (param logging at train
   start, step metrics) / wall time of `train_adapter`, with a SQLite tracking store in a temp folder.
 
@@ -57,8 +57,8 @@ PRESET = "cpu_tiny.yaml" if MODEL == "builtin:tiny" else "cpu_smollm2.yaml"
 
 
 def preset_options(**override):
+    from ft_pipeline.model.train import options_from
     from ft_pipeline.settings import REPO_ROOT
-    from ft_pipeline.train import options_from
 
     opts = options_from(str(REPO_ROOT / "configs" / PRESET), None)
     for k, v in override.items():
@@ -85,7 +85,7 @@ ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "2"))
 def demo_train_records() -> list[dict]:
     """The demo drops through core, as the data assets do it: parse, canonicalize, clean, split."""
     from ft_pipeline import settings
-    from ft_pipeline.core import cleaning, formats, splitting
+    from ft_pipeline.data import cleaning, formats, splitting
 
     found, _ = formats.find_drops(settings.REPO_ROOT / "data" / "raw")
     drops = {}
@@ -174,7 +174,7 @@ def run_pipeline(base: Path, records: list[dict], work: Path, keep_batches: bool
     """The pipeline's own training (core.training.train_adapter) with the default options, MLflow on."""
     import mlflow
 
-    from ft_pipeline.core import training
+    from ft_pipeline.model import training
 
     opts = preset_options(max_steps=STEPS)
     captured = {}
@@ -207,7 +207,7 @@ def run_trl_defaults(base: Path, records: list[dict], work: Path, opts):
                             for r in records])
     from transformers import AutoTokenizer
 
-    from ft_pipeline.core.chat_templates import training_form
+    from ft_pipeline.model.chat_templates import training_form
 
     # TRL cannot patch SmolLM2's template for assistant-only loss; a TRL user would hand it a training template
     # (chat_template_path), so the script gets the same one the pipeline derives.
@@ -235,7 +235,7 @@ def run_raw_loop(base: Path, batches: list[dict], opts):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from ft_pipeline.core.training import lora_config
+    from ft_pipeline.model.training import lora_config
 
     torch.manual_seed(opts.seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), lora_config(opts))
@@ -260,7 +260,7 @@ def run_raw_loop(base: Path, batches: list[dict], opts):
 
 def padding_efficiency(base: Path, records: list[dict], work: Path) -> tuple[float, int, int]:
     """Real / processed token positions over one epoch of the batches the pipeline's defaults build."""
-    from ft_pipeline.core import training
+    from ft_pipeline.model import training
 
     trainer = training.build_trainer(base, records, work / "pad-ckpt", preset_options(), report_to_mlflow=False)
     c = CountingCollator(trainer.data_collator, trainer.processing_class.pad_token_id)
@@ -282,7 +282,7 @@ def main() -> int:
     import torch
 
     from ft_pipeline import settings
-    from ft_pipeline.core.base_models import resolve_base_model
+    from ft_pipeline.model.base_models import resolve_base_model
 
     records = demo_train_records()
     print(f"# model {MODEL}, {len(records)} demo train examples, {STEPS} steps x batch "

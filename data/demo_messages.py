@@ -6,10 +6,31 @@ import json
 import random
 import re
 
-from demo_templates import (BOTH_SENTENCES, CARD_SENTENCES, CARDS, CORES, EMAIL_DOMAINS, EMAIL_SENTENCES,
-                            FIRST_NAMES, GREETINGS, HIGH_CUES, IBAN_SENTENCES, IBANS, INTENTS, LAST_NAMES, LOW_CUES,
-                            MARK_RE, MONEY_INTENTS, ORDER_P, ORDER_SENTENCES, PHONE_SENTENCES, PRODUCTS, SIGNOFFS,
-                            TRAILING_PUNCT, URGENCY_WEIGHTS)
+from demo_templates import (
+    BOTH_SENTENCES,
+    CARD_SENTENCES,
+    CARDS,
+    CORES,
+    EMAIL_DOMAINS,
+    EMAIL_SENTENCES,
+    FIRST_NAMES,
+    GREETINGS,
+    HIGH_CUES,
+    IBAN_SENTENCES,
+    IBANS,
+    INTENTS,
+    LAST_NAMES,
+    LOW_CUES,
+    MARK_RE,
+    MONEY_INTENTS,
+    ORDER_P,
+    ORDER_SENTENCES,
+    PHONE_SENTENCES,
+    PRODUCTS,
+    SIGNOFFS,
+    TRAILING_PUNCT,
+    URGENCY_WEIGHTS,
+)
 
 
 class Record:

@@ -1,4 +1,4 @@
-"""The base of the Dagster config classes: each field is checked against its knob (core/knobs.py) when the config
+"""The base of the Dagster config classes: each field is checked against its knob (knobs.py) when the config
 is built, so a wrong value fails with the knob's name and what it may be, in a preset as in the Launchpad.
 
 Their defaults come from one preset, $FT_PIPELINE_DEFAULTS (default configs/cpu_smollm2.yaml, what `make run`
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import ValidationInfo, field_validator
 
-from ft_pipeline.core.knobs import Knob
+from ft_pipeline.knobs import Knob
 
 DEFAULTS_ENV = "FT_PIPELINE_DEFAULTS"
 

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from ft_pipeline.console import LOGGERS
 from ft_pipeline.defs import automation, data, evaluation, jobs, model, preference, registry, sensors
 from ft_pipeline.resources import default_resources
+from ft_pipeline.runs.console import LOGGERS
 
 # Runs launched from the UI, the daemon or the automation run each step in a process of its own. Started with
 # `spawn` (Dagster's default), each imported dagster, this module, torch and transformers again, nine steps a

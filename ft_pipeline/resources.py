@@ -41,14 +41,14 @@ class PipelineHome(dg.ConfigurableResource):
     def pool_lock(self, context: dg.AssetExecutionContext):
         """Held by a step in a pool for its whole body: one step of that pool at a time on this home, even where
         Dagster's pool lets two through (see runs.pool_lock)."""
-        from ft_pipeline import runs
+        from ft_pipeline.runs import control as runs
 
         return runs.pool_lock(self.root, context.op_def.pool, context.asset_key.to_user_string(), context.run_id,
                               context.log.info)
 
     def raw_file(self, drop: str) -> Path:
         """The raw file of a partition key (the file's own name, or a name whose key it is)."""
-        from ft_pipeline.core.drop_files import raw_path
+        from ft_pipeline.data.drop_files import raw_path
 
         # Partition keys can be added by hand in the UI: raw_path never lets one point outside the raw folder.
         return raw_path(Path(self.raw_dir), drop)

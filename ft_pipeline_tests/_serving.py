@@ -18,7 +18,7 @@ def register_tiny(tmp: Path, tiny_base: Path, adapter: Path | None) -> str:
     Both go through registry.log_adapter_model and register, as the pipeline's assets do."""
     import mlflow
 
-    from ft_pipeline.core import registry
+    from ft_pipeline.registry import versions as registry
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri

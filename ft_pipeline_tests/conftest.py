@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-    from ft_pipeline.core.base_models import build_tiny
+    from ft_pipeline.model.base_models import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("base") / "builtin-tiny")
 
@@ -71,7 +71,7 @@ def tiny_base(tmp_path_factory):
 def smollm2_converted(tmp_path_factory):
     """The packaged SmolLM2 converted from GGUF once a session (~45 s): test_gguf checks this conversion against
     an independent second one, test_smollm2 seeds its home's model cache with a copy of it."""
-    from ft_pipeline.core.base_models import resolve_base_model
+    from ft_pipeline.model.base_models import resolve_base_model
 
     return resolve_base_model("smollm2-135m-instruct", tmp_path_factory.mktemp("smollm2-base"))
 

@@ -3,8 +3,8 @@ real tokenizer), and marks exactly the assistant answers and their end-of-turn t
 
 import pytest
 
-from ft_pipeline.core import chat_templates
-from ft_pipeline.core.training import tokenize, training_template
+from ft_pipeline.model import chat_templates
+from ft_pipeline.model.training import tokenize, training_template
 
 SYS = {"role": "system", "content": "You extract JSON."}
 U1, A1 = {"role": "user", "content": "My order ORD-123456 is late"}, {"role": "assistant", "content": '{"a": 1}'}
@@ -23,7 +23,7 @@ CONVERSATIONS = [
 def tok():
     from transformers import AutoTokenizer
 
-    from ft_pipeline.core.gguf_models import packaged_gguf
+    from ft_pipeline.model.gguf_models import packaged_gguf
 
     path = packaged_gguf("smollm2-135m-instruct")
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -5,9 +5,8 @@ from collections import Counter
 
 import pytest
 
-from ft_pipeline.core.cleaning import CleaningOptions, canonicalize, clean_records, normalize_text, redact
-from ft_pipeline.core.formats import read_drop
-
+from ft_pipeline.data.cleaning import CleaningOptions, canonicalize, clean_records, normalize_text, redact
+from ft_pipeline.data.formats import read_drop
 
 # (text, expected after redaction, kinds counted) — one line a case.
 REDACT = [
@@ -64,7 +63,7 @@ def test_redaction_can_be_turned_off(tmp_path):
 
 
 def test_demo_drops_account_for_every_row():
-    from ft_pipeline.core.formats import detect_format, find_drops
+    from ft_pipeline.data.formats import detect_format, find_drops
     from ft_pipeline.settings import REPO_ROOT
 
     drops, problems = find_drops(REPO_ROOT / "data" / "raw")
@@ -110,7 +109,7 @@ def test_minhash_near_duplicates_point_at_the_kept_example(tmp_path):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ft_pipeline.core.cleaning import normalize_many, redact_many  # noqa: E402
+from ft_pipeline.data.cleaning import normalize_many, redact_many  # noqa: E402
 
 PIECES = st.sampled_from([" ", "  ", "\t", "\r\n", "\n", "\u00a0", "\u2003", "e\u0301", "a", "Zz", "@", ".", "-",
                           "jo@example.com", "+1 415-555-0132", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00",
@@ -130,7 +129,7 @@ def test_batch_normalize_and_redact_equal_one_at_a_time(texts):
 @given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "assistant"]), st.lists(PIECES, max_size=8).map("".join)),
                          min_size=1, max_size=3), max_size=5))
 def test_batch_near_dup_keys_equal_one_at_a_time(convs):
-    from ft_pipeline.core.cleaning import near_dup_key, near_dup_keys
+    from ft_pipeline.data.cleaning import near_dup_key, near_dup_keys
 
     examples = [[{"role": r, "content": c + "_x_ÉÈ—'"} for r, c in conv] for conv in convs]
     assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
@@ -141,7 +140,7 @@ def test_batch_near_dup_keys_equal_one_at_a_time(convs):
 def test_example_id_is_sha256_of_the_compact_json(conv):
     import hashlib
 
-    from ft_pipeline.core.cleaning import example_id
+    from ft_pipeline.data.cleaning import example_id
 
     messages = [{"role": r, "content": c} for r, c in conv]
     blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
@@ -152,7 +151,7 @@ def test_example_id_is_sha256_of_the_compact_json(conv):
 @given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "system"]), st.text(alphabet=st.characters(max_codepoint=127), max_size=25)),
                          min_size=1, max_size=3), max_size=5))
 def test_ascii_near_dup_keys_equal_the_regex_ones(convs):
-    from ft_pipeline.core.cleaning import near_dup_key, near_dup_keys
+    from ft_pipeline.data.cleaning import near_dup_key, near_dup_keys
 
     examples = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
     assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
@@ -163,7 +162,7 @@ def test_stream_in_chunks_and_worker_processes_gives_the_same_files(tmp_path):
     it duplicates, across chunks), quarantine, personal data counts and signatures are those of one pass."""
     import numpy as np
 
-    from ft_pipeline.core.cleaning import clean_stream
+    from ft_pipeline.data.cleaning import clean_stream
     from ft_pipeline.jsonl import write_jsonl
 
     words = "order refund late broken screen charger box card account reset please help".split()

@@ -4,7 +4,7 @@
 import io
 import logging
 
-from ft_pipeline.console import StageHandler
+from ft_pipeline.runs.console import StageHandler
 
 
 def info(msg: str) -> logging.LogRecord:

@@ -1,12 +1,12 @@
-"""The two CPU speed-ups of training (core/cpu_speed.py): the LM head scored only where the loss is gives the same
+"""The two CPU speed-ups of training (model/cpu_speed.py): the LM head scored only where the loss is gives the same
 loss and gradients as scoring every position, and the length-bucket sampler deals every example once an epoch, in
 random batches of similar length, the same way again for the same seed."""
 
 import pytest
 import torch
 
-from ft_pipeline.core import cpu_speed
-from ft_pipeline.core.training import TrainOptions, build_trainer
+from ft_pipeline.model import cpu_speed
+from ft_pipeline.model.training import TrainOptions, build_trainer
 
 RECORDS = [{"messages": [{"role": "user", "content": "refund " + "please " * (i % 7) + f"ORD-{i}"},
                          {"role": "assistant", "content": '{"intent": "refund", "n": %d}' % i}]} for i in range(12)]

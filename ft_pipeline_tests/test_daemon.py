@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ft_pipeline.core.drop_files import find_drops
+from ft_pipeline.data.drop_files import find_drops
 from ft_pipeline.settings import REPO_ROOT
 from ft_pipeline_tests._env import demo_drops, isolated_env, smoke_preset
 

@@ -9,7 +9,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from ft_pipeline.core.drop_files import find_drops
+from ft_pipeline.data.drop_files import find_drops
 from ft_pipeline.defs import data, model
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 from ft_pipeline.settings import REPO_ROOT
@@ -37,7 +37,7 @@ def test_cleaning_a_drop_in_worker_processes_inside_a_dagster_step_writes_the_sa
     """A drop of more than one chunk is cleaned by a pool of worker processes started from the Dagster step
     (spawned: a step's process has threads); with 100-row chunks the demo drop takes that path, and its files
     are byte for byte those of the one-chunk run above."""
-    from ft_pipeline.core import cleaning
+    from ft_pipeline.data import cleaning
 
     tmp, instance, _ = env
     drop = sorted(find_drops(tmp / "raw")[0])[0]
@@ -146,7 +146,7 @@ def test_raw_examples_names_the_encoding_of_a_latin1_export_and_reads_it_once_de
 
 
 def test_a_drop_with_a_real_export_name_is_ingested_under_its_derived_key(tmp_path):
-    from ft_pipeline.core.drop_files import drop_key
+    from ft_pipeline.data.drop_files import drop_key
 
     raw = tmp_path / "raw"
     raw.mkdir()

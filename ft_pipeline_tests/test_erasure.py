@@ -1,4 +1,4 @@
-"""Erasure requests on tiny drops (core/erasure.py, `ft-pipeline forget`): rows are found by line, hash or text,
+"""Erasure requests on tiny drops (erasure/requests.py, `ft-pipeline forget`): rows are found by line, hash or text,
 the request holds no text, cleaning counts erased rows on their own, the data version moves, and the
 registry tags say which versions were trained on an erased row (a real MLflow SQLite store in tmp_path)."""
 
@@ -7,8 +7,12 @@ import json
 import mlflow
 import pytest
 
-from ft_pipeline.cli import main
-from ft_pipeline.core import cleaning, erasure, erasure_registry, formats, registry
+from ft_pipeline.cli.main import main
+from ft_pipeline.data import cleaning, formats
+from ft_pipeline.data.erased import MARKER, mark_erased
+from ft_pipeline.erasure import registry as erasure_registry
+from ft_pipeline.erasure import requests as erasure
+from ft_pipeline.registry import versions as registry
 
 
 def _row(user, answer):
@@ -34,7 +38,7 @@ def pipeline_dirs(tmp_path, monkeypatch):
 
 def _canonical(raw, erased):
     parsed = formats.read_drop(raw / "d1.jsonl")
-    return list(erasure.mark_erased(cleaning.iter_canonical(parsed, "openai_chat"), erased))
+    return list(mark_erased(cleaning.iter_canonical(parsed, "openai_chat"), erased))
 
 
 def test_find_rows_by_line_hash_and_text(pipeline_dirs):
@@ -83,7 +87,7 @@ def test_a_redacted_source_line_is_erased_too(pipeline_dirs):
     request = erasure.new_request(rows, redacted_source=True)
     erasure.redact_source(raw, rows, request)
     lines = (raw / "d1.jsonl").read_text().splitlines()
-    assert "blender arrived" not in lines[2] and json.loads(lines[2])[erasure.MARKER] == request["id"]
+    assert "blender arrived" not in lines[2] and json.loads(lines[2])[MARKER] == request["id"]
     assert lines[:2] + lines[3:] == ROWS[:2] + ROWS[3:]
     assert _canonical(raw, {})[2]["erased"] == request["id"]  # no request file needed: the line says so
 

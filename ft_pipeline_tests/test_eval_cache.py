@@ -3,9 +3,9 @@ generated; an answer that stopped by itself is reused under a larger budget, one
 
 import pytest
 
-from ft_pipeline.core.base_models import load_model_and_tokenizer
-from ft_pipeline.core.eval_cache import EvalCache, example_key
-from ft_pipeline.core.evaluation import evaluate
+from ft_pipeline.evaluation.cache import EvalCache, example_key
+from ft_pipeline.evaluation.scoring import evaluate
+from ft_pipeline.model.base_models import load_model_and_tokenizer
 
 
 def rec(i: int) -> dict:
@@ -56,7 +56,7 @@ def full_nll(model, tok, record: dict) -> tuple[float, int]:
     """(summed NLL, token count) of a record's reference answer, by hand: one conversation, every position."""
     import torch
 
-    from ft_pipeline.core.evaluation import prompt_messages
+    from ft_pipeline.evaluation.scoring import prompt_messages
 
     p = tok(tok.apply_chat_template(prompt_messages(record), tokenize=False, add_generation_prompt=True),
             add_special_tokens=False)["input_ids"]
@@ -67,7 +67,7 @@ def full_nll(model, tok, record: dict) -> tuple[float, int]:
 
 
 def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computation(model_tok):
-    from ft_pipeline.core.evaluation import answer_and_score
+    from ft_pipeline.evaluation.scoring import answer_and_score
 
     model, tok = model_tok
     # prompts of different lengths in one batch: the earliest answer position decides where the head starts
@@ -80,7 +80,7 @@ def test_losses_with_the_head_only_at_answer_positions_equal_the_full_computatio
 
 
 def test_one_pass_for_loss_and_prefill_gives_the_answers_and_losses_of_two(model_tok):
-    from ft_pipeline.core.evaluation import answer_and_score, generate, prompt_messages
+    from ft_pipeline.evaluation.scoring import answer_and_score, generate, prompt_messages
 
     model, tok = model_tok
     # prompts and references of different lengths in one batch: left padding before the prompts, right padding

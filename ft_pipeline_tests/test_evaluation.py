@@ -2,9 +2,9 @@
 
 import pytest
 
-from ft_pipeline.core.evaluation import champion_diff, gate_failures, score
-from ft_pipeline.core.text_metrics import chrf, rouge_l
-from ft_pipeline.core.report import markdown_report
+from ft_pipeline.evaluation.report import markdown_report
+from ft_pipeline.evaluation.scoring import champion_diff, gate_failures, score
+from ft_pipeline.evaluation.text_metrics import chrf, rouge_l
 
 REF = '{"intent": "refund", "order_id": "ORD-1", "urgency": "high", "product": "X"}'
 

@@ -5,11 +5,11 @@ adapter generates."""
 import pytest
 import torch
 
-from ft_pipeline.core.base_models import load_model_and_tokenizer
-from ft_pipeline.core.eval_run import evaluate_all
-from ft_pipeline.core.evaluation import evaluate, is_full_model, load_tokenizer, load_tuned, prompt_messages
-from ft_pipeline.core.export import merge_adapter
-from ft_pipeline.core.training import TrainOptions, train_adapter
+from ft_pipeline.evaluation.run import evaluate_all
+from ft_pipeline.evaluation.scoring import evaluate, is_full_model, load_tokenizer, load_tuned, prompt_messages
+from ft_pipeline.export.merged import merge_adapter
+from ft_pipeline.model.base_models import load_model_and_tokenizer
+from ft_pipeline.model.training import TrainOptions, train_adapter
 from ft_pipeline_tests.test_training import FAST, records
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def greedy_ids(model, tok, conversation, n=24):
 
 
 def base_info(path) -> dict:
-    from ft_pipeline.core.base_models import content_hash
+    from ft_pipeline.model.base_models import content_hash
 
     return {"path": str(path), "content_sha256": content_hash(path)}
 
@@ -66,7 +66,7 @@ def test_retention_prompts_picks_how_many_general_prompts_the_check_uses(tiny_ba
 
 
 def test_retention_kl_is_the_mean_over_answer_tokens_of_kl_base_to_tuned(tiny_base, adapter):
-    from ft_pipeline.core import retention
+    from ft_pipeline.evaluation import retention
 
     model, tok = load_tuned(tiny_base, adapter)
     answers = ["Paris is the capital of France.", "4", "def f():\n    return 1"]  # prompts and answers of 3 lengths
@@ -87,7 +87,7 @@ def test_retention_kl_is_the_mean_over_answer_tokens_of_kl_base_to_tuned(tiny_ba
 
 
 def test_merged_adapter_answers_as_the_unmerged_one_and_leaves_the_base_exactly_as_it_was(tiny_base, adapter):
-    from ft_pipeline.core.evaluation import merged
+    from ft_pipeline.evaluation.scoring import merged
 
     model, tok = load_tuned(tiny_base, adapter)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ft_pipeline.core.formats import DropError, RowError, check_drop_key, detect_format, read_drop, to_messages
+from ft_pipeline.data.formats import DropError, RowError, check_drop_key, detect_format, read_drop, to_messages
 
 U, A = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}
 
@@ -154,7 +154,7 @@ DROP_KEYS = [
 
 @pytest.mark.parametrize("name,pattern", DROP_KEYS, ids=[c[0][:30] for c in DROP_KEYS])
 def test_every_file_name_gets_a_safe_partition_key(name, pattern):
-    from ft_pipeline.core.drop_files import drop_key
+    from ft_pipeline.data.drop_files import drop_key
 
     key = drop_key(name)
     assert re.fullmatch(pattern, key), key
@@ -164,7 +164,7 @@ def test_every_file_name_gets_a_safe_partition_key(name, pattern):
 def test_names_that_slug_alike_never_share_a_key_and_nfd_names_keep_theirs():
     import unicodedata
 
-    from ft_pipeline.core.drop_files import drop_key
+    from ft_pipeline.data.drop_files import drop_key
 
     names = ["a b.csv", "a  b.csv", "a+b.csv", "a-b .csv", "A b.csv"]  # all slug to a-b or A-b
     assert len({drop_key(n) for n in names}) == len(names)
@@ -173,7 +173,7 @@ def test_names_that_slug_alike_never_share_a_key_and_nfd_names_keep_theirs():
 
 
 def test_find_drops_keys_real_names_and_reports_a_key_clash(tmp_path):
-    from ft_pipeline.core.drop_files import drop_key, find_drops, raw_path
+    from ft_pipeline.data.drop_files import drop_key, find_drops, raw_path
 
     clash = drop_key("données.csv")  # a file literally named as another's derived key
     for name in ("a.jsonl", "Support export (Nov 2026).csv", "données.csv", clash, ".hidden.json", "notes.txt"):
@@ -191,8 +191,8 @@ def test_find_drops_keys_real_names_and_reports_a_key_clash(tmp_path):
 
 
 def test_a_real_export_name_is_read_under_its_key_and_keeps_its_name(tmp_path):
-    from ft_pipeline.core.cleaning import iter_canonical
-    from ft_pipeline.core.drop_files import drop_key
+    from ft_pipeline.data.cleaning import iter_canonical
+    from ft_pipeline.data.drop_files import drop_key
 
     p = _write(tmp_path, "Support export (Nov 2026).csv", b"prompt,completion\nhi,ok\n")
     parsed = read_drop(p)
@@ -201,7 +201,7 @@ def test_a_real_export_name_is_read_under_its_key_and_keeps_its_name(tmp_path):
 
 
 def test_lineage_rows_name_the_original_file(monkeypatch):
-    from ft_pipeline.core import registry
+    from ft_pipeline.registry import versions as registry
 
     logged = {}
     monkeypatch.setattr(registry.mlflow, "log_text", lambda text, path: logged.update({path: text}))
@@ -215,7 +215,7 @@ def test_lineage_rows_name_the_original_file(monkeypatch):
 def test_a_lone_surrogate_escape_is_a_quarantined_row_not_a_failed_drop(tmp_path):
     """`\\ud800` is valid JSON but no character: the row is quarantined with its line and reason, its neighbours
     are converted, and the canonical records still write as UTF-8."""
-    from ft_pipeline.core.cleaning import iter_canonical
+    from ft_pipeline.data.cleaning import iter_canonical
     from ft_pipeline.jsonl import read_jsonl, write_jsonl
 
     good = json.dumps({"messages": [U, A]}).encode()
@@ -251,9 +251,10 @@ def test_a_row_with_invalid_utf8_is_quarantined_and_its_neighbours_kept(tmp_path
 
 
 def test_the_quarantined_csv_row_keeps_its_line_bytes_and_reason():
-    from ft_pipeline.core.cleaning import clean_records, canonicalize
     import tempfile
     from pathlib import Path
+
+    from ft_pipeline.data.cleaning import canonicalize, clean_records
 
     with tempfile.TemporaryDirectory() as tmp:
         parsed = read_drop(_write(Path(tmp), "d.csv", ONE_BAD_BYTE[0][1]))

@@ -6,8 +6,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ft_pipeline.core.cleaning import canonicalize, clean_records, clean_stream, iter_canonical
-from ft_pipeline.core.formats import FORMATS, DropError, detect_format, read_drop
+from ft_pipeline.data.cleaning import canonicalize, clean_records, clean_stream, iter_canonical
+from ft_pipeline.data.formats import FORMATS, DropError, detect_format, read_drop
 from ft_pipeline.jsonl import read_jsonl, write_jsonl
 
 # Any text, or text around a lone surrogate: json.dumps writes it as a "\\ud800" escape, which is valid JSON.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ft_pipeline.core import gguf_models
-from ft_pipeline.core.base_models import content_hash, resolve_base_model
-from ft_pipeline.core.formats import sha256_file
+from ft_pipeline.data.formats import sha256_file
+from ft_pipeline.model import gguf_models
+from ft_pipeline.model.base_models import content_hash, resolve_base_model
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ft_pipeline.core.base_models import load_model_and_tokenizer
+    from ft_pipeline.model.base_models import load_model_and_tokenizer
 
     a = smollm2_converted  # resolve_base_model("smollm2-135m-instruct", <a session folder>), shared with test_smollm2
     b = resolve_base_model(f"gguf:{smollm2_gguf}", tmp_path / "b")  # a second, independent conversion

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from ft_pipeline.core import lsh, near_dup
-from ft_pipeline.core.near_dup import NearDupParams
+from ft_pipeline.data import lsh, near_dup
+from ft_pipeline.data.near_dup import NearDupParams
 
 Q = ("Hi team, my Nimbus 5 laptop arrived yesterday with a cracked screen, the charger is missing from the box "
      "and the keyboard has two dead keys. I paid with my card last Monday and the courier left it at the door "
@@ -50,8 +50,8 @@ def test_near_duplicate_cases(a, b, expected):
     # A fair case is clear of the threshold: 64 permutations estimate Jaccard to about +-0.05.
     assert abs(exact_jaccard(a, b) - p.threshold) >= 0.09, exact_jaccard(a, b)
     sig = near_dup.signatures([a, b], p)
-    dup_of, sim = near_dup.dedup(sig, p)
-    assert (dup_of[1] == 0) == expected, f"estimated Jaccard {near_dup.jaccard(sig, 0, 1):.2f}"
+    dup_of, sim = lsh.dedup(sig, p)
+    assert (dup_of[1] == 0) == expected, f"estimated Jaccard {lsh.jaccard(sig, 0, 1):.2f}"
     assert dup_of[0] == -1  # the first of a pair is always kept
 
 
@@ -62,7 +62,7 @@ def test_threshold_is_the_knob():
     for pair, dup_at in ((edited, {0.3, 0.8}), (other_answer, {0.3})):
         for t in (0.3, 0.8, 0.97):
             p = NearDupParams(threshold=t)
-            assert (near_dup.dedup(near_dup.signatures(pair, p), p)[0][1] == 0) == (t in dup_at), t
+            assert (lsh.dedup(near_dup.signatures(pair, p), p)[0][1] == 0) == (t in dup_at), t
 
 
 @pytest.mark.parametrize("params", [NearDupParams(), NearDupParams(num_perm=128, ngram=3, seed=7)])
@@ -87,14 +87,14 @@ def test_lsh_candidates_match_datasketch_lsh():
     p = NearDupParams(threshold=0.7)
     sig = near_dup.signatures(docs, p)
     half = len(docs) // 2
-    ours = {(i, j) for i, j, _ in near_dup.cross_pairs(sig[:half], sig[half:], p)}
-    lsh = MinHashLSH(num_perm=p.num_perm, params=p.bands)
+    ours = {(i, j) for i, j, _ in lsh.cross_pairs(sig[:half], sig[half:], p)}
+    index = MinHashLSH(num_perm=p.num_perm, params=p.bands)
     for j in range(half, len(docs)):
-        lsh.insert(j - half, LeanMinHash(seed=p.seed, hashvalues=sig[j], scheme="affine32"))
+        index.insert(j - half, LeanMinHash(seed=p.seed, hashvalues=sig[j], scheme="affine32"))
     theirs = set()
     for i in range(half):
-        for j in lsh.query(LeanMinHash(seed=p.seed, hashvalues=sig[i], scheme="affine32")):
-            if near_dup.jaccard(sig, i, half + j) >= p.threshold:
+        for j in index.query(LeanMinHash(seed=p.seed, hashvalues=sig[i], scheme="affine32")):
+            if lsh.jaccard(sig, i, half + j) >= p.threshold:
                 theirs.add((i, j))
     assert ours == theirs and len(ours) > 100
 
@@ -104,20 +104,20 @@ def test_dedup_keeps_no_candidate_pair_and_points_at_kept_examples():
     docs += [conv(f"Where is order ORD-{n}? It was due {d}.") for n, d in ((111111, "Monday"), (222222, "Friday"))]
     p = NearDupParams()
     sig = near_dup.signatures(docs, p)
-    dup_of, _ = near_dup.dedup(sig, p)
+    dup_of, _ = lsh.dedup(sig, p)
     assert dup_of.tolist() == [-1, 0, 0, 0, -1, -1]
     kept = np.flatnonzero(dup_of < 0)
-    assert near_dup.cross_pairs(sig[kept], sig[kept], p) == [(i, i, 1.0) for i in range(len(kept))]
+    assert lsh.cross_pairs(sig[kept], sig[kept], p) == [(i, i, 1.0) for i in range(len(kept))]
 
 
 def _greedy_reference(sig, p):
     """`dedup` by its definition, pair by pair: the earliest earlier kept example sharing a band key whose
     estimated Jaccard is >= threshold."""
-    keys = near_dup.band_keys(sig, p)
+    keys = lsh.band_keys(sig, p)
     dup_of = [-1] * len(sig)
     for i in range(len(sig)):
         for j in range(i):
-            if dup_of[j] < 0 and (keys[i] == keys[j]).any() and near_dup.jaccard(sig, i, j) >= p.threshold:
+            if dup_of[j] < 0 and (keys[i] == keys[j]).any() and lsh.jaccard(sig, i, j) >= p.threshold:
                 dup_of[i] = j
                 break
     return dup_of
@@ -141,15 +141,15 @@ def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, n
             texts.append(" ".join(rng.choice(vocab, rng.integers(8, 30))))
     p = NearDupParams(threshold=threshold, num_perm=num_perm)
     sig = near_dup.signatures([conv(t) for t in texts], p)
-    vec, vec_sim = near_dup.dedup(sig, p)
-    loop, loop_sim = near_dup.dedup(sig, p, max_pairs=0)
+    vec, vec_sim = lsh.dedup(sig, p)
+    loop, loop_sim = lsh.dedup(sig, p, max_pairs=0)
     assert vec.tolist() == loop.tolist() == _greedy_reference(sig, p)
     assert np.array_equal(vec_sim, loop_sim)
-    keys = near_dup.band_keys(sig, p)
+    keys = lsh.band_keys(sig, p)
     biggest = max(np.unique(keys[:, j], return_counts=True)[1].max() for j in range(keys.shape[1]))
     monkeypatch.setattr(lsh, "_PAIR_SLICE", biggest * (biggest - 1) // 2)  # slices of one or a few groups
     assert lsh._similar_pairs(sig, keys, p, 1 << 30) is not None  # sliced, not the loop
-    sliced, sliced_sim = near_dup.dedup(sig, p)
+    sliced, sliced_sim = lsh.dedup(sig, p)
     assert sliced.tolist() == vec.tolist() and np.array_equal(sliced_sim, vec_sim)
     assert 30 < (vec >= 0).sum() < 200  # both kinds of rows are there: the check is not vacuous
 

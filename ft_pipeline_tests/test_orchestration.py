@@ -67,7 +67,7 @@ def test_second_run_with_nothing_changed_launches_no_training(world):
 
 
 def test_a_code_version_bump_makes_the_stage_and_its_downstream_stale(world):
-    from ft_pipeline.staleness import train_selection
+    from ft_pipeline.cli.staleness import train_selection
 
     tmp, _, _ = world
     defs, inst = _defs_and_instance(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ft_pipeline.core.errors import DropError
+from ft_pipeline.data.errors import DropError
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.preference import pairs
 from ft_pipeline.preference.pair_formats import to_pair

@@ -5,13 +5,12 @@ killed run resumes from its checkpoint. Plus the choice of the model that goes t
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from ft_pipeline.core.base_models import content_hash
-from ft_pipeline.core.evaluation import pick_candidate
-from ft_pipeline.core.knobs import KnobError
+from ft_pipeline.evaluation.scoring import pick_candidate
+from ft_pipeline.knobs import KnobError
+from ft_pipeline.model.base_models import content_hash
 from ft_pipeline.preference.training import PreferenceOptions
 
 
@@ -39,7 +38,7 @@ FAST = dict(max_steps=6, per_device_train_batch_size=8, logging_steps=1, save_st
 
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_base, tmp_path_factory):
-    from ft_pipeline.core.training import TrainOptions, train_adapter
+    from ft_pipeline.model.training import TrainOptions, train_adapter
 
     out = tmp_path_factory.mktemp("sft") / "adapter"
     train_adapter(tiny_base, sft_records(), out.parent / "ckpt", out,
@@ -49,7 +48,7 @@ def sft_adapter(tiny_base, tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_reference_is_the_sft_model_not_the_base(tiny_base, sft_adapter, tmp_path):
-    from ft_pipeline.preference import scoring
+    from ft_pipeline.evaluation import pair_scoring as scoring
     from ft_pipeline.preference.training import build_trainer, load_policy
 
     trainer = build_trainer(tiny_base, sft_adapter, pairs(), tmp_path / "ckpt", PreferenceOptions(**FAST),
@@ -88,8 +87,8 @@ def test_dpo_raises_margins_and_leaves_base_and_sft_adapter_alone(tiny_base, sft
 
 @pytest.mark.slow
 def test_the_dpo_adapter_evaluated_beside_sft_answers_as_if_loaded_alone(tiny_base, sft_adapter, tmp_path):
-    from ft_pipeline.core.eval_run import evaluate_all
-    from ft_pipeline.core.evaluation import evaluate, load_tuned, merged
+    from ft_pipeline.evaluation.run import evaluate_all
+    from ft_pipeline.evaluation.scoring import evaluate, load_tuned, merged
     from ft_pipeline.preference.training import train_preference
 
     train_preference(tiny_base, sft_adapter, pairs(), tmp_path / "ckpt", tmp_path / "dpo",

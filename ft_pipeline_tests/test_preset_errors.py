@@ -8,13 +8,14 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from ft_pipeline import presets
-from ft_pipeline.core import base_models, knobs
-from ft_pipeline.core.training import TrainOptions
+from ft_pipeline import knobs
+from ft_pipeline.cli import presets
 from ft_pipeline.definitions import defs
 from ft_pipeline.defs.data import SplitConfig
 from ft_pipeline.defs.evaluation import EvaluationConfig, GateConfig
 from ft_pipeline.defs.model import BaseModelConfig, TrainConfig
+from ft_pipeline.model import base_models
+from ft_pipeline.model.training import TrainOptions
 from ft_pipeline.settings import REPO_ROOT
 from ft_pipeline_tests._env import isolated_env
 

@@ -102,7 +102,7 @@ def test_qlora_fails_clearly_where_bitsandbytes_or_cuda_is_missing():
 
     import torch
 
-    from ft_pipeline.core.training import TrainOptions, quantization_config
+    from ft_pipeline.model.training import TrainOptions, quantization_config
 
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
         pytest.skip("this machine can run QLoRA (the gpu tier trains it)")

@@ -6,8 +6,8 @@ import os
 import mlflow
 import pytest
 
-from ft_pipeline.cli import main
-from ft_pipeline.core import registry
+from ft_pipeline.cli.main import main
+from ft_pipeline.registry import versions as registry
 
 
 class Echo(mlflow.pyfunc.PythonModel):

@@ -10,8 +10,8 @@ import time
 import dagster as dg
 import pytest
 
-from ft_pipeline import runs
-from ft_pipeline.core.training import last_complete_checkpoint
+from ft_pipeline.model.training import last_complete_checkpoint
+from ft_pipeline.runs import control as runs
 from ft_pipeline.settings import REPO_ROOT
 
 

@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from ft_pipeline.core.drop_files import drop_key
+from ft_pipeline.data.drop_files import drop_key
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.defs.sensors import raw_drops_sensor
 from ft_pipeline.resources import PipelineHome
@@ -57,8 +57,8 @@ def test_ingested_drops_are_quiet_until_their_content_changes(tmp_path):
 def test_an_erasure_request_re_ingests_the_drops(tmp_path):
     """The erasure list is part of raw_examples' data version: the sensor asks for the drop again, and the
     re-ingested raw_examples holds the row without its text."""
-    from ft_pipeline.core import erasure
     from ft_pipeline.defs.data import raw_examples
+    from ft_pipeline.erasure import requests as erasure
     from ft_pipeline.jsonl import read_jsonl
     from ft_pipeline.resources import MlflowTracking
 

@@ -20,10 +20,10 @@ import openai
 import pytest
 import yaml
 
-from ft_pipeline.core import registry
-from ft_pipeline.core.base_models import load_model_and_tokenizer
-from ft_pipeline.core.evaluation import generate, load_tuned
-from ft_pipeline.core.training import TrainOptions, train_adapter
+from ft_pipeline.evaluation.scoring import generate, load_tuned
+from ft_pipeline.model.base_models import load_model_and_tokenizer
+from ft_pipeline.model.training import TrainOptions, train_adapter
+from ft_pipeline.registry import versions as registry
 from ft_pipeline.serving.app import VERSION_HEADER, create_app
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline_tests._env import isolated_env

@@ -9,7 +9,7 @@ import time
 import mlflow
 import pytest
 
-from ft_pipeline.core import registry
+from ft_pipeline.registry import versions as registry
 from ft_pipeline.serving.batching import Batcher, Job, holdback
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served, parse_model_id

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from ft_pipeline.core.cleaning import example_id, near_dup_key
-from ft_pipeline.core.near_dup import NearDupParams
-from ft_pipeline.core.splitting import holdout_bucket, holdout_buckets, leaks, split_examples, stratum_of
+from ft_pipeline.data.cleaning import example_id, near_dup_key
+from ft_pipeline.data.near_dup import NearDupParams
+from ft_pipeline.data.splitting import holdout_bucket, holdout_buckets, leaks, split_examples, stratum_of
 
 ND = NearDupParams()
 WORDS = ("laptop headphones order refund screen cracked charger missing box delivery late twice card charged "
@@ -109,7 +109,7 @@ def test_stratum_of(field, answer, expected):
 
 
 def test_reusing_cleaning_signatures_gives_the_same_split():
-    from ft_pipeline.core.near_dup import signatures
+    from ft_pipeline.data.near_dup import signatures
 
     a = [rec("a", i, question(i)) for i in range(200)]
     b = [rec("b", i, question(i).replace("What can you do", "What will you do")) for i in range(0, 200, 3)]
@@ -125,8 +125,8 @@ def test_reusing_cleaning_signatures_gives_the_same_split():
 def test_streamed_file_split_equals_the_in_memory_split(tmp_path):
     import json
 
-    from ft_pipeline.core.near_dup import signatures
-    from ft_pipeline.core.splitting import SplitOptions, split_files
+    from ft_pipeline.data.near_dup import signatures
+    from ft_pipeline.data.splitting import SplitOptions, split_files
 
     a = [rec("a.jsonl", i, question(i)) for i in range(150)]
     b = [rec("b.jsonl", i, question(i).replace("What can you do", "What will you do")) for i in range(0, 150, 2)]

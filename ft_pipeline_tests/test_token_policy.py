@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ft_pipeline.core.base_models import build_tiny_tokenizer
-from ft_pipeline.core.token_policy import TooManyTokensError, count_tokens, length_summary, too_long, too_long_entry
+from ft_pipeline.data.token_policy import TooManyTokensError, count_tokens, length_summary, too_long, too_long_entry
+from ft_pipeline.model.base_models import build_tiny_tokenizer
 
 
 def conv(text, weight=None):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ft_pipeline.core.base_models import content_hash
-from ft_pipeline.core.training import TrainOptions, build_trainer, train_adapter
+from ft_pipeline.model.base_models import content_hash
+from ft_pipeline.model.training import TrainOptions, build_trainer, train_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_only_assistant_tokens_carry_loss(tiny_base, tmp_path):
 KILL_AT_STEP_3 = """
 import json, os, signal, sys
 from pathlib import Path
-from ft_pipeline.core.training import TrainOptions, train_adapter
+from ft_pipeline.model.training import TrainOptions, train_adapter
 base, tmp, recs, opts = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 def die(logs):
     if logs["step"] == 3:

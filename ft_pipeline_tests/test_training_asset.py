@@ -18,8 +18,8 @@ SECRET = "hf_THIS_IS_A_TEST_TOKEN_1234567890abcdef"
 
 @pytest.fixture
 def home(tiny_base, tmp_path):
-    from ft_pipeline.core.base_models import content_hash
     from ft_pipeline.jsonl import write_jsonl
+    from ft_pipeline.model.base_models import content_hash
 
     h = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
     h.models_dir.mkdir(parents=True)
@@ -106,6 +106,6 @@ def test_fsdp_on_cpu_fails_clearly_instead_of_silently_training_ddp(home, tmp_pa
         error = error.cause
     text = "\n".join(texts)
     # The child's own error leads the message, even where torchrun's failure report fills the output's tail.
-    assert "exited with 1: ft_pipeline.core.training.FsdpUnavailableError: the accelerate config asks for FSDP" in text
+    assert "exited with 1: ft_pipeline.model.training.FsdpUnavailableError: the accelerate config asks for FSDP" in text
     assert "DistributedType.MULTI_CPU on cpu" in text
     assert not (home.adapter_dir / "adapter_model.safetensors").exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from ft_pipeline.core.training import TrainOptions, train_adapter
+from ft_pipeline.model.training import TrainOptions, train_adapter
 from ft_pipeline.settings import REPO_ROOT
 from ft_pipeline_tests.test_training import records
 
@@ -19,7 +19,7 @@ def small_qwen(tmp_path_factory):
     """A 2-layer Qwen2 (the architecture of Qwen2.5-*-Instruct) with the tiny byte-level tokenizer and template."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from ft_pipeline.core.base_models import build_tiny_tokenizer
+    from ft_pipeline.model.base_models import build_tiny_tokenizer
 
     out = tmp_path_factory.mktemp("qwen2")
     tok = build_tiny_tokenizer()
@@ -39,7 +39,7 @@ def preset_options(name: str, **override) -> TrainOptions:
 
 
 def test_gpu_lora_preset_trains_in_bf16(small_qwen, tmp_path):
-    from ft_pipeline.core.training import resolve_precision
+    from ft_pipeline.model.training import resolve_precision
 
     assert resolve_precision("auto") == "bf16"
     logs = []
@@ -52,7 +52,7 @@ def test_gpu_lora_preset_trains_in_bf16(small_qwen, tmp_path):
 
 def test_qlora_preset_trains_on_a_4bit_base(small_qwen, tmp_path):
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (pip install bitsandbytes)")
-    from ft_pipeline.core.training import build_trainer
+    from ft_pipeline.model.training import build_trainer
 
     opts = preset_options("qlora_qwen.yaml")
     trainer = build_trainer(small_qwen, records(), tmp_path / "ckpt", opts, report_to_mlflow=False)
@@ -70,8 +70,8 @@ def test_fsdp_config_saves_a_complete_adapter(small_qwen, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ft_pipeline.core.launch import train_in_child
     from ft_pipeline.jsonl import write_jsonl
+    from ft_pipeline.model.launch import train_in_child
 
     single = preset_options("multi_gpu_qwen.yaml", launcher="in_process", num_processes=1, accelerate_config="")
     train_adapter(small_qwen, records(), tmp_path / "ckpt1", tmp_path / "single", single, report_to_mlflow=False)

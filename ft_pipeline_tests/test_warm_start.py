@@ -1,4 +1,4 @@
-"""Warm starts (core/warm_start.py): which champion a retrain may continue, that training starts from its
+"""Warm starts (registry/warm_start.py): which champion a retrain may continue, that training starts from its
 weights, and that the new lineage carries the continued adapter's rows. A real MLflow store and registry, the
 builtin tiny model."""
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ft_pipeline.core import registry, warm_start
-from ft_pipeline.core.base_models import content_hash
-from ft_pipeline.core.training import TrainOptions, build_trainer, train_adapter
+from ft_pipeline.model.base_models import content_hash
+from ft_pipeline.model.training import TrainOptions, build_trainer, train_adapter
+from ft_pipeline.registry import versions as registry
+from ft_pipeline.registry import warm_start
 from ft_pipeline_tests.test_training import FAST, records
 
 pytestmark = pytest.mark.slow

@@ -7,20 +7,23 @@ from collections import Counter
 import dagster as dg
 
 from ft_pipeline.config import CheckedConfig
-from ft_pipeline.core import base_models, cleaning, erasure, formats, knobs, splitting
-from ft_pipeline.core.bulk import no_cycle_gc
-from ft_pipeline.core.near_dup import NearDupParams
-from ft_pipeline.core.token_policy import TooManyTokensError
-from ft_pipeline.core.training import TrainOptions
+from ft_pipeline.data import cleaning, formats, splitting
+from ft_pipeline.data.bulk import no_cycle_gc
+from ft_pipeline.data.erased import mark_erased
+from ft_pipeline.data.near_dup import NearDupParams
+from ft_pipeline.data.token_policy import TooManyTokensError
 from ft_pipeline.defs.partitions import drops
+from ft_pipeline.erasure import requests as erasure
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
+from ft_pipeline.model import base_models
+from ft_pipeline.model.training import TrainOptions
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
 
 
 class RawExamplesConfig(CheckedConfig):
-    KNOBS = knobs.DATA
+    KNOBS = splitting.KNOBS
     format: str = "auto"
     """Example format of the drop: auto (detected from the rows), openai_chat, sharegpt, alpaca,
     prompt_completion or text."""
@@ -30,7 +33,7 @@ class RawExamplesConfig(CheckedConfig):
 
 
 class NearDupConfig(CheckedConfig):
-    KNOBS = knobs.DATA
+    KNOBS = splitting.KNOBS
     near_dup_threshold: float = 0.8
     """Examples whose word-pair sets have an estimated Jaccard similarity at least this are near-duplicates:
     the later one is removed and recorded with the example it duplicates. 1.0 removes only identical sets."""
@@ -70,7 +73,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
         raise dg.Failure(description=str(e), metadata={"file": dg.MetadataValue.path(str(path))}) from e
     import mlflow
 
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     unconverted = Counter()
 
@@ -85,7 +88,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
     # Records stream to the file, one at a time; the collector is paused while the parsed rows are alive.
     with no_cycle_gc():
         n_rows = write_jsonl(raw_examples_path,
-                             counted(erasure.mark_erased(cleaning.iter_canonical(parsed, fmt), erased)))
+                             counted(mark_erased(cleaning.iter_canonical(parsed, fmt), erased)))
     file_hash, file_format = parsed.sha256, parsed.file_format
     version = erasure.raw_data_version(file_hash, erased)
     del parsed
@@ -119,7 +122,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     import mlflow
     import numpy as np
 
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     drop = context.partition_key
     paths = {k: home.data(k, drop) for k in ("cleaned", "quarantine", "duplicates", "erased")}
@@ -237,7 +240,7 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
                         mlflow_tracking: MlflowTracking):
     import mlflow
 
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     cleaned, used, skipped, signatures, files = _cleaned_drops(context, home, config.near_dup_params())
     if not home.base_info.exists():

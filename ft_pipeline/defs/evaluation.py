@@ -6,8 +6,8 @@ import json
 import dagster as dg
 
 from ft_pipeline.config import CheckedConfig, preset_defaults
-from ft_pipeline.core import knobs
-from ft_pipeline.core.retention import PROMPTS
+from ft_pipeline.evaluation import run as eval_run
+from ft_pipeline.evaluation.retention import PROMPTS
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
@@ -19,7 +19,7 @@ _EVAL, _GATE = preset_defaults("evaluation_report"), preset_defaults(GATE_CHECK)
 
 
 class EvaluationConfig(CheckedConfig):
-    KNOBS = knobs.EVALUATION
+    KNOBS = eval_run.KNOBS
     max_new_tokens: int = _EVAL.get("max_new_tokens", 128)
     """Upper bound on an answer's length; generation also stops at the longest reference answer plus a margin."""
     batch_size: int = _EVAL.get("batch_size", 64)
@@ -63,8 +63,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     import mlflow
 
     from ft_pipeline import settings
-    from ft_pipeline.core import eval_run, evaluation, plots, registry, report as rep
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.evaluation import plots
+    from ft_pipeline.evaluation import report as rep
+    from ft_pipeline.evaluation import scoring as evaluation
+    from ft_pipeline.registry import versions as registry
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     adapter = json.loads(home.adapter_info.read_text())
     holdout = read_jsonl(home.split_dir / "holdout.jsonl")[: config.max_examples or None]
@@ -107,7 +110,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
               "fixed_metrics": {n: r["metrics"] for n, r in out["fixed"].items()},
               "retention_kl": (out["retention"] or {}).get("kl"), "max_new_tokens": out["max_new_tokens"],
               "tuned_cache_key": out["tuned_key"], "candidate": candidate, "pair_accuracy": out["pair_accuracy"],
-              # a champion trained on an erased row does not hold the gate back (core/erasure_registry.py)
+              # a champion trained on an erased row does not hold the gate back (erasure/registry.py)
               "champion_erasure_pending": erased,
               "vs_champion": diff["counts"] if diff else None}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
@@ -138,7 +141,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
 
 
 class GateConfig(CheckedConfig):
-    KNOBS = knobs.EVALUATION
+    KNOBS = eval_run.KNOBS
     min_json_valid: float = _GATE.get("min_json_valid", 0.9)
     min_gain_over_base: float = _GATE.get("min_gain_over_base", 0.05)
     """The gate metric (field accuracy by default) must beat the base model's by at least this much."""
@@ -156,7 +159,7 @@ class GateConfig(CheckedConfig):
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="The tuned model beats the base model and is at least as good as the champion.")
 def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetCheckResult:
-    from ft_pipeline.core.evaluation import GATE_METRICS, gate_failures, pick_candidate
+    from ft_pipeline.evaluation.scoring import GATE_METRICS, gate_failures, pick_candidate
 
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     m = report["metrics"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import field_validator, model_validator
 
-from ft_pipeline import settings
+from ft_pipeline import knobs, settings
 from ft_pipeline.config import CheckedConfig, preset_defaults
-from ft_pipeline.core import base_models, knobs
-from ft_pipeline.core.training import TrainOptions
 from ft_pipeline.jsonl import read_jsonl
+from ft_pipeline.model import base_models, training
+from ft_pipeline.model.training import TrainOptions
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 OWNERS = ["team:ml-platform"]
@@ -23,7 +23,7 @@ _BASE_DEFAULTS = preset_defaults("base_model")
 
 
 class BaseModelConfig(CheckedConfig):
-    KNOBS = knobs.BASE_MODEL
+    KNOBS = base_models.KNOBS
     base_model: str = _BASE_DEFAULTS.get("base_model", base_models.BUILTIN_TINY)
     """smollm2-135m-instruct (the packaged model), gguf:/abs/path.gguf, builtin:tiny, an absolute local model
     directory, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct[@rev]."""
@@ -64,12 +64,12 @@ class TrainConfig(CheckedConfig):
     """Training hyperparameters; the defaults are the defaults preset's (ft_pipeline/config.py: what `make run`
     trains, SmolLM2 on CPU; see configs/ for presets)."""
 
-    KNOBS = knobs.TRAIN
+    KNOBS = training.KNOBS
 
     max_steps: int = _TRAIN_DEFAULTS.max_steps
     warm_start_steps: int = _TRAIN_DEFAULTS.warm_start_steps
     """> 0: a retrain continues the champion's LoRA adapter (same base and LoRA shape, no erased row in its
-    lineage) for this many steps instead of training a new adapter for max_steps (core/warm_start.py)."""
+    lineage) for this many steps instead of training a new adapter for max_steps (registry/warm_start.py)."""
     per_device_train_batch_size: int = _TRAIN_DEFAULTS.per_device_train_batch_size
     gradient_accumulation_steps: int = _TRAIN_DEFAULTS.gradient_accumulation_steps
     learning_rate: float = _TRAIN_DEFAULTS.learning_rate
@@ -121,18 +121,18 @@ class TrainConfig(CheckedConfig):
 
 def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: dict, key: str, train: list[dict],
            holdout: list[dict] | None, init_adapter: Path | None) -> dict:
-    """Train in this process, or through ft_pipeline.train in a child process (torchrun / accelerate for several
+    """Train in this process, or through ft_pipeline.model.train in a child process (torchrun / accelerate for several
     processes) whose step logs stream into this run's log and whose metrics land in the active MLflow run."""
     import mlflow
 
     from ft_pipeline import settings
-    from ft_pipeline.core import launch, training
+    from ft_pipeline.model import launch
 
     log = lambda d: context.log.info(  # noqa: E731
         "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
     ckpt, run_name = home.checkpoints(key), f"sft-{key}"
     if opts.launcher == "in_process":
-        from ft_pipeline.train import result_to_json
+        from ft_pipeline.model.train import result_to_json
 
         return result_to_json(training.train_adapter(base["path"], train, ckpt, home.adapter_dir, opts,
                                                      run_name=run_name, on_log=log, eval_records=holdout,
@@ -146,8 +146,9 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
 
 
 def _warm_start(context, home: PipelineHome, mlflow_tracking: MlflowTracking, opts, base: dict):
-    """The champion to continue (core/warm_start.py), or None; the log says which and why."""
-    from ft_pipeline.core import erasure, warm_start
+    """The champion to continue (registry/warm_start.py), or None; the log says which and why."""
+    from ft_pipeline.erasure import requests as erasure
+    from ft_pipeline.registry import warm_start
 
     mlflow_tracking.setup()
     warm, why = warm_start.from_champion(mlflow_tracking.registered_model_name, base["content_sha256"], opts,
@@ -170,8 +171,8 @@ def _lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: 
                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     import mlflow
 
-    from ft_pipeline.core import registry
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.registry import versions as registry
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     base = json.loads(home.base_info.read_text())
     manifest = json.loads((home.split_dir / "manifest.json").read_text())

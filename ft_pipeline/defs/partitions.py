@@ -2,4 +2,4 @@ import dagster as dg
 
 drops = dg.DynamicPartitionsDefinition(name="drops")
 """One partition per file in the raw data folder, keyed by its file name, or a slug and hash of it for a name
-that cannot be a key (core/drop_files.py)."""
+that cannot be a key (data/drop_files.py)."""

@@ -12,8 +12,8 @@ import dagster as dg
 from pydantic import Field
 
 from ft_pipeline.config import CheckedConfig, preset_defaults
-from ft_pipeline.core import knobs
 from ft_pipeline.jsonl import read_jsonl
+from ft_pipeline.preference import training as pref_training
 from ft_pipeline.preference.training import PreferenceOptions
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
@@ -30,9 +30,9 @@ def source_version(pref_dir: Path | None, erased: dict[str, str] | None = None) 
     """A hash of the preference drops' names and contents, and of the erasure list once there is one: what
     preference_pairs was made from (None: that of no drops). An erasure request re-reads the pairs, as it
     re-ingests every SFT drop (core/erasure.raw_data_version)."""
-    from ft_pipeline.core.drop_files import find_drops
-    from ft_pipeline.core.erasure import digest
-    from ft_pipeline.core.formats import sha256_file
+    from ft_pipeline.data.drop_files import find_drops
+    from ft_pipeline.data.formats import sha256_file
+    from ft_pipeline.erasure.requests import digest
 
     found = find_drops(pref_dir)[0] if pref_dir is not None else {}
     blob = "".join(f"{p.name}\0{sha256_file(p)}\n" for p in found.values())
@@ -42,7 +42,7 @@ def source_version(pref_dir: Path | None, erased: dict[str, str] | None = None) 
 
 
 class PreferencePairsConfig(CheckedConfig):
-    KNOBS = knobs.PREFERENCE
+    KNOBS = pref_training.KNOBS
     holdout_fraction: float = 0.1
     """Share of prompts whose pairs are held out, by the same stable hash as the SFT split (all pairs of one
     prompt on one side)."""
@@ -61,9 +61,9 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
     with line numbers, quarantined with reasons, redacted, deduplicated and split by prompt."""
     import mlflow
 
-    from ft_pipeline.core.drop_files import drop_key
-    from ft_pipeline.core.erasure import erased_hashes
-    from ft_pipeline.core.errors import DropError
+    from ft_pipeline.data.drop_files import drop_key
+    from ft_pipeline.data.errors import DropError
+    from ft_pipeline.erasure.requests import erased_hashes
     from ft_pipeline.preference.pairs import build_pairs
 
     out = home.data("preference_pairs")
@@ -112,7 +112,7 @@ class PreferenceConfig(CheckedConfig):
     """DPO after SFT; the defaults are the defaults preset's (ft_pipeline/config.py); configs/cpu_smollm2_dpo.yaml
     turns it on for SmolLM2."""
 
-    KNOBS = knobs.PREFERENCE
+    KNOBS = pref_training.KNOBS
     enabled: bool = Field(_DEFAULTS.enabled,
         description="false: do not preference-tune even when there are pairs (the SFT adapter is evaluated and registered).")
     beta: float = Field(_DEFAULTS.beta,
@@ -165,10 +165,10 @@ def _preference_adapter(context: dg.AssetExecutionContext, config: PreferenceCon
                         mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     import mlflow
 
-    from ft_pipeline.core import registry
-    from ft_pipeline.core.base_models import content_hash
-    from ft_pipeline.core.tracking import log_jsonl_dataset
+    from ft_pipeline.model.base_models import content_hash
     from ft_pipeline.preference.training import train_preference
+    from ft_pipeline.registry import versions as registry
+    from ft_pipeline.registry.tracking import log_jsonl_dataset
 
     adapter = json.loads(home.adapter_info.read_text())
     pairs_dir = home.data("preference_pairs")

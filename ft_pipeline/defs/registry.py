@@ -15,7 +15,9 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
     """The adapter as a Model Registry version; runs only when the evaluation gate passed, and moves `champion`."""
     import mlflow
 
-    from ft_pipeline.core import erasure, erasure_registry, registry
+    from ft_pipeline.erasure import registry as erasure_registry
+    from ft_pipeline.erasure import requests as erasure
+    from ft_pipeline.registry import versions as registry
 
     exp_id = mlflow_tracking.setup()
     adapter = json.loads(home.adapter_info.read_text())
@@ -75,8 +77,8 @@ def merged_model(context: dg.AssetExecutionContext, home: PipelineHome,
     chat template that loads without PEFT (`ft-pipeline export` writes the same for any version)."""
     import mlflow
 
-    from ft_pipeline.core import export
-    from ft_pipeline.core.base_models import content_hash
+    from ft_pipeline.export import merged as export
+    from ft_pipeline.model.base_models import content_hash
 
     name = mlflow_tracking.registered_model_name
     mlflow_tracking.setup()

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from ft_pipeline.core import erasure, formats
+from ft_pipeline.data import formats
 from ft_pipeline.defs.jobs import ingest_drop_job, ingest_preferences_job
 from ft_pipeline.defs.partitions import drops
+from ft_pipeline.erasure import requests as erasure
 from ft_pipeline.resources import PipelineHome
 
 
 def scan_drops(raw_dir: Path, previous: dict) -> tuple[dict, list[str]]:
     """{drop: {"sha256", "mtime_ns", "size"}} for every valid drop file; the hash is reused when the file's
-    size and mtime did not change. Keys are derived from the file names (core/drop_files.py). Also returns
+    size and mtime did not change. Keys are derived from the file names (data/drop_files.py). Also returns
     messages for files left out because another file has their key."""
     current = {}
     found, problems = formats.find_drops(raw_dir)

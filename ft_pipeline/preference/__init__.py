@@ -1,2 +1,2 @@
-"""Preference tuning (DPO): preference-pair drops in (pairs.py, pair_formats.py), and their training. Plain
-Python that never imports dagster, like core/."""
+"""Preference tuning (DPO): preference-pair drops in (`pairs`, `pair_formats`) and their training (`training`).
+Pair accuracy is scored in evaluation/pair_scoring.py. Plain Python: never imports dagster."""

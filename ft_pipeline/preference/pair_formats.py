@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.core.errors import DropError, RowError
-from ft_pipeline.core.formats import RawRow, _sharegpt_messages
+from ft_pipeline.data.errors import DropError, RowError
+from ft_pipeline.data.formats import RawRow, _sharegpt_messages
 
 FORMATS = ("openai_preference", "trl_preference", "alpaca_preference", "sharegpt_preference")
 SIDES = ("chosen", "rejected")
@@ -176,7 +176,7 @@ def _alpaca_prompt(data: dict) -> list[dict]:
             raise RowError("wrong_data_type", f"wrong data type: history item {i} must be [instruction, response] "
                            "strings")
         prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    # The same user turn as an SFT Alpaca row (core/formats.py), so SFT and DPO see one prompt.
+    # The same user turn as an SFT Alpaca row (data/formats.py), so SFT and DPO see one prompt.
     return prompt + [{"role": "user", "content": f"{instruction}\n\n{inp}" if inp.strip() else instruction}]
 
 

@@ -1,10 +1,10 @@
 """Preference-pair drops to train and holdout pairs. Each file of the preference folder is a drop read by
-core/formats.py's readers; every row becomes a canonical pair or a quarantined record with its reason, pairs
+data/formats.py's readers; every row becomes a canonical pair or a quarantined record with its reason, pairs
 are whitespace-normalized and PII-redacted like SFT rows, deduplicated across drops on (prompt, chosen,
 rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides.
 
 Accounting is exact: for every drop, rows in = kept + quarantined + duplicates + erased (rows an erasure request
-names, core/erasure.py: kept as their provenance and request id, without their text)."""
+names, erasure/requests.py: kept as their provenance and request id, without their text)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ft_pipeline.core.cleaning import (duplicate_entry, example_id, iter_canonical, near_dup_key, normalize_many,
-                                       redact_many)
-from ft_pipeline.core.drop_files import find_drops
-from ft_pipeline.core.errors import DropError
-from ft_pipeline.core.formats import ParsedDrop, read_drop, sha256_file
-from ft_pipeline.core.splitting import holdout_bucket
+from ft_pipeline.data.cleaning import (
+    duplicate_entry,
+    example_id,
+    iter_canonical,
+    near_dup_key,
+    normalize_many,
+    redact_many,
+)
+from ft_pipeline.data.drop_files import find_drops
+from ft_pipeline.data.errors import DropError
+from ft_pipeline.data.formats import ParsedDrop, read_drop, sha256_file
+from ft_pipeline.data.splitting import holdout_bucket
 from ft_pipeline.jsonl import write_jsonl
 from ft_pipeline.preference.pair_formats import SIDES, detect_format, to_pair
 
@@ -67,7 +73,7 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
     {raw_sha256: erasure request id}: those rows, and lines `forget --redact-source` rewrote, are counted as
     erased. No drops (or no folder): all counts zero. A file that is no preference drop raises DropError
     naming it."""
-    from ft_pipeline.core.erasure import mark_erased
+    from ft_pipeline.data.erased import mark_erased
 
     drops, problems = find_drops(pref_dir)
     if problems:

@@ -14,10 +14,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ft_pipeline.core import cpu_speed, knobs
-from ft_pipeline.core.training import TrainResult
+from ft_pipeline import knobs
+from ft_pipeline.model import cpu_speed
+from ft_pipeline.model.training import TrainResult
 
 _NOT_IN_FINGERPRINT = ("enabled", "logging_steps", "save_steps", "save_total_limit")
+
+
+# TRL 1.16's DPOConfig.loss_type values (pinned)
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+KNOBS = {
+    "max_steps": knobs.POSITIVE, "per_device_train_batch_size": knobs.POSITIVE, "gradient_accumulation_steps": knobs.POSITIVE,
+    "learning_rate": knobs.Knob(gt=0, le=1), "lr_scheduler_type": knobs.Knob(choices=knobs.LR_SCHEDULERS),
+    "warmup_steps": knobs.NON_NEGATIVE, "max_grad_norm": knobs.NON_NEGATIVE, "beta": knobs.Knob(gt=0),
+    "loss_type": knobs.Knob(choices=DPO_LOSS_TYPES), "label_smoothing": knobs.Knob(ge=0, lt=0.5), "sft_weight": knobs.NON_NEGATIVE, "max_length": knobs.POSITIVE,
+    "seed": knobs.NON_NEGATIVE, "save_steps": knobs.POSITIVE, "save_total_limit": knobs.POSITIVE, "logging_steps": knobs.POSITIVE,
+    "precision": knobs.PRECISION, "holdout_fraction": knobs.Knob(gt=0, lt=1),
+}
 
 
 @dataclass
@@ -50,7 +64,7 @@ class PreferenceOptions:
     precision: str = "auto"
 
     def __post_init__(self):
-        knobs.check(asdict(self), knobs.PREFERENCE)
+        knobs.check(asdict(self), KNOBS)
 
     def fingerprint(self) -> str:
         return knobs.fingerprint(self, _NOT_IN_FINGERPRINT)
@@ -81,7 +95,7 @@ def dpo_config(opts: PreferenceOptions, checkpoint_dir: Path, run_name: str, rep
     import torch
     from trl import DPOConfig
 
-    from ft_pipeline.core.training import resolve_precision
+    from ft_pipeline.model.training import resolve_precision
 
     precision = resolve_precision(opts.precision)
     return DPOConfig(
@@ -105,9 +119,9 @@ def load_policy(base_dir: Path | str, sft_dir: Path | str, precision: str = "aut
     reference is a frozen copy of it), or for a full fine-tune the SFT model itself."""
     from peft import PeftModel
 
-    from ft_pipeline.core.base_models import load_model_and_tokenizer
-    from ft_pipeline.core.evaluation import is_full_model, load_tokenizer
-    from ft_pipeline.core.training import resolve_precision
+    from ft_pipeline.evaluation.scoring import is_full_model, load_tokenizer
+    from ft_pipeline.model.base_models import load_model_and_tokenizer
+    from ft_pipeline.model.training import resolve_precision
 
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(precision), "float32")
     device = "cpu"
@@ -148,7 +162,7 @@ def train_preference(base_dir: Path, sft_dir: Path, pairs: list[dict], checkpoin
     model) with the SFT model's tokenizer to `out_dir`."""
     from transformers.trainer_callback import PrinterCallback
 
-    from ft_pipeline.core.training import _Progress, last_complete_checkpoint
+    from ft_pipeline.model.training import _Progress, last_complete_checkpoint
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = last_complete_checkpoint(checkpoint_dir)

@@ -36,7 +36,7 @@ def _prepare(served: Served, req: ChatRequest, default_max_tokens: int) -> tuple
     budget; 400 when they do not fit the model's context or the template refuses the conversation."""
     from jinja2.exceptions import TemplateError
 
-    from ft_pipeline.core.evaluation import chat_prompt_ids
+    from ft_pipeline.evaluation.scoring import chat_prompt_ids
 
     # "developer" is OpenAI's newer name for "system"; chat templates know only the older one.
     conv = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]

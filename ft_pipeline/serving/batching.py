@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ft_pipeline.core.evaluation import left_padded, pad_id
+from ft_pipeline.evaluation.scoring import left_padded, pad_id
 
 log = logging.getLogger("ft_pipeline.serving")
 

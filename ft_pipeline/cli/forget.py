@@ -1,0 +1,118 @@
+"""`ft-pipeline forget`: record an erasure request for raw rows and remove their text from what the pipeline
+keeps; `--status` says which registered versions still contain erased rows (erasure/requests.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ft_pipeline import settings
+
+
+def add_parser(sub) -> None:
+    fg = sub.add_parser("forget", help="erase raw rows: record an erasure request and remove their text from the "
+                                       "pipeline's files; the next run retrains without them (see README)")
+    fg.add_argument("--drop", help="the drop: its file name or its partition key (with --line)")
+    fg.add_argument("--line", type=int, help="the line (or row) in that file")
+    fg.add_argument("--raw-sha256", help="or the raw row's hash (a prefix will do), as in the cleaned files")
+    fg.add_argument("--text", help="or every row whose user or assistant text contains this (listed first)")
+    fg.add_argument("--reason", help="why, recorded with the request (never the erased text)")
+    fg.add_argument("--yes", action="store_true", help="do not ask before erasing the rows --text found")
+    fg.add_argument("--redact-source", action="store_true",
+                    help="also rewrite the row's line in the raw JSONL file with a note (the file is otherwise "
+                         "left alone)")
+    fg.add_argument("--status", action="store_true",
+                    help="list each request, the versions still trained on its rows and their aliases")
+    fg.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
+
+
+def _experiment() -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    exp = mlflow.get_experiment_by_name("ft_pipeline")
+    if exp is not None:
+        exp_id = exp.experiment_id
+    elif settings.mlflow_tracking_uri().startswith(("http://", "https://")):
+        exp_id = mlflow.create_experiment("ft_pipeline")
+    else:
+        settings.mlflow_artifact_root().mkdir(parents=True, exist_ok=True)
+        exp_id = mlflow.create_experiment("ft_pipeline", artifact_location=settings.mlflow_artifact_root().as_uri())
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def main(args) -> int:
+    from ft_pipeline.erasure import requests as erasure
+
+    try:
+        return _status(args) if args.status else _forget(args)
+    except erasure.ErasureError as e:
+        print(f"forget: {e}", file=sys.stderr)
+        return 2
+
+
+def _status(args) -> int:
+    from ft_pipeline.erasure import registry as erasure_registry
+    from ft_pipeline.erasure import requests as erasure
+
+    _experiment()
+    requests = erasure.load_requests(settings.home())
+    for s in erasure_registry.status(args.model, requests):
+        print(json.dumps(s))
+        for v in s["versions_containing"]:
+            aliases = f" (aliases: {', '.join(v['aliases'])})" if v["aliases"] else ""
+            print(f"  version {v['version']}{aliases} still contains rows of {s['id']}; to delete it: python -c "
+                  f"\"import mlflow; mlflow.MlflowClient().delete_model_version('{args.model}', '{v['version']}')\"",
+                  file=sys.stderr)
+    print(f"{len(requests)} erasure request(s)", file=sys.stderr)
+    return 0
+
+
+def _forget(args) -> int:
+    from ft_pipeline.erasure import registry as erasure_registry
+    from ft_pipeline.erasure import requests as erasure
+
+    unreadable: list[str] = []
+    rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable)
+    for msg in unreadable:
+        print(f"  not searched (the pipeline cannot read it either): {msg}", file=sys.stderr)
+    for r in rows:
+        print(f"  {r['file']} line {r['line']}  {r['raw_sha256'][:16]}  {r['preview']}")
+    if args.text is not None and not args.yes:
+        answer = input(f"erase these {len(rows)} row(s)? [y/N] ") if sys.stdin.isatty() else sys.stdin.readline()
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing erased", file=sys.stderr)
+            return 1
+    home = settings.home()
+    request = erasure.new_request(rows, args.reason, args.redact_source)
+    if args.redact_source:
+        for path in erasure.redact_source(settings.raw_dir(), rows, request):
+            print(f"rewrote the erased line(s) of {path}")
+    erasure.append_request(home, request)
+    exp_id = _experiment()
+    run_id = erasure_registry.record_request(request)
+    erased = erasure.erased_hashes(home)
+    found = erasure.needles(erasure.erased_records(home, erased))  # before scrub removes those records
+    counts = erasure.scrub(home, erased)
+    replaced = erasure_registry.scrub_artifacts(exp_id, found)
+    tagged = erasure_registry.refresh_tags(args.model, erasure.load_requests(home)) if _has_model(args.model) else []
+    pending = [s["version"] for s in tagged if request["id"] in s["contains"]]
+    print(f"erasure request {request['id']}: {len(rows)} row(s), recorded in {erasure.requests_path(home)} and "
+          f"MLflow run {run_id}\nremoved {counts['data_lines']} line(s) of derived data files, "
+          f"{counts['cache_entries']} evaluation cache entries; scrubbed {counts['reports']} report(s) and "
+          f"{len(replaced)} MLflow artifact(s)\nversions trained on it: {', '.join(pending) or 'none'} "
+          f"(tagged {erasure_registry.PENDING}); `ft-pipeline run` re-ingests and retrains without it")
+    return 0
+
+
+def _has_model(name: str) -> bool:
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True

@@ -1,0 +1,275 @@
+"""`ft-pipeline`: the main job (ingest every drop, train, evaluate, register) through Dagster on the persistent
+instance, and small helpers for the Makefile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ft_pipeline import settings
+from ft_pipeline.cli import forget as forget_cli
+
+
+def prepare_instance_home() -> Path:
+    """The Dagster instance home: $DAGSTER_HOME when it is set (your own dagster.yaml, e.g. on Postgres: see
+    deploy/), else $FT_PIPELINE_HOME/dagster holding a copy of the repo's dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    dagster_home = settings.home() / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    src = settings.REPO_ROOT / "dagster.yaml"
+    dst = dagster_home / "dagster.yaml"
+    if not dst.exists() or dst.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, dst)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+def _failure_message(result) -> str:
+    msgs = []
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            err = ev.step_failure_data.error
+            user = ev.step_failure_data.user_failure_data
+            msgs.append(f"{ev.step_key}: {user.description if user and user.description else err.message.strip()}")
+        elif ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = ev.event_specific_data
+            if not data.passed:
+                msgs.append(f"check {data.check_name} failed: {data.description or ''}".strip())
+    return "; ".join(msgs) or "run failed (see the Dagster UI)"
+
+
+def run_main(preset_path: str | None, force: bool = False) -> int:
+    prepare_instance_home()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    import dagster as dg
+
+    # transformers 5.23 calls its own deprecated property inside Trainer and PEFT: noise on every run
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated")  # read by TRL's DPOTrainer
+
+    from ft_pipeline.cli import presets
+    from ft_pipeline.definitions import defs
+    from ft_pipeline.runs import control as runs
+
+    preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
+                          ) if preset_path else {}
+    runs.sigterm_as_interrupt()
+    with runs.home_lock(settings.home()):
+        # inside the lock: Dagster's SQLite run and schedule storages create their tables without guarding
+        # against a second process doing the same ("table secondary_indexes already exists")
+        instance = dg.DagsterInstance.get()
+        for line in runs.reap(instance, settings.home()):
+            print(f"stale run: {line}")
+        return _run_all(instance, preset, force)
+
+
+def _run_all(instance, preset: dict, force: bool) -> int:
+    import dagster as dg
+
+    from ft_pipeline.cli import presets, staleness
+    from ft_pipeline.data import formats
+    from ft_pipeline.definitions import defs
+    from ft_pipeline.defs.partitions import drops
+    from ft_pipeline.runs import control as runs
+
+    ingest, job, home = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register"), settings.home()
+    raw_dir = settings.raw_dir()
+    t0 = time.monotonic()
+    found, bad_names = formats.find_drops(raw_dir)
+    known = set(instance.get_dynamic_partitions(drops.name))
+    if new := sorted(set(found) - known):
+        instance.add_dynamic_partitions(drops.name, new)
+    print(f"ft_pipeline home: {settings.home()}\nraw drops in {raw_dir}: {len(found)}")
+    for msg in bad_names:
+        print(f"  skipped: {msg}")
+
+    preset_ops = preset.get("ops", {}) or {}
+    to_ingest = found if force else staleness.drops_to_ingest(instance, defs, found, preset_ops)
+    if to_ingest and not force:
+        print("to ingest: " + ", ".join(f"{d} ({why})" for d, why in to_ingest.items()))
+    failed = {}
+    for drop in sorted(to_ingest):
+        res = runs.execute(ingest, instance, home, partition_key=drop, run_config=presets.run_config(preset, ingest))
+        if not res.success:
+            failed[drop] = _failure_message(res)
+    print("\nper drop:                               rows in   kept  quarantined  duplicates  erased")
+    for drop in sorted(found):
+        stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
+        # The file's own name; the partition key too where it differs (that is what the UI and the data files use).
+        label = found[drop].name if found[drop].name == drop else f"{found[drop].name} [{drop}]"
+        if drop in failed:
+            print(f"  {label:36s} FAILED: {failed[drop]}")
+        else:
+            s = json.loads(stats_path.read_text())
+            print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}"
+                  f" {s.get('erased', 0):7d}")
+
+    # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
+    if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
+                                                         only=staleness.FIRST_STAGE)):
+        print("\nto materialize first:\n" + "\n".join(f"  {k}: {why}" for k, why in first.items()))
+        sub = job.get_subset(asset_selection={dg.AssetKey(k) for k in first})
+        res = runs.execute(sub, instance, home, run_config=presets.run_config(preset, sub))
+        if not res.success:
+            print(f"not registered: {_failure_message(res)}")
+            return 1
+    todo = staleness.train_selection(instance, defs, job.name, preset_ops, force)
+    if not todo:
+        print("\nnothing to do: every asset of train_and_register is up to date with its inputs, code and config "
+              f"(--force retrains anyway; wall time {time.monotonic() - t0:.1f}s)")
+        if failed:
+            print(f"{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
+        return 0
+    print("\nto materialize:\n" + "\n".join(f"  {k}: {why}" for k, why in todo.items()))
+    train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
+    res = runs.execute(train, instance, home, run_config=presets.run_config(preset, train))
+    print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
+    report_path = home / "reports" / "evaluation.json"
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        metrics = report["metrics"]
+        print(f"holdout ({report['holdout_examples']} examples)   " + "  ".join(f"{n:>9s}" for n in metrics))
+        for k in ("json_valid", "field_accuracy", "exact_match", "holdout_loss"):
+            print(f"  {k:28s}" + "  ".join(f"{metrics[n][k]:9.3f}" for n in metrics))
+        if pairs := report.get("pair_accuracy"):
+            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9 for n in metrics))
+        if cand := report.get("candidate"):
+            print(f"to the gate: {cand['stage'].upper()} ({cand['why']})")
+        print(f"report: {home / 'reports' / 'evaluation.md'}")
+    if res.success:
+        mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
+        md = {k: v.value for k, v in mat.metadata.items()}
+        print(f"registered: {md['registered_model']} version {md['version']} ({md.get('training_stage', 'sft').upper()}; alias champion; "
+              f"previous champion: {md['previous_champion']})\nload it: mlflow.pyfunc.load_model('{md['model_uri']}')")
+    else:
+        print(f"not registered: {_failure_message(res)}")
+    if failed:
+        print(f"\n{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
+    print(f"\nDagster UI and MLflow UI: make ui   (wall time {time.monotonic() - t0:.0f}s)")
+    return 0 if res.success else 1
+
+
+def prepare_ui() -> int:
+    """Print the env lines the Makefile's `ui` target needs, after preparing DAGSTER_HOME."""
+    h = prepare_instance_home()
+    print(f"DAGSTER_HOME={h}")
+    print(f"MLFLOW_BACKEND={settings.mlflow_tracking_uri()}")
+    print(f"MLFLOW_ARTIFACTS={settings.mlflow_artifact_root().as_uri()}")
+    settings.mlflow_artifact_root().mkdir(parents=True, exist_ok=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
+    run.add_argument("--preset", default=str(settings.REPO_ROOT / "configs" / "cpu_smollm2.yaml"),
+                     help="a YAML preset from configs/ (Dagster run config under `ops:`); default: "
+                          "configs/cpu_smollm2.yaml, LoRA on the packaged SmolLM2-135M-Instruct")
+    run.add_argument("--force", action="store_true",
+                     help="re-ingest every drop and retrain even when nothing changed")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a preset error")
+    sub.add_parser("env", help="prepare DAGSTER_HOME and print the store locations (used by `make ui`)")
+    lin = sub.add_parser("lineage", help="which raw rows (drop, line) trained a registered model version")
+    lin.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
+    who = sub.add_parser("trained-on", help="which registered model versions were trained on a raw row")
+    who.add_argument("--drop", required=True, help="the drop: its file name or its partition key")
+    who.add_argument("--line", type=int, help="the line (or row) in that file")
+    who.add_argument("--raw-sha256", help="or a prefix of the row's hash, as in the quarantine and cleaned files")
+    exp = sub.add_parser("export", help="merge a registered version's adapter into its base: one safetensors model dir")
+    exp.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
+    exp.add_argument("--out", required=True, help="the directory to write (replaced if it exists)")
+    pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
+    pro.add_argument("--version", required=True, help="the version number to make champion")
+    forget_cli.add_parser(sub)
+    srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
+                                       "Completions API, following the alias as it moves (HOST, PORT; see README)")
+    srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
+    srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
+    srv.add_argument("--poll-seconds", type=float, help="how often the aliases are read from the registry (default 5)")
+    srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 50)")
+    srv.add_argument("--max-batch", type=int, help="the most requests generated together (default 16)")
+    for p in (lin, who, exp, pro, srv):
+        p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
+    args = parser.parse_args(argv)
+    # MLflow draws a bar for every artifact it reads or writes (forget, lineage and export read several)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.cmd == "run":
+        from ft_pipeline.cli.presets import PresetError
+
+        try:
+            return run_main(args.preset, args.force)
+        except PresetError as e:
+            if args.debug:
+                raise
+            print("\n".join(e.lines), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted: the run is marked failed and its slots are free; training checkpoints are kept, "
+                  "and the next `ft-pipeline run` resumes from the last one", file=sys.stderr)
+            return 130
+    if args.cmd == "forget":
+        return forget_cli.main(args)
+    if args.cmd in ("lineage", "trained-on"):
+        return lineage_main(args)
+    if args.cmd in ("export", "promote"):
+        return registry_main(args)
+    if args.cmd == "serve":
+        from ft_pipeline.serving import ServeConfig, serve
+
+        return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
+                                          poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
+                                          max_batch=args.max_batch))
+    return prepare_ui()
+
+
+def registry_main(args) -> int:
+    import mlflow
+
+    from ft_pipeline.export import merged as export
+    from ft_pipeline.registry import versions as registry
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    if args.cmd == "promote":
+        previous = registry.promote(args.model, args.version)
+        print(f"{args.model}: champion {previous or 'none'} -> {args.version}")
+        return 0
+    out, prov = export.export_registered(args.model, args.version, Path(args.out).resolve())
+    print(f"{args.model} version {prov['version']} merged into {out}")
+    return 0
+
+
+def lineage_main(args) -> int:
+    import mlflow
+
+    from ft_pipeline.registry import versions as registry
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    if args.cmd == "lineage":
+        version = args.version
+        if not version.isdigit():
+            version = mlflow.MlflowClient().get_model_version_by_alias(args.model, version).version
+        rows = registry.training_rows(args.model, str(version))
+        for r in rows:
+            print(json.dumps(r))
+        print(f"{len(rows)} rows trained {args.model} version {version}", file=sys.stderr)
+        return 0
+    hits = registry.versions_trained_on(args.model, args.drop, args.line, args.raw_sha256)
+    for h in hits:
+        print(json.dumps(h))
+    print(f"{len(hits)} version(s) of {args.model} were trained on that row", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Merge cleaned drops, drop duplicates across drops, and split train/holdout by a stable hash.
+
+Drops are merged in name order, rows in file order. Exact and near-duplicates (normalized key, then MinHash/LSH
+at the configured threshold) of an earlier kept example are removed and recorded with the example they
+duplicate, so each near-duplicate cluster enters the split as one example: its earliest member, the cluster's
+canonical representative. That example's side is a function of its normalized key and the seed alone. Adding a
+drop whose name sorts after the existing ones (the date-prefixed names do) therefore never changes which
+existing example is kept or on which side it is; its near-duplicates of existing examples are removed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ft_pipeline import knobs
+from ft_pipeline.data.bulk import no_cycle_gc
+from ft_pipeline.data.cleaning import duplicate_entry
+from ft_pipeline.data.formats import FORMATS
+from ft_pipeline.data.near_dup import NearDupParams
+from ft_pipeline.data.token_policy import ON_TOO_LONG
+from ft_pipeline.jsonl import line, loads
+
+NO_STRATUM = "(none)"
+
+
+# The allowed values of the data knobs of cleaning and splitting (knobs.py).
+KNOBS = {
+    "format": knobs.Knob(choices=("auto", *FORMATS)), "near_dup_threshold": knobs.Knob(gt=0, le=1), "near_dup_num_perm": knobs.Knob(ge=2),
+    "near_dup_ngram": knobs.POSITIVE, "max_chars": knobs.POSITIVE, "holdout_fraction": knobs.Knob(gt=0, lt=1), "seed": knobs.NON_NEGATIVE,
+    "max_tokens": knobs.POSITIVE, "on_too_long": knobs.Knob(choices=ON_TOO_LONG),
+}
+
+
+@dataclass
+class Split:
+    train: list[dict] = field(default_factory=list)
+    holdout: list[dict] = field(default_factory=list)
+    cross_drop_duplicates: list[dict] = field(default_factory=list)
+    strata: dict[str, dict] = field(default_factory=dict)  # stratum -> {train, holdout, holdout_share}
+
+
+@dataclass
+class SplitOptions:
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    near_dup: NearDupParams | None = field(default_factory=NearDupParams)
+    stratify_by: str | None = None
+    max_tokens: int = 1024  # training's max_length
+    on_too_long: str = "quarantine"  # or "fail"
+
+
+def holdout_bucket(near_key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the example and the seed alone."""
+    h = hashlib.sha256(f"{seed}:{near_key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def holdout_buckets(near_keys: list[str], seed: int) -> np.ndarray:
+    """`holdout_bucket` of each key, as a float64 array (the same numbers: the top 8 bytes of the digest as an
+    unsigned integer, converted with rounding to nearest, over 2^64, which is exact)."""
+    sha = hashlib.sha256
+    top = b"".join([sha(f"{seed}:{k}".encode()).digest()[:8] for k in near_keys])
+    return np.frombuffer(top, dtype=">u8").astype(np.float64) / 2.0**64
+
+
+def stratum_of(rec: dict, stratify_by: str) -> str:
+    """The stratum of an example: a record field (`drop`, `format`), or `answer.<key>` for a key of the JSON
+    object in the last assistant message (e.g. `answer.intent` for the demo task). Missing: "(none)"."""
+    if stratify_by.startswith("answer."):
+        try:
+            answer = json.loads(rec["messages"][-1]["content"])
+        except json.JSONDecodeError:
+            return NO_STRATUM
+        value = answer.get(stratify_by.removeprefix("answer.")) if isinstance(answer, dict) else None
+    else:
+        value = rec.get(stratify_by)
+    return NO_STRATUM if value is None else str(value)
+
+
+@dataclass
+class Assignment:
+    """What the split decided for each example (row i of the merged input): `side` 0 train, 1 holdout,
+    DUPLICATE or TOO_LONG; for a duplicate, `dup_of` (the kept example's row), `method` and `similarity`."""
+
+    side: np.ndarray
+    dup_of: np.ndarray
+    method: list[str | None]
+    similarity: np.ndarray
+
+
+DUPLICATE, TOO_LONG = -1, -2
+
+
+def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> Assignment:
+    """The split's decisions for examples in merge order (drops by name, rows in file order): too-long rows
+    out; a normalized-exact copy of an earlier kept row out; then a MinHash near-duplicate of an earlier kept
+    row out (`sig`: their signatures, or a function of the surviving rows' indices returning them); the rest
+    dealt by `holdout_bucket` of the normalized key. A duplicate always points at a kept row."""
+    if not 0 < opts.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, got {opts.holdout_fraction}")
+    from ft_pipeline.data import lsh
+
+    n = len(near_keys)
+    side = np.zeros(n, dtype=np.int8)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    similarity = np.ones(n, dtype=np.float32)
+    method: list[str | None] = [None] * n
+    if too_long is not None:
+        side[too_long] = TOO_LONG
+    eligible = np.flatnonzero(side != TOO_LONG)
+    codes = pd.factorize(pd.Series(near_keys, dtype=object).iloc[eligible])[0]
+    _, first = np.unique(codes, return_index=True)  # each key's first eligible row
+    first_row = eligible[first[codes]]
+    repeat = first_row != eligible
+    side[eligible[repeat]], dup_of[eligible[repeat]] = DUPLICATE, first_row[repeat]
+    for i in eligible[repeat].tolist():
+        method[i] = "normalized"
+    rows = np.flatnonzero(side == 0)
+    if opts.near_dup is not None and rows.size:
+        sub = sig(rows) if callable(sig) else sig[rows]
+        d, sim = lsh.dedup(sub, opts.near_dup)
+        for k in np.flatnonzero(d >= 0).tolist():
+            i = int(rows[k])
+            side[i], dup_of[i], method[i], similarity[i] = DUPLICATE, rows[d[k]], "minhash", sim[k]
+        for i in np.flatnonzero((side == DUPLICATE) & (dup_of >= 0)).tolist():
+            if side[dup_of[i]] == DUPLICATE:  # its target was a MinHash duplicate: point at what that kept
+                dup_of[i] = dup_of[dup_of[i]]
+    dealt = np.flatnonzero(side == 0)
+    side[dealt] = holdout_buckets([near_keys[i] for i in dealt.tolist()], opts.seed) < opts.holdout_fraction
+    return Assignment(side, dup_of, method, similarity)
+
+
+def _strata(values: list[str], side: np.ndarray) -> dict[str, dict]:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for v, s in zip(values, side.tolist()):
+        if s >= 0:
+            counts[v]["holdout" if s else "train"] += 1
+    return {v: {"train": c["train"], "holdout": c["holdout"],
+                "holdout_share": round(c["holdout"] / (c["train"] + c["holdout"]), 4)} for v, c in sorted(counts.items())}
+
+
+def _dup_entry(rec: dict, a: Assignment, i: int, ref: dict) -> dict:
+    return duplicate_entry(rec, ref, "near", a.method[i], float(a.similarity[i]))
+
+
+def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: int,
+                   near_dup: NearDupParams | None = None, stratify_by: str | None = None,
+                   signatures: dict | None = None) -> Split:
+    """`drops` maps drop name to its cleaned records. `near_dup` None: exact and normalized duplicates only.
+    `signatures`: drop -> MinHash signatures of its records computed with `near_dup` (cleaning's), reused."""
+    from ft_pipeline.data import near_dup as nd
+
+    records = [r for d in sorted(drops) for r in drops[d]]
+    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by)
+    if signatures and all(d in signatures and len(signatures[d]) == len(drops[d]) for d in drops):
+        sig = np.concatenate([signatures[d] for d in sorted(drops)]) if records else None
+    else:
+        sig = lambda rows: nd.signatures((records[i]["messages"] for i in rows), near_dup)  # noqa: E731
+    a = assign([r["near_key"] for r in records], sig, opts)
+    out = Split()
+    for i, r in enumerate(records):
+        if a.side[i] == DUPLICATE:
+            out.cross_drop_duplicates.append(_dup_entry(r, a, i, records[a.dup_of[i]]))
+        else:
+            (out.holdout if a.side[i] else out.train).append(r)
+    if stratify_by:
+        out.strata = _strata([stratum_of(r, stratify_by) for r in records], a.side)
+    return out
+
+
+def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list[dict]:
+    """Near-duplicate pairs across the split, recomputed from the examples: (holdout example, train example,
+    estimated Jaccard). Empty when the split keeps every near-duplicate cluster on one side."""
+    from ft_pipeline.data import lsh, near_dup
+
+    sig_h = near_dup.signatures((r["messages"] for r in holdout), params)
+    sig_t = near_dup.signatures((r["messages"] for r in train), params)
+    ref = lambda r: {k: r.get(k) for k in ("id", "drop", "line")}  # noqa: E731
+    return [{"holdout": ref(holdout[i]), "train": ref(train[j]), "similarity": round(s, 4)}
+            for i, j, s in lsh.cross_pairs(sig_h, sig_t, params)]
+
+
+@no_cycle_gc()
+def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tokenizer=None,
+                signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None,
+                drop_files: dict | None = None) -> dict:
+    """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized key,
+    id, line, token count, stratum) and the MinHash signatures (`signatures[drop]`, cleaning's, reused when
+    given), a second pass copies each kept line to train or holdout and writes the duplicates and the
+    too-long quarantine. Token lengths use `tokenizer` (None: not measured). `drop_files`: drop -> the raw file's
+    name, recorded in the manifest for lineage. Returns the manifest.
+    Accounting: rows_in = train + holdout + duplicates + too_long."""
+    from ft_pipeline.data import near_dup as nd
+    from ft_pipeline.data.formats import sha256_file
+    from ft_pipeline.data.token_policy import count_tokens, histogram_png, length_summary, too_long, too_long_entry
+
+    names = sorted(cleaned)
+    keys, ids, lines, row_drop, strata, tokens, sigs = [], [], [], [], [], [], []
+    for di, name in enumerate(names):
+        batch, start = [], len(keys)
+        with open(cleaned[name], "rb") as f:
+            for text in f:
+                rec = loads(text)
+                keys.append(rec["near_key"])
+                ids.append(rec["id"])
+                lines.append(rec["line"])
+                row_drop.append(di)
+                if opts.stratify_by:
+                    strata.append(stratum_of(rec, opts.stratify_by))
+                batch.append(rec["messages"])
+                if len(batch) >= 2048:
+                    tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
+                    if opts.near_dup and (signatures or {}).get(name) is None:
+                        sigs.append(nd.signatures(batch, opts.near_dup))
+                    batch = []
+        if batch:
+            tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
+        sig = (signatures or {}).get(name)
+        if opts.near_dup and sig is not None and len(sig) == len(keys) - start:
+            sigs.append(sig)
+        elif opts.near_dup:
+            if sig is not None:
+                raise ValueError(f"{name}: {len(sig)} signatures for {len(keys) - start} rows")
+            if batch:
+                sigs.append(nd.signatures(batch, opts.near_dup))
+    counts = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
+    over = (too_long(counts, opts.max_tokens, opts.on_too_long, lambda i: f"{names[row_drop[i]]} line {lines[i]}")
+            if tokenizer else np.zeros(len(keys), dtype=bool))
+    all_sig = np.concatenate(sigs) if sigs else None
+    a = assign(keys, all_sig, opts, over)
+    ref = lambda j: {"id": ids[j], "drop": names[row_drop[j]], "line": lines[j]}  # noqa: E731
+    outs = {n: open(out_dir / f"{n}.jsonl.tmp", "wb")
+            for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
+    sides = a.side.tolist()
+    try:
+        i = 0
+        for name in names:
+            with open(cleaned[name], "rb") as f:
+                for text in f:  # the kept lines are copied as they are, bytes for bytes
+                    s = sides[i]
+                    if s >= 0:
+                        outs["holdout" if s else "train"].write(text)
+                    elif s == DUPLICATE:
+                        outs["cross_drop_duplicates"].write(line(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))))
+                    else:
+                        outs["too_long"].write(line(too_long_entry(loads(text), int(counts[i]), opts.max_tokens)))
+                    i += 1
+    finally:
+        for f in outs.values():
+            f.close()
+    per_drop = np.zeros((len(names), 4), dtype=np.int64)  # rows of each drop by side: train, holdout, dup, too long
+    np.add.at(per_drop, (np.asarray(row_drop, dtype=np.int64), np.select([a.side >= 0, a.side == DUPLICATE],
+                                                                          [a.side, 2], 3)), 1)
+    n_out = dict(zip(outs, per_drop.sum(axis=0).tolist()))
+    by_drop = {side: {name: c for name, c in zip(names, per_drop[:, k].tolist()) if c}
+               for k, side in enumerate(("train", "holdout"))}
+    for n in outs:
+        (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
+    (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
+    manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
+                "drop_files": drop_files or {},
+                "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
+                "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
+                **{n: n_out[n] for n in outs}, "rows_accounted_for": i == len(keys) == sum(n_out.values()),
+                "by_drop": by_drop,
+                "token_lengths": length_summary(counts) if tokenizer else {"examples": 0},
+                "stratify_by": opts.stratify_by,
+                "strata": _strata(strata, a.side) if opts.stratify_by else {},
+                "train_sha256": sha256_file(out_dir / "train.jsonl"),
+                "holdout_sha256": sha256_file(out_dir / "holdout.jsonl")}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
