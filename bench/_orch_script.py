@@ -1,4 +1,4 @@
-"""The whole graph's work as one plain script: the same core functions the assets call, at the config classes'
+"""The whole graph's work as one plain script: the same stage functions the assets call, at the config classes'
 defaults (what `ft-pipeline run` does with the bench's preset): ingest, split, SFT, the preference pairs and DPO
 from the SFT adapter, the evaluation of base, SFT, DPO (holdout, fixed set, retention, pair accuracy),
 registration and the merged champion; with no Dagster and none of the assets' own MLflow bookkeeping (per-asset

@@ -1,4 +1,4 @@
-"""Data layer benchmark: 1M generated rows through ingest -> validate -> dedup -> split, the pipeline's core
+"""Data layer benchmark: 1M generated rows through ingest -> validate -> dedup -> split, the pipeline's stage
 functions against a naive per-row baseline, side by side in one run (about 2 minutes on 2 quiet cores).
 
 `python -m bench data` (or `make bench BENCH=data`) prints:
@@ -121,7 +121,7 @@ def write_drops(out: Path, n: int, seed: int) -> dict[str, Path]:
     return paths
 
 
-# ---------------------------------------------------------------- the pipeline path: the real core functions
+# ---------------------------------------------------------------- the pipeline path: the real stage functions
 # As Dagster runs it: each drop cleaned in its own process (cleaned_examples is partitioned, one step each),
 # writing its cleaned JSONL and MinHash signatures; then the split in one process, streaming those files.
 

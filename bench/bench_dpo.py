@@ -5,7 +5,7 @@ Model: SmolLM2-135M-Instruct (the packaged GGUF, converted once under the pipeli
 configs/cpu_smollm2_dpo.yaml; BENCH_DPO_MODEL=builtin:tiny measures the tiny model with configs/cpu_tiny.yaml.
 The SFT adapter both start from is a fresh LoRA adapter of the preset's SFT shape (its B matrices are zero, so it
 computes what the base does: speed does not depend on what an adapter learned). Pairs: the demo preference drop
-(data/raw/preferences/) through core (parse, validate, redact, dedup, split); the train side. Both run the
+(data/raw/preferences/) through the stage packages (parse, validate, redact, dedup, split); the train side. Both run the
 preset's max_steps at its batch size.
 
 - tokens/s counts real (non-pad) tokens of the chosen and rejected sequences the policy trained on (the

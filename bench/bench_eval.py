@@ -1,4 +1,4 @@
-"""eval.batched_speedup: new tokens/s of the evaluation's generation (core.evaluation.generate: length-sorted
+"""eval.batched_speedup: new tokens/s of the evaluation's generation (evaluation.scoring.generate: length-sorted
 batches, left padding, greedy) vs a per-example `model.generate` loop, on the same prompts and the same model.
 
 The model is the default run's base, SmolLM2-135M-Instruct (converted once under the pipeline's home), zero-shot:

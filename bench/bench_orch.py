@@ -1,6 +1,6 @@
 """Orchestration benchmarks, measured side by side in one run on the demo data and builtin:tiny:
 
-- orch.overhead_fraction: (wall time of `ft-pipeline run` through Dagster - the same core functions called from
+- orch.overhead_fraction: (wall time of `ft-pipeline run` through Dagster - the same stage functions called from
   one script) / the Dagster wall time. Both run as fresh processes on fresh stores with the same training steps
   (BENCH_ORCH_STEPS, default 400: builtin:tiny's run, configs/cpu_tiny.yaml, SFT then DPO). The Dagster side
   also pays for what the script leaves out: one MLflow run per asset with its params and dataset inputs, the
@@ -40,7 +40,7 @@ ROUNDS = int(os.environ.get("BENCH_ORCH_ROUNDS", "2"))
 
 def run_script(tmp: Path, env: dict) -> float:
     wall, out = timed([sys.executable, "bench/_orch_script.py", str(tmp), str(STEPS)], env)
-    print(f"# script (core functions only): {wall:.1f}s  {out.strip().splitlines()[-1]}")
+    print(f"# script (stage functions only): {wall:.1f}s  {out.strip().splitlines()[-1]}")
     print("\n".join(f"#   {line.strip()}" for line in out.splitlines() if line.strip().startswith("stage ")), flush=True)
     return wall
 

@@ -4,7 +4,7 @@ defaults vs a minimal hand-written PyTorch loop, on the same model, data and num
 Model: the default run's, SmolLM2-135M-Instruct (the packaged GGUF, converted once under the pipeline's home),
 with the options of configs/cpu_smollm2.yaml (LoRA r=16 on every linear layer, batch 8, lr 1e-3);
 BENCH_TRAIN_MODEL=builtin:tiny measures the tiny model with configs/cpu_tiny.yaml instead. Data: the demo drops in data/raw/ run
-through core (parse, canonicalize, clean, split); the train side. Every contender runs STEPS optimizer steps of
+through the stage packages (parse, canonicalize, clean, split); the train side. Every contender runs STEPS optimizer steps of
 the pipeline's default batch size on a CPU.
 
 - tokens/s counts real (non-pad) input tokens of steps 2..STEPS, divided by the wall time from the end of step 1
@@ -83,7 +83,7 @@ ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "2"))
 
 
 def demo_train_records() -> list[dict]:
-    """The demo drops through core, as the data assets do it: parse, canonicalize, clean, split."""
+    """The demo drops through the data stage, as the data assets do it: parse, canonicalize, clean, split."""
     from ft_pipeline import settings
     from ft_pipeline.data import cleaning, formats, splitting
 
@@ -171,7 +171,7 @@ class MlflowTimer:
 
 
 def run_pipeline(base: Path, records: list[dict], work: Path, keep_batches: bool):
-    """The pipeline's own training (core.training.train_adapter) with the default options, MLflow on."""
+    """The pipeline's own training (model.training.train_adapter) with the default options, MLflow on."""
     import mlflow
 
     from ft_pipeline.model import training

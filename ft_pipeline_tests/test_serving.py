@@ -43,7 +43,7 @@ def srv(tiny_base, tmp_path_factory):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     train_adapter(tiny_base, records(), tmp / "ckpt", tmp / "adapter", TrainOptions(**FAST), report_to_mlflow=False)
     uri = register_tiny(tmp, tiny_base, tmp / "adapter")  # version 1: the adapter (champion); 2: the bare base
-    # What each version must answer, computed without the server: core.evaluation's greedy generation.
+    # What each version must answer, computed without the server: evaluation.scoring's greedy generation.
     want = {"1": generate(*load_tuned(tiny_base, tmp / "adapter"), [ASK], N)[0],
             "2": generate(*load_model_and_tokenizer(tiny_base), [ASK], N)[0]}
     assert want["1"] != want["2"]  # otherwise a mixed-up version would go unnoticed

@@ -29,7 +29,7 @@ def preference_dir(home: PipelineHome) -> Path:
 def source_version(pref_dir: Path | None, erased: dict[str, str] | None = None) -> str:
     """A hash of the preference drops' names and contents, and of the erasure list once there is one: what
     preference_pairs was made from (None: that of no drops). An erasure request re-reads the pairs, as it
-    re-ingests every SFT drop (core/erasure.raw_data_version)."""
+    re-ingests every SFT drop (erasure/requests.raw_data_version)."""
     from ft_pipeline.data.drop_files import find_drops
     from ft_pipeline.data.formats import sha256_file
     from ft_pipeline.erasure.requests import digest

@@ -57,7 +57,7 @@ def context_limit(model, tok, fallback: int = 2048) -> int:
 
 def load_registered(name: str, version: str) -> Served:
     """Load a registered version the way any MLflow client does (`models:/NAME/VERSION`): the registry's
-    AdapterModel pyfunc builds base + adapter with core.evaluation.load_tuned."""
+    AdapterModel pyfunc builds base + adapter with evaluation.scoring.load_tuned."""
     import mlflow
 
     py = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
