@@ -11,7 +11,7 @@ from ft_pipeline import settings
 
 def add_parser(sub) -> None:
     fg = sub.add_parser("forget", help="erase raw rows: record an erasure request and remove their text from the "
-                                       "pipeline's files; the next run retrains without them (see README)")
+                                       "pipeline's files; the next run retrains without them (see docs/erasure.md)")
     fg.add_argument("--drop", help="the drop: its file name or its partition key (with --line)")
     fg.add_argument("--line", type=int, help="the line (or row) in that file")
     fg.add_argument("--raw-sha256", help="or the raw row's hash (a prefix will do), as in the cleaned files")

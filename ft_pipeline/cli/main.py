@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
     srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
-                                       "Completions API, following the alias as it moves (HOST, PORT; see README)")
+                                       "Completions API, following the alias as it moves (HOST, PORT; see docs/serving.md)")
     srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
     srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
