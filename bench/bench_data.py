@@ -185,7 +185,7 @@ def near_dup_only(paths: dict[str, Path]) -> dict:
     from ft_pipeline.data import cleaning, formats, lsh, near_dup
 
     examples = []
-    for name, path in sorted(paths.items()):
+    for _name, path in sorted(paths.items()):
         parsed = formats.read_drop(path)
         examples += [r["messages"] for r in cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))
                      if "messages" in r]

@@ -76,8 +76,8 @@ def norm_key(msg):
 
 
 def _email(rng):
-    f, l = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-    local = rng.choice([f"{f}.{l}", f"{f}{l}{rng.randint(1, 99)}", f"{f[0]}.{l}", f"{f}_{l}"])
+    f, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    local = rng.choice([f"{f}.{last}", f"{f}{last}{rng.randint(1, 99)}", f"{f[0]}.{last}", f"{f}_{last}"])
     return f"{local}@{rng.choice(EMAIL_DOMAINS)}"
 
 

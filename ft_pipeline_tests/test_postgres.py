@@ -80,9 +80,9 @@ def mlflow_server(postgres, tmp_path):
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
             break
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("mlflow server did not start")
+                raise AssertionError("mlflow server did not start") from err
             time.sleep(1)
     try:
         yield url
