@@ -109,7 +109,8 @@ def _log_block(rng, min_chars):
     sec = rng.randint(0, 3000)
     while total < min_chars:
         sec += rng.randint(1, 9)
-        ts = f"2026-01-{rng.randint(10, 28):02d}T{sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}.{rng.randint(0, 999):03d}Z"
+        ts = (f"2026-01-{rng.randint(10, 28):02d}T{sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+              f".{rng.randint(0, 999):03d}Z")
         ev = rng.choice(events).format(h=f"{rng.getrandbits(32):08x}", a=rng.randint(1, 99))
         line = f"{ts} [{rng.choice(services)}] {rng.choice(levels)} {ev}"
         lines.append(line)
@@ -182,7 +183,8 @@ class Generator:
             elif kind == "phone":
                 extras.append(rng.choice(PHONE_SENTENCES).replace("{t}", mark(_phone(rng))))
             else:
-                extras.append(rng.choice(BOTH_SENTENCES).replace("{e}", mark(_email(rng))).replace("{t}", mark(_phone(rng))))
+                extras.append(rng.choice(BOTH_SENTENCES).replace("{e}", mark(_email(rng)))
+                              .replace("{t}", mark(_phone(rng))))
             meta["email"] = kind in ("email", "both")
             meta["phone"] = kind in ("phone", "both")
         if money_pii == "card":

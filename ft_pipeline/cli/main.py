@@ -141,14 +141,16 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         for k in ("json_valid", "field_accuracy", "exact_match", "holdout_loss"):
             print(f"  {k:28s}" + "  ".join(f"{metrics[n][k]:9.3f}" for n in metrics))
         if pairs := report.get("pair_accuracy"):
-            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9 for n in metrics))
+            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9
+                                                         for n in metrics))
         if cand := report.get("candidate"):
             print(f"to the gate: {cand['stage'].upper()} ({cand['why']})")
         print(f"report: {home / 'reports' / 'evaluation.md'}")
     if res.success:
         mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
         md = {k: v.value for k, v in mat.metadata.items()}
-        print(f"registered: {md['registered_model']} version {md['version']} ({md.get('training_stage', 'sft').upper()}; alias champion; "
+        print(f"registered: {md['registered_model']} version {md['version']} "
+              f"({md.get('training_stage', 'sft').upper()}; alias champion; "
               f"previous champion: {md['previous_champion']})\nload it: mlflow.pyfunc.load_model('{md['model_uri']}')")
     else:
         print(f"not registered: {_failure_message(res)}")
