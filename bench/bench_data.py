@@ -114,7 +114,8 @@ def write_drops(out: Path, n: int, seed: int) -> dict[str, Path]:
         w.writerows(row if row else ("only a prompt", "") for row in rows[cut[2]:cut[3]])
     paths[p.name] = p
     p = out / "2026-04-export.parquet"
-    pq.write_table(pa.table({"messages": [[{"role": "user", "content": row[0]}, {"role": "assistant", "content": row[1]}]
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": row[0]},
+                                           {"role": "assistant", "content": row[1]}]
                                           if row else [{"role": "user", "content": "no answer"}]
                                           for row in rows[cut[3]:cut[4]]]}), p)
     paths[p.name] = p
@@ -175,7 +176,8 @@ def pipeline(data_dir: Path) -> dict:
     print(f"# pipeline stages on {data_dir.name}: " + ", ".join(
         f"{n} {s['rows']} rows {s['seconds']:.1f}s {s['peak_rss_gb']:.2f}GB"
         for n, s in zip([p.name for p in sorted(data_dir.iterdir())] + ["split"], stages)), flush=True)
-    return {"rows": rows, "seconds": sum(s["seconds"] for s in stages), "peak_rss_gb": max(s["peak_rss_gb"] for s in stages),
+    return {"rows": rows, "seconds": sum(s["seconds"] for s in stages),
+            "peak_rss_gb": max(s["peak_rss_gb"] for s in stages),
             "train": stages[-1]["train"], "holdout": stages[-1]["holdout"],
             "duplicates": sum(s["duplicates"] for s in stages)}
 
@@ -185,7 +187,7 @@ def near_dup_only(paths: dict[str, Path]) -> dict:
     from ft_pipeline.data import cleaning, formats, lsh, near_dup
 
     examples = []
-    for name, path in sorted(paths.items()):
+    for _name, path in sorted(paths.items()):
         parsed = formats.read_drop(path)
         examples += [r["messages"] for r in cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))
                      if "messages" in r]

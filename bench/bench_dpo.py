@@ -64,7 +64,8 @@ def fresh_sft_adapter(base: Path, out: Path) -> Path:
 
     from ft_pipeline.model.training import TrainOptions, lora_config
 
-    opts = TrainOptions(**{k: v for k, v in preset_ops("lora_adapter").items() if k in TrainOptions.__dataclass_fields__})
+    opts = TrainOptions(**{k: v for k, v in preset_ops("lora_adapter").items()
+                           if k in TrainOptions.__dataclass_fields__})
     get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)), lora_config(opts)).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
     return out
@@ -114,7 +115,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = demo_pairs(tmp)
-        print(f"# model {MODEL}, {len(pairs)} demo train pairs, {opts.max_steps} steps x {opts.per_device_train_batch_size} "
+        print(f"# model {MODEL}, {len(pairs)} demo train pairs, "
+              f"{opts.max_steps} steps x {opts.per_device_train_batch_size} "
               f"pairs, {ROUNDS} interleaved round(s), torch threads {torch.get_num_threads()}", flush=True)
         base = resolve_base_model(MODEL, (tmp if MODEL == "builtin:tiny" else settings.home() / "models") / "base").path
         sft = fresh_sft_adapter(base, tmp / "sft")
@@ -123,7 +125,8 @@ def main() -> int:
             work = tmp / f"round{r}"
             for name, fn in (("pipeline", run_pipeline), ("trl", run_trl_defaults)):
                 res = fn(base, sft, pairs, work, opts)
-                print(f"# round {r} {name:8s} {res['tok_s']:8.0f} tok/s  wall {res['wall_s']:6.1f}s  real {res['real']}  "
+                print(f"# round {r} {name:8s} {res['tok_s']:8.0f} tok/s  wall {res['wall_s']:6.1f}s  "
+                      f"real {res['real']}  "
                       f"loss {res['loss']:.3f}", flush=True)
                 if best[name] is None or res["tok_s"] > best[name]["tok_s"]:
                     best[name] = res

@@ -36,7 +36,8 @@ def demo_holdout():
     drops = {}
     for name, path in sorted(found.items()):
         parsed = formats.read_drop(path)
-        drops[name] = cleaning.clean_records(cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
+        drops[name] = cleaning.clean_records(
+            cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
     return splitting.split_examples(drops, holdout_fraction=0.1, seed=0).holdout
 
 

@@ -41,7 +41,8 @@ ROUNDS = int(os.environ.get("BENCH_ORCH_ROUNDS", "2"))
 def run_script(tmp: Path, env: dict) -> float:
     wall, out = timed([sys.executable, "bench/_orch_script.py", str(tmp), str(STEPS)], env)
     print(f"# script (stage functions only): {wall:.1f}s  {out.strip().splitlines()[-1]}")
-    print("\n".join(f"#   {line.strip()}" for line in out.splitlines() if line.strip().startswith("stage ")), flush=True)
+    print("\n".join(f"#   {line.strip()}" for line in out.splitlines() if line.strip().startswith("stage ")),
+          flush=True)
     return wall
 
 

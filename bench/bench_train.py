@@ -3,9 +3,9 @@ defaults vs a minimal hand-written PyTorch loop, on the same model, data and num
 
 Model: the default run's, SmolLM2-135M-Instruct (the packaged GGUF, converted once under the pipeline's home),
 with the options of configs/cpu_smollm2.yaml (LoRA r=16 on every linear layer, batch 8, lr 1e-3);
-BENCH_TRAIN_MODEL=builtin:tiny measures the tiny model with configs/cpu_tiny.yaml instead. Data: the demo drops in data/raw/ run
-through the stage packages (parse, canonicalize, clean, split); the train side. Every contender runs STEPS optimizer steps of
-the pipeline's default batch size on a CPU.
+BENCH_TRAIN_MODEL=builtin:tiny measures the tiny model with configs/cpu_tiny.yaml instead. Data: the demo drops in
+data/raw/ run through the stage packages (parse, canonicalize, clean, split); the train side. Every contender runs
+STEPS optimizer steps of the pipeline's default batch size on a CPU.
 
 - tokens/s counts real (non-pad) input tokens of steps 2..STEPS, divided by the wall time from the end of step 1
   to the end of the last step, for every contender alike (a callback's clock for the trainers, the loop's own for
@@ -91,7 +91,8 @@ def demo_train_records() -> list[dict]:
     drops = {}
     for name, path in sorted(found.items()):
         parsed = formats.read_drop(path)
-        drops[name] = cleaning.clean_records(cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
+        drops[name] = cleaning.clean_records(
+            cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
     return splitting.split_examples(drops, holdout_fraction=0.1, seed=0).train
 
 
@@ -214,7 +215,8 @@ def run_trl_defaults(base: Path, records: list[dict], work: Path, opts):
     template = training_form(AutoTokenizer.from_pretrained(str(base)).chat_template or "")
     if template is not None:
         (work / "training.jinja").write_text(template)
-    args = SFTConfig(output_dir=str(work / "trl"), max_steps=STEPS, per_device_train_batch_size=opts.per_device_train_batch_size,
+    args = SFTConfig(output_dir=str(work / "trl"), max_steps=STEPS,
+                     per_device_train_batch_size=opts.per_device_train_batch_size,
                      learning_rate=opts.learning_rate, assistant_only_loss=True, use_cpu=True, bf16=False,
                      report_to=[], disable_tqdm=True,
                      chat_template_path=str(work / "training.jinja") if template is not None else None)
@@ -315,7 +317,8 @@ def main() -> int:
         print(f"# cpu_mfu: 4 x {n_params:,} params x {p['tok_s']:.0f} tok/s = {4 * n_params * p['tok_s'] / 1e9:.1f} "
               f"GFLOP/s; torch.mm fp32 {p['mm'] / 1e9:.1f} GFLOP/s around that round (each round's: "
               f"{', '.join(f'{m / 1e9:.0f}' for m in mm)}; best half-second burst {burst / 1e9:.0f})")
-        print(f"# mlflow: {p['mlflow_calls']} calls, {p['mlflow_s']:.3f}s of {p['wall_s']:.1f}s train_adapter wall time")
+        print(f"# mlflow: {p['mlflow_calls']} calls, {p['mlflow_s']:.3f}s of {p['wall_s']:.1f}s "
+              "train_adapter wall time")
         eff, real, processed = padding_efficiency(base, records, tmp)
         print(f"# padding: {real} real of {processed} processed token positions over one epoch")
     ok = [bench_line("train.vs_trl", p["tok_s"] / best["trl"]["tok_s"], "x", ">=", 1.3),

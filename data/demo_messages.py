@@ -76,8 +76,8 @@ def norm_key(msg):
 
 
 def _email(rng):
-    f, l = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-    local = rng.choice([f"{f}.{l}", f"{f}{l}{rng.randint(1, 99)}", f"{f[0]}.{l}", f"{f}_{l}"])
+    f, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    local = rng.choice([f"{f}.{last}", f"{f}{last}{rng.randint(1, 99)}", f"{f[0]}.{last}", f"{f}_{last}"])
     return f"{local}@{rng.choice(EMAIL_DOMAINS)}"
 
 
@@ -109,7 +109,8 @@ def _log_block(rng, min_chars):
     sec = rng.randint(0, 3000)
     while total < min_chars:
         sec += rng.randint(1, 9)
-        ts = f"2026-01-{rng.randint(10, 28):02d}T{sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}.{rng.randint(0, 999):03d}Z"
+        ts = (f"2026-01-{rng.randint(10, 28):02d}T{sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+              f".{rng.randint(0, 999):03d}Z")
         ev = rng.choice(events).format(h=f"{rng.getrandbits(32):08x}", a=rng.randint(1, 99))
         line = f"{ts} [{rng.choice(services)}] {rng.choice(levels)} {ev}"
         lines.append(line)
@@ -182,7 +183,8 @@ class Generator:
             elif kind == "phone":
                 extras.append(rng.choice(PHONE_SENTENCES).replace("{t}", mark(_phone(rng))))
             else:
-                extras.append(rng.choice(BOTH_SENTENCES).replace("{e}", mark(_email(rng))).replace("{t}", mark(_phone(rng))))
+                extras.append(rng.choice(BOTH_SENTENCES).replace("{e}", mark(_email(rng)))
+                              .replace("{t}", mark(_phone(rng))))
             meta["email"] = kind in ("email", "both")
             meta["phone"] = kind in ("phone", "both")
         if money_pii == "card":

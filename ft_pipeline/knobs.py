@@ -27,7 +27,8 @@ class Knob:
     def problem(self, value) -> str | None:
         """What is wrong with `value`, or None."""
         if self.choices is not None:
-            return None if value in self.choices else f"must be one of {', '.join(map(str, self.choices))} (got {value!r})"
+            return (None if value in self.choices
+                    else f"must be one of {', '.join(map(str, self.choices))} (got {value!r})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None  # types are the config classes' job
         low = (">= %s" % self.ge if self.ge is not None else "> %s" % self.gt if self.gt is not None else None)

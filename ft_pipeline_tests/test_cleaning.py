@@ -50,7 +50,8 @@ def test_every_row_is_kept_quarantined_or_a_duplicate(tmp_path):
     out = clean_records(_drop(tmp_path, rows), CleaningOptions(max_chars=40))
     assert out.rows_in == 7 == len(out.kept) + len(out.quarantined) + len(out.duplicates)
     assert [r["line"] for r in out.kept] == [1, 7]
-    assert [(d["line"], d["kind"], d["duplicate_of"]["line"]) for d in out.duplicates] == [(2, "exact", 1), (3, "near", 1)]
+    assert ([(d["line"], d["kind"], d["duplicate_of"]["line"]) for d in out.duplicates]
+            == [(2, "exact", 1), (3, "near", 1)])
     assert {q["line"]: q["code"] for q in out.quarantined} == {4: "too_long", 5: "malformed_json", 6: "empty_turn"}
     q4 = next(q for q in out.quarantined if q["line"] == 4)
     assert q4["raw"] == rows[3] and "52 characters, the limit is 40" in q4["reason"]  # original text kept
@@ -148,7 +149,8 @@ def test_example_id_is_sha256_of_the_compact_json(conv):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "system"]), st.text(alphabet=st.characters(max_codepoint=127), max_size=25)),
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "system"]),
+                                   st.text(alphabet=st.characters(max_codepoint=127), max_size=25)),
                          min_size=1, max_size=3), max_size=5))
 def test_ascii_near_dup_keys_equal_the_regex_ones(convs):
     from ft_pipeline.data.cleaning import near_dup_key, near_dup_keys

@@ -98,7 +98,8 @@ def test_training_runs_launched_at_once_never_train_together(daemon):
     # process per step
     queued_cfg = smoke_preset(tmp / "queued.yaml", preference_adapter={"enabled": False},
                               evaluation_report={"max_examples": 4, "max_new_tokens": 16, "retention_prompts": 2})
-    launches = [subprocess.Popen([str(BIN / "dagster"), "job", "launch", "-j", "train_and_register", "-c", str(queued_cfg),
+    launches = [subprocess.Popen([str(BIN / "dagster"), "job", "launch", "-j", "train_and_register",
+                                  "-c", str(queued_cfg),
                                   "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     for p in launches:
@@ -108,7 +109,8 @@ def test_training_runs_launched_at_once_never_train_together(daemon):
     _wait(lambda: _done(inst, queued), "the two training runs")
     # ... and two runs that bypass the queue and its tag limit, training at once; only the gpu pool holds them.
     lora_only = tmp / "lora.yaml"
-    lora_only.write_text("ops:\n  lora_adapter:\n    config:\n      max_steps: 10\n      per_device_train_batch_size: 8\n")
+    lora_only.write_text("ops:\n  lora_adapter:\n    config:\n      max_steps: 10\n"
+                         "      per_device_train_batch_size: 8\n")
     direct = [subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "--select", "lora_adapter",
                                 "-m", "ft_pipeline.definitions", "-c", str(lora_only)], cwd=REPO_ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]

@@ -107,7 +107,8 @@ def test_near_dup_check_fails_on_a_leaking_split(env):
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     victim = max(train, key=lambda r: len(r["messages"][-2]["content"]))
     twin = {**victim, "id": "leaked", "drop": "leak.jsonl", "line": 1,
-            "messages": victim["messages"][:-2] + [{"role": "user", "content": victim["messages"][-2]["content"] + " thx"},
+            "messages": victim["messages"][:-2] + [{"role": "user",
+                                                    "content": victim["messages"][-2]["content"] + " thx"},
                                                    victim["messages"][-1]]}
     with open(out / "holdout.jsonl", "a") as f:
         f.write(json.dumps(twin) + "\n")

@@ -52,7 +52,8 @@ def test_blocking_checks_and_gpu_pool():
 def test_jobs_and_sensors_resolve_and_run_by_default():
     assert defs.resolve_job_def("ingest_drop").partitions_def.name == "drops"
     assert defs.resolve_job_def("train_and_register")
-    assert defs.resolve_job_def("ingest_preferences").asset_layer.selected_asset_keys == {dg.AssetKey("preference_pairs")}
+    assert (defs.resolve_job_def("ingest_preferences").asset_layer.selected_asset_keys
+            == {dg.AssetKey("preference_pairs")})
     for name in ("raw_drops_sensor", "ft_pipeline_automation"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
 
@@ -84,4 +85,5 @@ def test_ui_and_daemon_runs_fork_their_steps_from_a_server_that_imported_torch_o
         ex = defs.resolve_job_def(job).executor_def
         cfg = ex.config_schema.resolve_config({}).value["config"]
         assert ex.name == "multiprocess" and set(cfg["start_method"]) == {"forkserver"}, (job, cfg)
-        assert {"ft_pipeline.definitions", "torch", "transformers"} <= set(cfg["start_method"]["forkserver"]["preload_modules"])
+        assert ({"ft_pipeline.definitions", "torch", "transformers"}
+                <= set(cfg["start_method"]["forkserver"]["preload_modules"]))

@@ -45,7 +45,8 @@ def test_main_job_succeeds_and_names_the_broken_drop(pipeline):
     tmp, env, first = pipeline
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    assert "2026-04-broken.json" in out and "FAILED" in out and "line 2: malformed JSON: the file ends before the array is closed" in out
+    assert ("2026-04-broken.json" in out and "FAILED" in out
+            and "line 2: malformed JSON: the file ends before the array is closed" in out)
     assert "1 drop(s) failed and were left out: 2026-04-broken.json" in out
     # smoke's 10-step SFT model and its 4-step DPO model both score 0 on the gate metric: a tie keeps SFT
     assert "to the gate: SFT (DPO field_accuracy 0.000 does not beat SFT's 0.000)" in out
@@ -94,13 +95,16 @@ mv = c.get_model_version_by_alias("ft-pipeline-adapter", "champion")
 run = c.get_run(mv.tags["training_run_id"])
 assert run.data.tags["dagster.asset_key"] == "lora_adapter" and run.data.tags["dagster.run_id"]
 assert run.data.tags["dagster.code_version"] == "train-v2"
-assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"] and run.inputs.dataset_inputs[0].dataset.digest
+assert ([i.dataset.name for i in run.inputs.dataset_inputs] == ["train_set"]
+        and run.inputs.dataset_inputs[0].dataset.digest)
 assert "loss" in run.data.metrics and "train.learning_rate" in run.data.params
-assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv"}
+assert set(json.loads(mv.tags["data_versions"])) == {"2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json",
+                                                     "2026-03-tickets.csv"}
 assert "eval.field_accuracy" in mv.tags
 ev = mlflow.search_runs(filter_string="tags.`dagster.asset_key` = 'evaluation_report'", search_all_experiments=True,
                        output_format="list")[0]
-assert {"evaluation.md", "samples.json", "loss_curve.png", "metric_comparison.png"} <= {a.path for a in c.list_artifacts(ev.info.run_id)}
+assert ({"evaluation.md", "samples.json", "loss_curve.png", "metric_comparison.png"}
+        <= {a.path for a in c.list_artifacts(ev.info.run_id)})
 assert "eval.chrf" in ev.data.metrics and "tuned.rouge_l" in ev.data.metrics and "dpo.rouge_l" in ev.data.metrics
 assert 0 <= ev.data.metrics["pair_accuracy.dpo"] <= 1 and "pair_accuracy.tuned" in ev.data.metrics
 assert mv.tags["training.stage"] == "sft"
@@ -154,7 +158,8 @@ def test_export_and_rollback_through_the_cli(pipeline):
     out = run_cli(env, "export", "--version", "1", "--out", str(tmp / "v1"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp / "v1" / "export.json").read_text())["version"] == "1"
-    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in (tmp / "v1").iterdir()}
+    assert ({"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"}
+            <= {p.name for p in (tmp / "v1").iterdir()})
     back = run_cli(env, "promote", "--version", "1")  # version 2 is champion after the second run
     assert back.returncode == 0 and back.stdout.strip() == "ft-pipeline-adapter: champion 2 -> 1", back.stderr[-3000:]
     hits = run_cli(env, "lineage", "--version", "champion")

@@ -134,7 +134,8 @@ def test_forget_cli_errors_and_lists_every_text_match(pipeline_dirs, capsys, mon
 
 PAIRS = [json.dumps({"prompt": "my Zork blender never came", "chosen": '{"intent": "missing"}',
                      "rejected": '{"intent": "refund"}'}),
-         json.dumps({"prompt": "cancel order 77", "chosen": '{"intent": "cancel"}', "rejected": '{"intent": "refund"}'})]
+         json.dumps({"prompt": "cancel order 77", "chosen": '{"intent": "cancel"}',
+                     "rejected": '{"intent": "refund"}'})]
 
 
 def test_a_preference_row_is_found_erased_from_its_pairs_and_scrubbed(pipeline_dirs, capsys):

@@ -24,7 +24,8 @@ def adapter(tiny_base, tmp_path_factory):
 
 def holdout():
     return [{"messages": [{"role": "user", "content": f"where is my order ORD-{200000 + i}?"},
-                          {"role": "assistant", "content": f'{{"intent": "where_is_order", "order_id": "ORD-{200000 + i}"}}'}]}
+                          {"role": "assistant",
+                           "content": f'{{"intent": "where_is_order", "order_id": "ORD-{200000 + i}"}}'}]}
             for i in range(6)]
 
 

@@ -55,7 +55,8 @@ def forgotten(smoke_home):
               "trained_on": run_cli(env, "trained-on", "--drop", drop_file, "--line", str(rec["line"]))}
     pair, pair_text = _unique_pair(home)  # and a row of the preference drop, by its file name and line
     assert _files_holding(home, pair_text)
-    pair_file = pair["drop"] if "." in pair["drop"] else next((tmp / "raw" / "preferences").glob(f"{pair['drop']}.*")).name
+    pair_file = (pair["drop"] if "." in pair["drop"]
+                 else next((tmp / "raw" / "preferences").glob(f"{pair['drop']}.*")).name)
     forget_pair = run_cli(env, "forget", "--drop", pair_file, "--line", str(pair["line"]), "--reason", "pair")
     assert forget_pair.returncode == 0 and f"preferences/{pair_file} line {pair['line']}" in forget_pair.stdout, (
         forget_pair.stdout + forget_pair.stderr[-3000:])

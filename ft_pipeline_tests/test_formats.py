@@ -13,7 +13,8 @@ U, A = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}
 # (format, row, expected messages or the RowError code) — one line a case.
 CASES = [
     ("openai_chat", {"messages": [U, A]}, [U, A]),  # the plain case
-    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, U, A]}, [{"role": "system", "content": "s"}, U, A]),
+    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, U, A]},
+     [{"role": "system", "content": "s"}, U, A]),
     ("openai_chat", {"messages": [U, {**A, "weight": 0}, U, A]}, [U, {**A, "weight": 0}, U, A]),  # weights kept
     ("openai_chat", {"msgs": [U, A]}, "missing_messages"),  # OpenAI check: missing messages list
     ("openai_chat", {"messages": [{"role": "user"}, A]}, "missing_key"),  # message missing key
@@ -42,7 +43,8 @@ CASES = [
     ("prompt_completion", {"prompt": "hi"}, "missing_field"),
     # No user turn before the final assistant turn: nothing to answer, nothing to evaluate (issue 12, item 3).
     ("openai_chat", {"messages": [A]}, "no_user_turn"),  # an answer alone
-    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, A]}, "no_user_turn"),  # a system prompt asks nothing
+    ("openai_chat", {"messages": [{"role": "system", "content": "s"}, A]},
+     "no_user_turn"),  # a system prompt asks nothing
     ("openai_chat", {"messages": [A, A]}, "no_user_turn"),  # two answers, still no question
     ("openai_chat", {"messages": [A, U, A]}, [A, U, A]),  # an assistant greeting before the user is fine
     ("sharegpt", {"conversations": [{"from": "gpt", "value": "{}"}]}, "no_user_turn"),  # the row seen in issue 12
@@ -74,7 +76,8 @@ def _write(tmp_path, name, data: bytes):
 
 def test_jsonl_rows_keep_line_numbers_bom_crlf_and_bad_lines(tmp_path):
     good = json.dumps({"messages": [U, A]}).encode()
-    p = _write(tmp_path, "d.jsonl", b"\xef\xbb\xbf" + good + b"\r\n\r\n" + b'{"messages": [' + b"\n" + b"\xff\xfe" + b"\n" + good)
+    p = _write(tmp_path, "d.jsonl",
+               b"\xef\xbb\xbf" + good + b"\r\n\r\n" + b'{"messages": [' + b"\n" + b"\xff\xfe" + b"\n" + good)
     parsed = read_drop(p)
     assert [(r.line, r.code) for r in parsed.rows] == [(1, None), (3, "malformed_json"), (4, "invalid_utf8"), (5, None)]
     assert parsed.rows[0].data == {"messages": [U, A]}  # BOM and CR removed
@@ -110,7 +113,8 @@ BAD_FILES = [
     ("blank.jsonl", b"\n  \n", "empty"),
     ("notes.txt", b"hello", "unsupported file extension"),  # wrong extension
     ("all_bad.jsonl", b"not json\nstill not\n", "no line is valid JSON"),
-    ("truncated.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", ', "line 2: malformed JSON: the file ends"),
+    ("truncated.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", ',
+     "line 2: malformed JSON: the file ends"),
     ("object.json", b'{"data": []}', "expected a JSON array"),  # valid JSON of the wrong shape
     ("latin1.json", b'[{"prompt": "caf\xe9"}]', "invalid UTF-8"),  # non-UTF-8 bytes
     ("bad.parquet", b"PAR1garbage", "not a readable Parquet file"),
@@ -232,10 +236,13 @@ _GOOD_CSV = [f'"hello {i} – thanks","fine {i}"\n'.encode() for i in range(20)]
 ONE_BAD_BYTE = [
     ("issue.csv", b"".join([b"prompt,completion\n", *_GOOD_CSV[:7], b'"caf\xe9 au lait","ok"\n', *_GOOD_CSV[7:]]),
      [(n, "invalid_utf8" if n == 9 else None) for n in range(2, 23)]),  # the case seen: 20 good rows and one bad
-    ("multiline.csv", b'prompt,completion\n"a\nb\xff",x\nc,y\n', [(2, "invalid_utf8"), (4, None)]),  # keeps its first line
-    ("extra.csv", b'prompt,completion\na,b\nc,d,\xe9\n', [(2, None), (3, "invalid_utf8")]),  # in a field past the header
+    ("multiline.csv", b'prompt,completion\n"a\nb\xff",x\nc,y\n',
+     [(2, "invalid_utf8"), (4, None)]),  # keeps its first line
+    ("extra.csv", b'prompt,completion\na,b\nc,d,\xe9\n',
+     [(2, None), (3, "invalid_utf8")]),  # in a field past the header
     ("one.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "\xe9", "completion": "b"},\n'
-                 b'{"prompt": "c", "completion": "d"}]', [(1, None), (2, "invalid_utf8"), (3, None)]),  # a JSON array too
+                 b'{"prompt": "c", "completion": "d"}]',
+     [(1, None), (2, "invalid_utf8"), (3, None)]),  # a JSON array too
     ("one.jsonl", b'{"text": "a"}\n{"text": "\xe9"}\n{"text": "b"}\n', [(1, None), (2, "invalid_utf8"), (3, None)]),
 ]
 

@@ -80,9 +80,9 @@ def mlflow_server(postgres, tmp_path):
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
             break
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("mlflow server did not start")
+                raise AssertionError("mlflow server did not start") from err
             time.sleep(1)
     try:
         yield url
@@ -113,7 +113,8 @@ def test_pipeline_runs_with_dagster_and_mlflow_on_postgres(postgres, mlflow_serv
 
     # 3 drop ingests, the split (run first: an unchanged split retrains nothing), then training to registration
     assert int(sql("dagster", "select count(*) from runs where status = 'SUCCESS'")) == 5
-    assert int(sql("dagster", "select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'")) >= 9
+    assert int(sql("dagster", "select count(*) from event_logs "
+                              "where dagster_event_type = 'ASSET_MATERIALIZATION'")) >= 9
     assert sql("mlflow", "select alias, version from registered_model_aliases") == "champion|1"
     assert int(sql("mlflow", "select count(*) from runs where status = 'FINISHED'")) >= 8
     # Artifacts went through the server to its --artifacts-destination, not to a client-side folder.

@@ -64,7 +64,8 @@ FORMAT_CASES = [
     ("openai", {"input": {"messages": [SYS, *USER]}, "preferred_output": asst(C), "non_preferred_output": asst(R)},
      "openai_preference", [SYS, *USER], ("jsonl", "json", "parquet")),
     # TRL plain text: the only form a CSV can hold
-    ("trl_text", {"prompt": Q, "chosen": C, "rejected": R}, "trl_preference", USER, ("jsonl", "json", "csv", "parquet")),
+    ("trl_text", {"prompt": Q, "chosen": C, "rejected": R}, "trl_preference", USER,
+     ("jsonl", "json", "csv", "parquet")),
     # TRL conversational, explicit prompt (what the demo drop uses)
     ("trl_conversational", {"prompt": USER, "chosen": asst(C), "rejected": asst(R)}, "trl_preference", USER,
      ("jsonl", "json", "parquet")),
@@ -201,7 +202,8 @@ def test_duplicates_after_normalization_point_at_the_kept_pair_across_drops(tmp_
     write_drop(tmp_path / "pref" / "b.csv", [pair | {"prompt": f"  {Q}  "}, pair | {"chosen": "Other."}])
     manifest = build_pairs(tmp_path / "pref", tmp_path / "out")
     (dup,) = read_jsonl(tmp_path / "out" / "duplicates.jsonl")
-    kept = {(r["drop"], r["line"]): r for name in ("train", "holdout") for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")}
+    kept = {(r["drop"], r["line"]): r
+            for name in ("train", "holdout") for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")}
     assert (dup["drop"], dup["line"]) == ("b.csv", 2)
     assert dup["duplicate_of"] == {"id": kept["a.jsonl", 1]["pair_id"], "drop": "a.jsonl", "line": 1}
     assert sorted(kept) == [("a.jsonl", 1), ("a.jsonl", 2), ("b.csv", 3)]
@@ -265,7 +267,8 @@ def test_erased_rows_and_redacted_lines_are_counted_as_erased_without_their_text
 def test_no_drops_give_an_all_zero_result(tmp_path, make):
     make(tmp_path / "pref")
     manifest = build_pairs(tmp_path / "pref", tmp_path / "out")
-    assert (manifest["drops"], manifest["train"], manifest["holdout"], manifest["quarantine_by_reason"]) == ({}, 0, 0, {})
+    assert ((manifest["drops"], manifest["train"], manifest["holdout"], manifest["quarantine_by_reason"])
+            == ({}, 0, 0, {}))
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == b""
 
 
@@ -317,6 +320,7 @@ def test_the_generator_rewrites_every_committed_drop_byte_for_byte(tmp_path):
                    check=True, capture_output=True)
     raw = REPO_ROOT / "data" / "raw"
     committed = sorted(p.relative_to(raw) for p in raw.rglob("*") if p.is_file())
-    assert len(committed) == 4 and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == committed
+    assert (len(committed) == 4
+            and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == committed)
     for rel in committed:
         assert (tmp_path / rel).read_bytes() == (raw / rel).read_bytes(), rel

@@ -23,7 +23,8 @@ def _answer(intent, i):
 
 
 def sft_records(n=24):
-    return [{"messages": [{"role": "user", "content": _user(i)}, {"role": "assistant", "content": _answer("refund", i)}]}
+    return [{"messages": [{"role": "user", "content": _user(i)},
+                          {"role": "assistant", "content": _answer("refund", i)}]}
             for i in range(n)]
 
 
@@ -114,7 +115,8 @@ KILL_AT_STEP_4 = """
 import json, os, signal, sys
 from pathlib import Path
 from ft_pipeline.preference.training import PreferenceOptions, train_preference
-base, sft, tmp, pairs, opts = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5])
+base, sft, tmp, pairs, opts = (sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4]),
+                               json.loads(sys.argv[5]))
 def die(logs):
     if logs["step"] == 4:
         os.kill(os.getpid(), signal.SIGKILL)

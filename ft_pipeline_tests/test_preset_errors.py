@@ -84,7 +84,8 @@ def test_every_shipped_preset_is_valid():
 
 
 def test_a_missing_local_model_dir_and_a_dir_without_weights_are_one_line(tmp_path):
-    assert base_models.spec_problem(str(tmp_path / "none")) == f"local base model directory {tmp_path / 'none'} does not exist"
+    assert (base_models.spec_problem(str(tmp_path / "none"))
+            == f"local base model directory {tmp_path / 'none'} does not exist")
     assert "no config.json" in base_models.spec_problem(str(tmp_path))
     assert base_models.spec_problem("builtin:tiny") is None and base_models.spec_problem("Qwen/Qwen2.5-0.5B") is None
 

@@ -76,7 +76,8 @@ def test_the_config_classes_take_their_defaults_from_the_defaults_preset(default
 
 
 def test_preset_knobs_mean_what_their_names_say():
-    load = lambda name: TrainConfig(**yaml.safe_load((REPO_ROOT / "configs" / name).read_text())["ops"]["lora_adapter"]["config"]).options()  # noqa: E731
+    load = lambda name: TrainConfig(  # noqa: E731
+        **yaml.safe_load((REPO_ROOT / "configs" / name).read_text())["ops"]["lora_adapter"]["config"]).options()
     assert load("qlora_qwen.yaml").load_in_4bit and load("qlora_qwen.yaml").finetune == "lora"
     full = load("full_tiny.yaml")
     assert full.finetune == "full" and full.learning_rate < TrainConfig().learning_rate

@@ -89,7 +89,8 @@ def test_new_or_changed_preference_drops_re_read_the_pairs(tmp_path):
 
     raw = tmp_path / "raw"
     (raw / "preferences").mkdir(parents=True)
-    pair = {"prompt": "cancel order ORD-123456", "chosen": '{"intent": "cancel_order"}', "rejected": '{"intent": "refund"}'}
+    pair = {"prompt": "cancel order ORD-123456", "chosen": '{"intent": "cancel_order"}',
+            "rejected": '{"intent": "refund"}'}
     (raw / "preferences" / "p.jsonl").write_text(json.dumps(pair) + "\n")
     home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw))
     tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"))

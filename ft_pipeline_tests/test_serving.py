@@ -106,7 +106,8 @@ def test_stop_sequences_end_the_text_before_them(srv):
         got = ask(srv.client, model=f"{NAME}/2", stop=[stop, "never-generated"], stream=stream)
         if stream:
             chunks = [c for c in got if c.choices]
-            text, reason = "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+            text, reason = ("".join(c.choices[0].delta.content or "" for c in chunks),
+                            chunks[-1].choices[0].finish_reason)
         else:
             text, reason = got.choices[0].message.content, got.choices[0].finish_reason
         assert (text, reason) == (whole[:cut], "stop"), stream

@@ -71,7 +71,8 @@ def test_context_errors_say_the_length_and_the_limit():
     assert e.status == 400 and e.code == "context_length_exceeded" and e.param == "messages"
     assert "maximum context length is 2048 tokens" in e.message and "resulted in 3000 tokens" in e.message
     e = context_error(2048, 2000, 100)
-    assert e.param == "max_tokens" and "requested 2100 tokens (2000 in the messages, 100 in the completion)" in e.message
+    assert (e.param == "max_tokens"
+            and "requested 2100 tokens (2000 in the messages, 100 in the completion)" in e.message)
     assert context_error(2048, 2000, 48) is None and context_error(2048, 2000, None) is None
 
 

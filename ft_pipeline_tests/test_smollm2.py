@@ -78,4 +78,5 @@ assert py.tokenizer.chat_template == AutoTokenizer.from_pretrained({base["path"]
     e = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "export", "--out", str(merged)], env=env,
                        capture_output=True, text=True, timeout=600)
     assert e.returncode == 0, e.stderr[-3000:]
-    assert (merged / "chat_template.jinja").read_text() == (REPO_ROOT / base["path"] / "chat_template.jinja").read_text()
+    assert ((merged / "chat_template.jinja").read_text()
+            == (REPO_ROOT / base["path"] / "chat_template.jinja").read_text())

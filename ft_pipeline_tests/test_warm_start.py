@@ -52,7 +52,8 @@ def test_the_champion_of_the_same_base_and_lora_shape_is_continued(champion, tmp
     assert warm.version == "1" and warm.rows == ROWS
     # the registered copy of the adapter, byte for byte, downloaded into the folder given, which held nothing else
     assert warm.adapter_sha256 == content_hash(adapter) == content_hash(warm.adapter_dir)
-    assert warm.adapter_dir.parent == tmp_path / "warm" and [p.name for p in (tmp_path / "warm").iterdir()] == ["adapter"]
+    assert (warm.adapter_dir.parent == tmp_path / "warm"
+            and [p.name for p in (tmp_path / "warm").iterdir()] == ["adapter"])
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -60,7 +61,8 @@ def test_the_champion_of_the_same_base_and_lora_shape_is_continued(champion, tmp
     (dict(base_sha="f" * 64), "no warm start: the champion (version 1) was trained on another base model"),
     (dict(lora_r=8), "no warm start: the champion's (version 1) adapter differs in lora_r"),
     (dict(modules_to_save=[]), "no warm start: the champion's (version 1) adapter differs in modules_to_save"),
-    (dict(erased={ROWS[1]["raw_sha256"]: "req-1"}), "no warm start: the champion (version 1) was trained on rows erased by req-1"),
+    (dict(erased={ROWS[1]["raw_sha256"]: "req-1"}),
+     "no warm start: the champion (version 1) was trained on rows erased by req-1"),
 ])
 def test_a_champion_that_cannot_be_continued_says_why(champion, change, reason, tmp_path):
     _, base_sha = champion
@@ -84,7 +86,8 @@ def test_training_starts_from_the_adapters_weights_and_moves_on(champion, tiny_b
     fresh = get_peft_model_state_dict(build_trainer(tiny_base, records(), tmp_path / "ckpt2", TrainOptions(**FAST),
                                                     report_to_mlflow=False).model)
     assert all(float(fresh[k].abs().sum()) == 0 for k in fresh if "lora_B" in k)  # a new adapter: B is zero
-    res = train_adapter(tiny_base, records(), tmp_path / "ckpt3", tmp_path / "out", TrainOptions(**{**FAST, "max_steps": 2}),
+    res = train_adapter(tiny_base, records(), tmp_path / "ckpt3", tmp_path / "out",
+                        TrainOptions(**{**FAST, "max_steps": 2}),
                         report_to_mlflow=False, init_adapter=adapter)
     after = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert res.global_step == 2 and set(after) == set(saved)
@@ -98,4 +101,5 @@ def test_the_lineage_of_a_warm_start_holds_the_continued_rows_once(champion):
         registry.log_lineage(own, inherited=ROWS)
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{registry.LINEAGE_ARTIFACT}")
     rows = [json.loads(x) for x in text.splitlines()]
-    assert [(r["drop"], r["line"]) for r in rows] == [("d2.jsonl", 1), ("d1.jsonl", 1), ("d1.jsonl", 2), ("d1.jsonl", 3)]
+    assert ([(r["drop"], r["line"]) for r in rows]
+            == [("d2.jsonl", 1), ("d1.jsonl", 1), ("d1.jsonl", 2), ("d1.jsonl", 3)])

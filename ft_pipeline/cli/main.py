@@ -141,14 +141,16 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         for k in ("json_valid", "field_accuracy", "exact_match", "holdout_loss"):
             print(f"  {k:28s}" + "  ".join(f"{metrics[n][k]:9.3f}" for n in metrics))
         if pairs := report.get("pair_accuracy"):
-            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9 for n in metrics))
+            print(f"  {'pair_accuracy':28s}" + "  ".join(f"{pairs[n]:9.3f}" if n in pairs else " " * 9
+                                                         for n in metrics))
         if cand := report.get("candidate"):
             print(f"to the gate: {cand['stage'].upper()} ({cand['why']})")
         print(f"report: {home / 'reports' / 'evaluation.md'}")
     if res.success:
         mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
         md = {k: v.value for k, v in mat.metadata.items()}
-        print(f"registered: {md['registered_model']} version {md['version']} ({md.get('training_stage', 'sft').upper()}; alias champion; "
+        print(f"registered: {md['registered_model']} version {md['version']} "
+              f"({md.get('training_stage', 'sft').upper()}; alias champion; "
               f"previous champion: {md['previous_champion']})\nload it: mlflow.pyfunc.load_model('{md['model_uri']}')")
     else:
         print(f"not registered: {_failure_message(res)}")
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
     srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
-                                       "Completions API, following the alias as it moves (HOST, PORT; see docs/serving.md)")
+                                       "Completions API, following the alias as it moves (HOST, PORT; see "
+                                       "docs/serving.md)")
     srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
     srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")

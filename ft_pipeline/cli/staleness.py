@@ -23,7 +23,8 @@ def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._core.loader import LoadingContextForTest
 
-    return CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)), StaleStatus
+    return CachingStaleStatusResolver(instance, defs.resolve_asset_graph(),
+                                      LoadingContextForTest(instance)), StaleStatus
 
 
 def _latest(instance: dg.DagsterInstance, key: str, partition: str | None = None):

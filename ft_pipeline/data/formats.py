@@ -65,7 +65,8 @@ def read_drop(path: Path, encoding: str = "utf-8") -> ParsedDrop:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise DropError(f"{path}: unsupported file extension {suffix!r}; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+        raise DropError(f"{path}: unsupported file extension {suffix!r}; "
+                        f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -248,7 +249,8 @@ def _row_format(data: Any) -> str | None:
 def to_messages(data: Any, fmt: str) -> list[dict]:
     """Convert one parsed row to OpenAI chat messages, or raise RowError with a reason a person understands."""
     if not isinstance(data, dict):
-        raise RowError("wrong_data_type", f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
+        raise RowError("wrong_data_type",
+                       f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
     if fmt == "openai_chat":
         messages = _openai_messages(data)
     elif fmt == "sharegpt":
@@ -280,7 +282,8 @@ def _str_field(data: dict, key: str) -> str:
     if key not in data or data[key] is None:
         raise RowError("missing_field", f"missing '{key}'")
     if not isinstance(data[key], str):
-        raise RowError("wrong_data_type", f"wrong data type: '{key}' is a {type(data[key]).__name__}, expected a string")
+        raise RowError("wrong_data_type",
+                       f"wrong data type: '{key}' is a {type(data[key]).__name__}, expected a string")
     return data[key]
 
 
@@ -293,9 +296,11 @@ def _openai_messages(data: dict) -> list[dict]:
     out = []
     for i, m in enumerate(msgs, start=1):
         if not isinstance(m, dict):
-            raise RowError("wrong_data_type", f"wrong data type: message {i} is a {type(m).__name__}, expected an object")
+            raise RowError("wrong_data_type",
+                           f"wrong data type: message {i} is a {type(m).__name__}, expected an object")
         if "tool_calls" in m or "function_call" in m or m.get("role") in ("tool", "function"):
-            raise RowError("tool_calls", f"message {i}: tool and function calls are not supported; remove them or the row")
+            raise RowError("tool_calls",
+                           f"message {i}: tool and function calls are not supported; remove them or the row")
         if "role" not in m:
             raise RowError("missing_key", f"message {i} is missing key 'role'")
         if "content" not in m:
@@ -304,11 +309,13 @@ def _openai_messages(data: dict) -> list[dict]:
         if extra:
             raise RowError("unrecognized_key", f"message {i} has unrecognized key {sorted(extra)[0]!r}")
         if m["role"] not in _CHAT_ROLES:
-            raise RowError("unrecognized_role", f"message {i} has unrecognized role {m['role']!r}; expected system, user or assistant")
+            raise RowError("unrecognized_role",
+                           f"message {i} has unrecognized role {m['role']!r}; expected system, user or assistant")
         if m["content"] is None:
             raise RowError("missing_content", f"message {i} ({m['role']}) is missing content")
         if not isinstance(m["content"], str):
-            raise RowError("wrong_data_type", f"wrong data type: message {i} content is a {type(m['content']).__name__}, expected a string")
+            raise RowError("wrong_data_type", f"wrong data type: message {i} content is a "
+                                              f"{type(m['content']).__name__}, expected a string")
         msg = {"role": m["role"], "content": m["content"]}
         if "weight" in m:
             if m["weight"] not in (0, 1) or isinstance(m["weight"], bool) or m["role"] != "assistant":
@@ -328,9 +335,11 @@ def _sharegpt_messages(data: dict) -> list[dict]:
             raise RowError("wrong_data_type", f"turn {i} must be an object with 'from' and 'value'")
         role = _SHAREGPT_ROLES.get(turn["from"])
         if role is None:
-            raise RowError("unrecognized_role", f"turn {i} has unrecognized role {turn['from']!r}; expected system, human or gpt")
+            raise RowError("unrecognized_role",
+                           f"turn {i} has unrecognized role {turn['from']!r}; expected system, human or gpt")
         if not isinstance(turn["value"], str):
-            raise RowError("wrong_data_type", f"wrong data type: turn {i} value is a {type(turn['value']).__name__}, expected a string")
+            raise RowError("wrong_data_type",
+                           f"wrong data type: turn {i} value is a {type(turn['value']).__name__}, expected a string")
         out.append({"role": role, "content": turn["value"]})
     return out
 
@@ -351,7 +360,8 @@ def _check_conversation(messages: list[dict], no_user_hint: str = "") -> None:
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no_assistant_message", "no assistant message")
     if messages[-1]["role"] != "assistant":
-        raise RowError("assistant_not_last", f"the last message is from {messages[-1]['role']}; the assistant message must be last")
+        raise RowError("assistant_not_last",
+                       f"the last message is from {messages[-1]['role']}; the assistant message must be last")
     roles = [m["role"] for m in messages]
     # Training on it teaches answers to nothing, and evaluation has no prompt to ask (prompt_messages is empty).
     if "user" not in roles[:-1]:

@@ -31,8 +31,10 @@ NO_STRATUM = "(none)"
 
 # The allowed values of the data knobs of cleaning and splitting (knobs.py).
 KNOBS = {
-    "format": knobs.Knob(choices=("auto", *FORMATS)), "near_dup_threshold": knobs.Knob(gt=0, le=1), "near_dup_num_perm": knobs.Knob(ge=2),
-    "near_dup_ngram": knobs.POSITIVE, "max_chars": knobs.POSITIVE, "holdout_fraction": knobs.Knob(gt=0, lt=1), "seed": knobs.NON_NEGATIVE,
+    "format": knobs.Knob(choices=("auto", *FORMATS)), "near_dup_threshold": knobs.Knob(gt=0, le=1),
+    "near_dup_num_perm": knobs.Knob(ge=2),
+    "near_dup_ngram": knobs.POSITIVE, "max_chars": knobs.POSITIVE, "holdout_fraction": knobs.Knob(gt=0, lt=1),
+    "seed": knobs.NON_NEGATIVE,
     "max_tokens": knobs.POSITIVE, "on_too_long": knobs.Knob(choices=ON_TOO_LONG),
 }
 
@@ -142,7 +144,8 @@ def _strata(values: list[str], side: np.ndarray) -> dict[str, dict]:
         if s >= 0:
             counts[v]["holdout" if s else "train"] += 1
     return {v: {"train": c["train"], "holdout": c["holdout"],
-                "holdout_share": round(c["holdout"] / (c["train"] + c["holdout"]), 4)} for v, c in sorted(counts.items())}
+                "holdout_share": round(c["holdout"] / (c["train"] + c["holdout"]), 4)}
+            for v, c in sorted(counts.items())}
 
 
 def _dup_entry(rec: dict, a: Assignment, i: int, ref: dict) -> dict:

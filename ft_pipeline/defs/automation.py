@@ -6,8 +6,8 @@
   re-split that yields the same bytes has the same data version, so it retrains nothing.
 - Preference pairs are read by the raw-drop sensor when the preferences/ folder changes; DPO follows a new SFT
   adapter or new pairs.
-- Evaluation follows the DPO asset (which materializes after every SFT adapter, trained or not); registration follows an evaluation whose blocking gate passed; the merged
-  export follows a new registered version.
+- Evaluation follows the DPO asset (which materializes after every SFT adapter, trained or not); registration
+  follows an evaluation whose blocking gate passed; the merged export follows a new registered version.
 
 The automation sensor that evaluates these conditions runs by default (Dagster's own default sensor is created
 STOPPED, so we define ours)."""

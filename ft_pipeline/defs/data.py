@@ -68,7 +68,8 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
         parsed = formats.read_drop(path, config.encoding)
         fmt = formats.detect_format(parsed.rows, path) if config.format == "auto" else config.format
         if fmt not in formats.FORMATS:
-            raise formats.DropError(f"{path}: unknown format {fmt!r} in config; expected auto or one of {formats.FORMATS}")
+            raise formats.DropError(f"{path}: unknown format {fmt!r} in config; "
+                                    f"expected auto or one of {formats.FORMATS}")
     except formats.DropError as e:
         raise dg.Failure(description=str(e), metadata={"file": dg.MetadataValue.path(str(path))}) from e
     import mlflow

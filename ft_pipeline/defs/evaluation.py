@@ -170,7 +170,8 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description=f"the report picked {pick} for the gate, but on {config.metric} it "
                                                f"would be {again}: re-materialize evaluation_report with this config")
-    gated = {"base": m["base"], "tuned": m[pick], **({"champion": m["champion"]} if "champion" in m and not erased else {})}
+    gated = {"base": m["base"], "tuned": m[pick],
+             **({"champion": m["champion"]} if "champion" in m and not erased else {})}
     reasons = gate_failures(gated, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion,
                             config.metric, retention_kl=(report.get("retention_kl") or {}).get(pick),
                             max_retention_kl=config.max_retention_kl)
@@ -178,8 +179,10 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate" + (
             f" (the champion was trained on rows erased by {erased}: not compared)" if erased else ""),
-        metadata={"gate_metric": config.metric, "candidate": "dpo" if pick == "dpo" else "sft", "max_retention_kl": config.max_retention_kl or -1.0,
-                  "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0, "champion_version": report["champion_version"] or "none",
+        metadata={"gate_metric": config.metric, "candidate": "dpo" if pick == "dpo" else "sft",
+                  "max_retention_kl": config.max_retention_kl or -1.0,
+                  "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0,
+                  "champion_version": report["champion_version"] or "none",
                   "tuned_json_valid": m["tuned"]["json_valid"],
                   **{f"{who}_{k}": m[who][k] if who in m else -1.0
                      for who in ("tuned", "dpo", "base", "champion") for k in GATE_METRICS}})

@@ -129,7 +129,8 @@ def _train(context: dg.AssetExecutionContext, home: PipelineHome, opts, base: di
     from ft_pipeline.model import launch
 
     log = lambda d: context.log.info(  # noqa: E731
-        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"), d["eta_s"]))
+        "step %s/%s loss=%s lr=%s eta=%ss" % (d["step"], d["max_steps"], d.get("loss"), d.get("learning_rate"),
+                                              d["eta_s"]))
     ckpt, run_name = home.checkpoints(key), f"sft-{key}"
     if opts.launcher == "in_process":
         from ft_pipeline.model.train import result_to_json
@@ -193,7 +194,8 @@ def _lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: 
                                    tags={"data.train_sha256": manifest["train_sha256"][:16],
                                          "base_model.content_sha256": base["content_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({f"train.{k}": v for k, v in opts.to_params().items()} | {"base_model": base["spec"]}
-                          | {"warm_start_from": f"{mlflow_tracking.registered_model_name}/{warm.version}" if warm else ""})
+                          | {"warm_start_from": f"{mlflow_tracking.registered_model_name}/{warm.version}"
+                                                if warm else ""})
         log_jsonl_dataset(train_path, "train_set", "training", manifest["train_sha256"])
         try:
             result = _train(context, home, opts, base, key, train, holdout, warm.adapter_dir if warm else None)
@@ -203,7 +205,8 @@ def _lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: 
         mlflow.log_metrics({"final_train_loss": result["train_loss"], "train_tokens": result["train_tokens"],
                             "train_runtime_s": result["train_runtime_s"],
                             "supervised_token_fraction": sup["supervised"] / sup["tokens"]}
-                           | ({"best_eval_loss": result["best_eval_loss"]} if result["best_eval_loss"] is not None else {}))
+                           | ({"best_eval_loss": result["best_eval_loss"]}
+                              if result["best_eval_loss"] is not None else {}))
         info = registry.log_adapter_model(home.adapter_dir, base, finetune=opts.finetune)
         registry.log_lineage(train, manifest.get("drop_files"), inherited=warm.rows if warm else None)
     adapter = {"training_run_id": run.info.run_id, "experiment_id": exp_id, "model_uri": info.model_uri,

@@ -96,7 +96,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
         description="; ".join(f"{n}: {drops.get(n, {}).get('rows_in', 0)} rows in, {c['kept']} kept + "
                               f"{c['quarantined']} quarantined + {c['duplicates']} duplicates + {c['erased']} erased "
                               "on disk"
-                              + (": rows lost" if n in lost else "") for n, c in on_disk.items()) or "no preference drops",
+                              + (": rows lost" if n in lost else "") for n, c in on_disk.items())
+                    or "no preference drops",
         metadata={f"{n}_{k}": c[k] for n, c in on_disk.items() for k in files_of})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version), check_results=[check],
@@ -114,9 +115,11 @@ class PreferenceConfig(CheckedConfig):
 
     KNOBS = pref_training.KNOBS
     enabled: bool = Field(_DEFAULTS.enabled,
-        description="false: do not preference-tune even when there are pairs (the SFT adapter is evaluated and registered).")
+        description="false: do not preference-tune even when there are pairs "
+                    "(the SFT adapter is evaluated and registered).")
     beta: float = Field(_DEFAULTS.beta,
-        description="DPO's beta: how far the policy may move from the reference (the SFT model); lower lets it move further.")
+        description="DPO's beta: how far the policy may move from the reference (the SFT model); "
+                    "lower lets it move further.")
     loss_type: str = Field(_DEFAULTS.loss_type,
         description="sigmoid (DPO), ipo, hinge, robust, ... (TRL's loss names).")
     label_smoothing: float = Field(_DEFAULTS.label_smoothing,
@@ -191,11 +194,13 @@ def _preference_adapter(context: dg.AssetExecutionContext, config: PreferenceCon
     with mlflow_tracking.start_run(context, "dpo", "preference_adapter",
                                    tags={"training.stage": "dpo", "sft_training_run_id": adapter["training_run_id"],
                                          "data.pairs_sha256": manifest["train_sha256"][:16]}) as (run, exp_id):
-        mlflow.log_params({f"dpo.{k}": v for k, v in opts.to_params().items()} | {"base_model": adapter["base"]["spec"]})
+        mlflow.log_params({f"dpo.{k}": v for k, v in opts.to_params().items()}
+                          | {"base_model": adapter["base"]["spec"]})
         log_jsonl_dataset(pairs_dir / "train.jsonl", "preference_pairs", "training", manifest["train_sha256"])
         res = train_preference(Path(adapter["base"]["path"]), Path(adapter["adapter_dir"]), pairs,
                                home.checkpoints(key), out_dir, opts, run_name=f"dpo-{key}", on_log=log)
-        final = {k: res.last(k) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")}
+        final = {k: res.last(k)
+                 for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")}
         mlflow.log_metrics({"final_train_loss": res.train_loss, "train_runtime_s": res.train_runtime_s,
                             "train_tokens": res.train_tokens})
         info = registry.log_adapter_model(out_dir, adapter["base"], finetune=adapter["finetune"])

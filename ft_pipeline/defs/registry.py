@@ -32,7 +32,8 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
             "base_model_sha256": adapter["base"]["content_sha256"][:16], "dagster_run_id": context.run_id,
             "eval.cache_key": cand["cache_key"],
             **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"][pick].items()},
-            **({"eval.pair_accuracy": f"{report['pair_accuracy'][pick]:.4f}"} if pick in report.get("pair_accuracy", {}) else {}),
+            **({"eval.pair_accuracy": f"{report['pair_accuracy'][pick]:.4f}"}
+               if pick in report.get("pair_accuracy", {}) else {}),
             **({"sft_training_run_id": adapter["training_run_id"]} if cand["stage"] == "dpo" else {}),
             **({"eval.retention_kl": f"{report['retention_kl'][pick]:.4f}"}
                if (report.get("retention_kl") or {}).get(pick) is not None else {})}
@@ -55,7 +56,8 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "query": dg.MetadataValue.md(_query_md(name, mv.version)),
         "erasure_tags": dg.MetadataValue.json({s["version"]: {"contains": s["contains"], "clean_of": s["clean_of"]}
                                                for s in states}),
-        "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}/versions/{mv.version}"),
+        "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}"
+                                             f"/versions/{mv.version}"),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, cand["training_run_id"]))})
 
 

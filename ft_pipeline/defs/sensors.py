@@ -42,7 +42,8 @@ def last_ingested_version(instance: dg.DagsterInstance, drop: str | None, asset:
     return records[0].asset_materialization.tags.get("dagster/data_version")
 
 
-@dg.sensor(jobs=[ingest_drop_job, ingest_preferences_job], minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(jobs=[ingest_drop_job, ingest_preferences_job], minimum_interval_seconds=30,
+           default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches the raw data folder: new drops get a partition and are ingested; changed drops "
                        "(new content hash) are re-ingested; removed drops are reported; changed preference "
                        "drops (preferences/) re-read preference_pairs.")

@@ -31,7 +31,8 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
-def pair_logps(model, tok, pairs: list[dict], batch_size: int = 16, max_length: int = 1024) -> list[tuple[float, float]]:
+def pair_logps(model, tok, pairs: list[dict], batch_size: int = 16,
+               max_length: int = 1024) -> list[tuple[float, float]]:
     """[(log p(chosen | prompt), log p(rejected | prompt))] under `model`, one forward pass per side."""
     import torch
 
@@ -58,7 +59,8 @@ def pair_logps(model, tok, pairs: list[dict], batch_size: int = 16, max_length: 
             start = max(min(first) - 1, 0)
             keep = torch.arange(start, width - 1, device=device)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, start + 1:].to(device)[..., None])[..., 0]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(
+                -1, ids[:, start + 1:].to(device)[..., None])[..., 0]
             for j, s in enumerate(seqs):
                 sums.append(float(logp[j, first[j] - 1 - start:len(s) - 1 - start].sum()))
     return [(sums[k], sums[k + 1]) for k in range(0, len(sums), 2)]

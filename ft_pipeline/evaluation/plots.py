@@ -18,7 +18,8 @@ def _figure(width: float = 5.0, height: float = 3.0):
     return Figure(figsize=(width, height), dpi=80, layout="constrained")
 
 
-def loss_history(client, run_id: str, keys: tuple[str, ...] = ("loss", "eval_loss")) -> dict[str, list[tuple[int, float]]]:
+def loss_history(client, run_id: str,
+                 keys: tuple[str, ...] = ("loss", "eval_loss")) -> dict[str, list[tuple[int, float]]]:
     """(step, value) pairs of each metric in `keys` that the training run logged, in step order."""
     out = {}
     for key in keys:

@@ -83,7 +83,8 @@ def retention_markdown(retention: dict | None) -> list[str]:
     lines += [f"| {name} | {kl:.4f} |" for name, kl in retention["kl"].items()]
     if retention.get("side_by_side"):
         lines += ["", "| prompt | base | tuned |", "|---|---|---|"]
-        lines += [f"| {_esc(r['prompt'])} | {_esc(r['base'])} | {_esc(r['tuned'])} |" for r in retention["side_by_side"]]
+        lines += [f"| {_esc(r['prompt'])} | {_esc(r['base'])} | {_esc(r['tuned'])} |"
+                  for r in retention["side_by_side"]]
     return lines
 
 

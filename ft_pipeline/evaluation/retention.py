@@ -148,7 +148,8 @@ def mean_kl(model, tok, answers: list[str], base_model=None, batch_size: int = 1
             ctx = contextlib.nullcontext() if base_model is not None else model.disable_adapter()
             with ctx:
                 ref = base_model if base_model is not None else model
-                base = torch.log_softmax(ref(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
+                base = torch.log_softmax(ref(input_ids=ids, attention_mask=mask,
+                                             logits_to_keep=keep).logits.float(), -1)
         kl = (base.exp() * (base - tuned)).sum(-1)
         sel = target[:, start:].to(kl.device)
         total += float(kl[sel].sum())

@@ -17,7 +17,8 @@ from ft_pipeline.evaluation import scoring as evaluation
 KNOBS = {
     "max_new_tokens": knobs.POSITIVE, "batch_size": knobs.POSITIVE, "max_examples": knobs.NON_NEGATIVE,
     "retention_prompts": knobs.Knob(ge=0, le=len(retention.PROMPTS)),
-    "min_json_valid": knobs.FRACTION, "metric": knobs.Knob(choices=evaluation.GATE_METRICS), "max_retention_kl": knobs.NON_NEGATIVE,
+    "min_json_valid": knobs.FRACTION, "metric": knobs.Knob(choices=evaluation.GATE_METRICS),
+    "max_retention_kl": knobs.NON_NEGATIVE,
 }
 
 

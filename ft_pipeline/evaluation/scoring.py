@@ -319,7 +319,8 @@ def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over
         out.append(f"JSON validity {tuned['json_valid']:.3f} < {min_json_valid}")
     name = metric.replace("_", " ")
     if tuned[metric] < base[metric] + min_gain_over_base:
-        out.append(f"{name} {tuned[metric]:.3f} does not beat the base model's {base[metric]:.3f} by {min_gain_over_base}")
+        out.append(f"{name} {tuned[metric]:.3f} does not beat the base model's {base[metric]:.3f} "
+                   f"by {min_gain_over_base}")
     if champ and tuned[metric] < champ[metric] - max_loss_vs_champion:
         out.append(f"{name} {tuned[metric]:.3f} is below the champion's {champ[metric]:.3f}")
     if max_retention_kl is not None:
@@ -337,7 +338,8 @@ def pick_candidate(metrics: dict[str, dict], metric: str, compare_champion: bool
     the champion on the gate metric; otherwise the SFT model, as without preference tuning."""
     if "dpo" not in metrics:
         return "tuned", "no DPO model"
-    dpo, sft, champ = metrics["dpo"][metric], metrics["tuned"][metric], metrics.get("champion") if compare_champion else None
+    dpo, sft, champ = (metrics["dpo"][metric], metrics["tuned"][metric],
+                       metrics.get("champion") if compare_champion else None)
     if dpo <= sft:
         return "tuned", f"DPO {metric} {dpo:.3f} does not beat SFT's {sft:.3f}"
     if champ is not None and dpo <= champ[metric]:

@@ -43,7 +43,8 @@ def export_registered(name: str, version: str, out_dir: Path | str) -> tuple[Pat
     import mlflow
 
     client = mlflow.MlflowClient()
-    mv = client.get_model_version(name, version) if version.isdigit() else client.get_model_version_by_alias(name, version)
+    mv = (client.get_model_version(name, version) if version.isdigit()
+          else client.get_model_version_by_alias(name, version))
     py = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}").unwrap_python_model()
     provenance = {"registered_model": name, "version": str(mv.version), "requested": version, "source": mv.source,
                   "training_run_id": (mv.tags or {}).get("training_run_id")}

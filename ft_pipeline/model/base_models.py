@@ -119,7 +119,8 @@ def resolve_base_model(spec: str, models_dir: Path, seed: int = 0) -> BaseModelI
 
         repo_id, _, revision = spec.partition("@")
         path = models_dir / "hub" / repo_id.replace("/", "--")
-        path = Path(snapshot_download(repo_id, revision=revision or None, local_dir=path, allow_patterns=list(_WEIGHT_FILES)))
+        path = Path(snapshot_download(repo_id, revision=revision or None, local_dir=path,
+                                      allow_patterns=list(_WEIGHT_FILES)))
         check_model_dir(path)
         commit = (path / ".cache" / "huggingface" / "download")
         rev = revision or _hub_commit(commit)
@@ -163,7 +164,8 @@ def check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path}: no *.safetensors weights; only safetensors are loaded (convert .bin weights first)")
+        raise FileNotFoundError(f"{path}: no *.safetensors weights; "
+                                "only safetensors are loaded (convert .bin weights first)")
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("auto_map"):
         raise ValueError(f"{path}: the model needs custom code (auto_map in config.json); "

@@ -30,13 +30,16 @@ FINETUNE_MODES = ("lora", "full")
 LAUNCHERS = ("in_process", "subprocess", "torchrun", "accelerate")
 # The allowed values of TrainOptions' knobs (knobs.py), checked when a config is built.
 KNOBS = {
-    "max_steps": knobs.POSITIVE, "per_device_train_batch_size": knobs.POSITIVE, "gradient_accumulation_steps": knobs.POSITIVE,
+    "max_steps": knobs.POSITIVE, "per_device_train_batch_size": knobs.POSITIVE,
+    "gradient_accumulation_steps": knobs.POSITIVE,
     "warm_start_steps": knobs.NON_NEGATIVE,
     "learning_rate": knobs.Knob(gt=0, le=1), "lr_scheduler_type": knobs.Knob(choices=knobs.LR_SCHEDULERS),
     "warmup_steps": knobs.NON_NEGATIVE, "weight_decay": knobs.NON_NEGATIVE, "max_grad_norm": knobs.NON_NEGATIVE,
     "finetune": knobs.Knob(choices=FINETUNE_MODES), "lora_r": knobs.POSITIVE, "lora_alpha": knobs.POSITIVE,
-    "lora_dropout": knobs.Knob(ge=0, lt=1), "bnb_4bit_quant_type": knobs.Knob(choices=("nf4", "fp4")), "max_length": knobs.POSITIVE,
-    "seed": knobs.NON_NEGATIVE, "save_steps": knobs.POSITIVE, "save_total_limit": knobs.POSITIVE, "logging_steps": knobs.POSITIVE,
+    "lora_dropout": knobs.Knob(ge=0, lt=1), "bnb_4bit_quant_type": knobs.Knob(choices=("nf4", "fp4")),
+    "max_length": knobs.POSITIVE,
+    "seed": knobs.NON_NEGATIVE, "save_steps": knobs.POSITIVE, "save_total_limit": knobs.POSITIVE,
+    "logging_steps": knobs.POSITIVE,
     "precision": knobs.PRECISION, "eval_steps": knobs.NON_NEGATIVE,
     "early_stopping_patience": knobs.NON_NEGATIVE,
     "launcher": knobs.Knob(choices=LAUNCHERS), "num_processes": knobs.POSITIVE,
@@ -92,7 +95,8 @@ class TrainOptions:
             found.append(("eval_steps", "early stopping and load_best_model_at_end need eval_steps > 0 (holdout loss)"))
         elif self.load_best_model_at_end and self.save_steps % self.eval_steps:
             found.append(("save_steps", f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple "
-                                        f"of eval_steps ({self.eval_steps}): only saved checkpoints can be the best one"))
+                                        f"of eval_steps ({self.eval_steps}): "
+                                        "only saved checkpoints can be the best one"))
         if found:
             raise knobs.KnobError(found)
 
@@ -180,7 +184,8 @@ def sft_config(opts: TrainOptions, checkpoint_dir: Path, run_name: str, report_t
     evaluate = has_eval and opts.eval_steps > 0
     return SFTConfig(
         output_dir=str(checkpoint_dir), run_name=run_name, max_steps=opts.max_steps,
-        per_device_train_batch_size=opts.per_device_train_batch_size, per_device_eval_batch_size=opts.per_device_train_batch_size,
+        per_device_train_batch_size=opts.per_device_train_batch_size,
+        per_device_eval_batch_size=opts.per_device_train_batch_size,
         gradient_accumulation_steps=opts.gradient_accumulation_steps, learning_rate=opts.learning_rate,
         lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
         max_grad_norm=opts.max_grad_norm, max_length=opts.max_length, seed=opts.seed, data_seed=opts.seed,
@@ -282,8 +287,8 @@ def load_tokenizer(base_dir: Path, opts: TrainOptions):
 
 
 def _trainable(model, adapter_dir: Path, args):
-    """For a warm start (registry/warm_start.py): the base (a path, or a model already loaded) with the adapter in `adapter_dir` loaded as trainable, for
-    the SFTTrainer built with SFTConfig `args`."""
+    """For a warm start (registry/warm_start.py): the base (a path, or a model already loaded) with the adapter in
+    `adapter_dir` loaded as trainable, for the SFTTrainer built with SFTConfig `args`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -6,7 +6,8 @@ conversational form TRL's DPOTrainer takes. A row that cannot be converted raise
   trl_preference       {"prompt", "chosen", "rejected"}: strings or message lists; with no "prompt", chosen and
                        rejected are whole conversations whose shared leading messages are the prompt (implicit)
   alpaca_preference    LLaMA-Factory: {"instruction", "input"?, "system"?, "history"?, "chosen": str, "rejected": str}
-  sharegpt_preference  LLaMA-Factory: {"conversations": [{"from", "value"}...], "system"?, "chosen": turn, "rejected": turn}
+  sharegpt_preference  LLaMA-Factory: {"conversations": [{"from", "value"}...], "system"?, "chosen": turn,
+                       "rejected": turn}
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def detect_format(rows: list[RawRow], path: Path | str) -> str:
 def to_pair(data: Any, fmt: str) -> dict:
     """{"prompt", "chosen", "rejected"} of one parsed row, checked by `check_pair`, or RowError."""
     if not isinstance(data, dict):
-        raise RowError("wrong_data_type", f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
+        raise RowError("wrong_data_type",
+                       f"wrong data type: the row is a JSON {type(data).__name__}, expected an object")
     if fmt == "openai_preference":
         prompt = _messages(_field(_field(data, "input", dict), "messages", list, "'input'"), "input")
         chosen, rejected = (_messages(_field(data, k, list), k) for k in ("preferred_output", "non_preferred_output"))

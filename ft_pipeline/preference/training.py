@@ -25,11 +25,14 @@ _NOT_IN_FINGERPRINT = ("enabled", "logging_steps", "save_steps", "save_total_lim
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 KNOBS = {
-    "max_steps": knobs.POSITIVE, "per_device_train_batch_size": knobs.POSITIVE, "gradient_accumulation_steps": knobs.POSITIVE,
+    "max_steps": knobs.POSITIVE, "per_device_train_batch_size": knobs.POSITIVE,
+    "gradient_accumulation_steps": knobs.POSITIVE,
     "learning_rate": knobs.Knob(gt=0, le=1), "lr_scheduler_type": knobs.Knob(choices=knobs.LR_SCHEDULERS),
     "warmup_steps": knobs.NON_NEGATIVE, "max_grad_norm": knobs.NON_NEGATIVE, "beta": knobs.Knob(gt=0),
-    "loss_type": knobs.Knob(choices=DPO_LOSS_TYPES), "label_smoothing": knobs.Knob(ge=0, lt=0.5), "sft_weight": knobs.NON_NEGATIVE, "max_length": knobs.POSITIVE,
-    "seed": knobs.NON_NEGATIVE, "save_steps": knobs.POSITIVE, "save_total_limit": knobs.POSITIVE, "logging_steps": knobs.POSITIVE,
+    "loss_type": knobs.Knob(choices=DPO_LOSS_TYPES), "label_smoothing": knobs.Knob(ge=0, lt=0.5),
+    "sft_weight": knobs.NON_NEGATIVE, "max_length": knobs.POSITIVE,
+    "seed": knobs.NON_NEGATIVE, "save_steps": knobs.POSITIVE, "save_total_limit": knobs.POSITIVE,
+    "logging_steps": knobs.POSITIVE,
     "precision": knobs.PRECISION, "holdout_fraction": knobs.Knob(gt=0, lt=1),
 }
 
@@ -194,4 +197,5 @@ def train_preference(base_dir: Path, sft_dir: Path, pairs: list[dict], checkpoin
     return PreferenceResult(adapter_dir=out_dir, global_step=state.global_step, train_loss=float(out.training_loss),
                             train_runtime_s=float(out.metrics.get("train_runtime", 0)), resumed_from=last,
                             train_tokens=int(state.num_input_tokens_seen or 0), pairs=len(pairs),
-                            log_history=list(state.log_history), finetune="lora" if hasattr(model, "peft_config") else "full")
+                            log_history=list(state.log_history),
+                            finetune="lora" if hasattr(model, "peft_config") else "full")

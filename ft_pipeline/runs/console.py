@@ -1,6 +1,7 @@
 """What `ft-pipeline run` prints while it works: one line per stage as it finishes, a progress bar with ETA
-while an adapter trains and while each model answers the evaluation sets, a line per model evaluated. Dagster's run log (the UI, `dagster debug`) keeps every
-detail; this is a Dagster logger (`stages`) that `ft-pipeline run` turns on instead of the console logger."""
+while an adapter trains and while each model answers the evaluation sets, a line per model evaluated. Dagster's
+run log (the UI, `dagster debug`) keeps every detail; this is a Dagster logger (`stages`) that `ft-pipeline run`
+turns on instead of the console logger."""
 
 from __future__ import annotations
 

@@ -149,7 +149,8 @@ def holders(instance, pool: str, exclude: str = "") -> list[str]:
         alive = process_alive(run.tags)
         who = ("launched outside ft-pipeline run or on another host" if alive is None else
                f"pid {run.tags[PID]} {'alive' if alive else 'gone'}")
-        out.append(f"run {run.run_id} ({run.job_name}, {run.status.value}, started {when}, step {slot.step_key}, {who})")
+        out.append(f"run {run.run_id} ({run.job_name}, {run.status.value}, started {when}, "
+                   f"step {slot.step_key}, {who})")
     return out
 
 
