@@ -169,3 +169,17 @@ def test_a_max_tokens_cut_is_length_with_the_cut_text_and_parse_raises(srv):
     with pytest.raises(openai.LengthFinishReasonError):
         srv.client.chat.completions.parse(model=NAME, messages=ASK, response_format=Ticket, temperature=0,
                                           max_tokens=4)
+
+
+def test_the_registered_pyfunc_takes_response_format_as_a_param(srv):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    assert {p.name for p in model.metadata.signature.params} == {"max_new_tokens", "response_format"}
+    fmt = json.dumps(schema_format(SHORT, "short"))
+    answers = model.predict(["refund please", "cancel it"], params={"response_format": fmt, "max_new_tokens": 120})
+    for text in answers:
+        jsonschema.validate(json.loads(text), SHORT)
+    assert len(model.predict(["hi"], params={"max_new_tokens": 3})[0].encode()) <= 3 * 4  # free text, still
+    with pytest.raises(Exception, match="root must be an object"):
+        model.predict(["hi"], params={"response_format": json.dumps(schema_format({"type": "array"}))})
