@@ -48,10 +48,13 @@ def left_padded(enc: list[list[int]], pad: int):
 
 
 def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 64,
-             details: bool = False, progress: Callable[[int, int], None] | None = None):
+             details: bool = False, progress: Callable[[int, int], None] | None = None, grammars=None,
+             response_format=None):
     """Greedy completions, batched with left padding; batches hold prompts of similar length. Generation stops
     at the end-of-turn (eos) token. With `details`, also (new tokens, stopped by itself) per completion.
-    `progress(done, total)` is called after each batch with the number of completions done."""
+    `progress(done, total)` is called after each batch with the number of completions done. A constrained
+    `response_format` (structured.formats.ResponseFormat) is enforced on every answer with `grammars`
+    (structured.grammar.Grammars of `tok`)."""
     import torch
 
     enc = chat_prompt_ids(tok, conversations)
@@ -63,19 +66,27 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         idx = order[start:start + batch_size]
         ids, mask = left_padded([enc[i] for i in idx], pad_id(tok))
         width = ids.shape[1]
+        processors = None
+        if response_format is not None and response_format.constrained:
+            from ft_pipeline.structured.grammar import GrammarMask
+
+            processors = [GrammarMask([grammars.matcher(response_format) for _ in idx], tok.eos_token_id)]
         with torch.inference_mode():
-            out = _greedy(model, tok, ids, mask, max_new_tokens)
+            out = _greedy(model, tok, ids, mask, max_new_tokens, processors=processors)
         _read_answers(tok, out, width, idx, outputs, info)
         if progress is not None:
             progress(start + len(idx), len(order))
     return (outputs, info) if details else outputs
 
 
-def _greedy(model, tok, ids, mask, max_new_tokens: int, cache=None):
+def _greedy(model, tok, ids, mask, max_new_tokens: int, cache=None, processors=None):
+    from transformers import LogitsProcessorList
+
     pad = pad_id(tok)
     return model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                           max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                          eos_token_id=tok.eos_token_id, past_key_values=cache)
+                          eos_token_id=tok.eos_token_id, past_key_values=cache,
+                          logits_processor=LogitsProcessorList(processors or []))
 
 
 def _read_answers(tok, out, width: int, idx: list[int], outputs: list[str], info: list[tuple[int, bool]]) -> None:

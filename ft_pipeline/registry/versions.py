@@ -8,12 +8,16 @@ from pathlib import Path
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-PIP_REQUIREMENTS = ["torch", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0", "safetensors"]
+PIP_REQUIREMENTS = ["torch", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0", "safetensors",
+                    "llguidance==1.9.1"]
 
 
 class AdapterModel(PythonModel):
     """Base model + LoRA adapter, or a fully fine-tuned model.
-    predict(["user message", ...]) -> ["completion", ...]."""
+    predict(["user message", ...]) -> ["completion", ...]; params `max_new_tokens` and `response_format`
+    (OpenAI's, as a dict or its JSON text: every answer then follows the schema, compact JSON)."""
+
+    _grammars = None
 
     def load_context(self, context):
         from ft_pipeline.evaluation.scoring import load_tuned
@@ -25,13 +29,45 @@ class AdapterModel(PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 128))
         self.system_prompt = context.model_config.get("system_prompt") or None
 
-    def predict(self, model_input: list[str], params: dict | None = None) -> list[str]:
+    def predict(self, model_input, params: dict | None = None) -> list[str]:
         from ft_pipeline.evaluation.scoring import generate
 
+        if hasattr(model_input, "iloc"):  # through MLflow's schema enforcement: a one-column DataFrame
+            model_input = model_input.iloc[:, 0].tolist()
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         convs = [system + [{"role": "user", "content": str(m)}] for m in model_input]
-        max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
-        return generate(self.model, self.tokenizer, convs, max_new_tokens=max_new)
+        max_new = int((params or {}).get("max_new_tokens") or self.max_new_tokens)  # 0: the logged default
+        fmt = self.response_format((params or {}).get("response_format"))
+        return generate(self.model, self.tokenizer, convs, max_new_tokens=max_new, response_format=fmt,
+                        grammars=self._grammars)
+
+    def response_format(self, raw):
+        """The ResponseFormat `raw` asks for (None for text); ValueError naming the problem (MLflow's 400)."""
+        import json
+
+        from ft_pipeline.structured.formats import parse_response_format
+        from ft_pipeline.structured.grammar import Grammars
+
+        fmt = parse_response_format(json.loads(raw) if isinstance(raw, str) and raw.strip() else raw or None)
+        if not fmt.constrained:
+            return None
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.tokenizer.eos_token_id)
+        self._grammars.matcher(fmt)  # compiles (and caches) it now: a bad schema fails before generating
+        return fmt
+
+
+def signature():
+    """Strings in, strings out, and the params `predict` reads: MLflow passes a pyfunc only the params its
+    signature declares (predict's input has no type hint, since a signature inferred from type hints would take
+    its params from an input example, which MLflow then runs at every registration). A JSON Schema has no fixed
+    shape, so response_format travels as JSON text (a dict works when calling the Python model itself)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 0),
+                                              ParamSpec("response_format", "string", "")]))
 
 
 def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
@@ -53,6 +89,7 @@ def log_adapter_model(adapter_dir: Path, base: dict, name: str = "model",
     entry = Path(__file__).with_name("adapter_pyfunc.py")  # models from code: see that file
     return mlflow.pyfunc.log_model(name=name, python_model=str(entry), artifacts=artifacts,
                                    model_config=config, pip_requirements=PIP_REQUIREMENTS,
+                                   signature=signature(),
                                    code_paths=[str(Path(ft_pipeline.__file__).parent)])
 
 

@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ft_pipeline.serving.batching import Batcher, Job
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served
-from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, parse_request
+from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
+from ft_pipeline.structured.formats import FormatError
 
 log = logging.getLogger("ft_pipeline.serving")
 
@@ -31,9 +32,11 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(ApiError(status, message, type, param, code).body(), status_code=status)
 
 
-def _prepare(served: Served, req: ChatRequest, default_max_tokens: int) -> tuple[list[int], int]:
-    """The prompt's token ids (the model's own chat template, as in training and evaluation) and the completion
-    budget; 400 when they do not fit the model's context or the template refuses the conversation."""
+def _prepare(served: Served, req: ChatRequest, default_max_tokens: int) -> tuple[list[int], int, object]:
+    """The prompt's token ids (the model's own chat template, as in training and evaluation), the completion
+    budget and the matcher of its response_format (compiled here, in the request's thread, so a slow schema
+    never holds up the generation thread); 400 when they do not fit the model's context, the template refuses
+    the conversation or the schema does not compile."""
     from jinja2.exceptions import TemplateError
 
     from ft_pipeline.evaluation.scoring import chat_prompt_ids
@@ -46,10 +49,14 @@ def _prepare(served: Served, req: ChatRequest, default_max_tokens: int) -> tuple
         raise ApiError(400, f"The model's chat template refused these messages: {e}", param="messages") from None
     if (err := context_error(served.max_context, len(ids), req.budget())) is not None:
         raise err
-    return ids, req.budget() or min(default_max_tokens, served.max_context - len(ids))
+    try:
+        matcher = served.grammars().matcher(req.format) if req.format.constrained else None
+    except FormatError as e:
+        raise format_error(e) from None
+    return ids, req.budget() or min(default_max_tokens, served.max_context - len(ids)), matcher
 
 
-def _job(served: Served, req: ChatRequest, ids: list[int], budget: int) -> tuple[Job, asyncio.Queue]:
+def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=None) -> tuple[Job, asyncio.Queue]:
     """A job for the generation thread and the queue its events arrive on, in this event loop."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -61,7 +68,7 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int) -> tuple
 
     temperature = 1.0 if req.temperature is None else req.temperature
     job = Job(served, ids, budget, emit, temperature=temperature, top_p=req.top_p or 1.0, seed=req.seed,
-              stop=tuple(req.stop or ()), stream=bool(req.stream))
+              stop=tuple(req.stop or ()), stream=bool(req.stream), matcher=matcher)
     return job, events
 
 
@@ -156,8 +163,8 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
     async def chat_completions(request: Request):
         req = parse_request(await read_body(request))
         served = await run_in_threadpool(store.get, req.model)
-        ids, budget = await run_in_threadpool(_prepare, served, req, cfg.default_max_tokens)
-        job, events = _job(served, req, ids, budget)
+        ids, budget, matcher = await run_in_threadpool(_prepare, served, req, cfg.default_max_tokens)
+        job, events = _job(served, req, ids, budget, matcher)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model,
                 "system_fingerprint": served.fingerprint}
         headers = {VERSION_HEADER: served.version}
@@ -177,7 +184,7 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
                 reason, n = rest
                 break
         body = {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts), "refusal": None},
                              "logprobs": None, "finish_reason": reason}],
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}}
         return JSONResponse(body, headers=headers)

@@ -2,6 +2,9 @@
 waits up to a short window for others (or until the batch is full), and runs `model.generate` once per group
 of requests that can share a call.
 
+Constrained (response_format) and free requests share a call: a GrammarMask masks each constrained row with
+its own matcher, compiled in the request's thread before the job was queued.
+
 A group is one loaded version and one way of choosing tokens: every greedy request of a version together;
 sampled requests together when they share temperature and top_p; a request with a `seed` alone, so that its
 answer depends on its seed only and not on what it was batched with. Within a call each row has its own
@@ -17,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ft_pipeline.evaluation.scoring import left_padded, pad_id
+from ft_pipeline.structured.grammar import GrammarMask
 
 log = logging.getLogger("ft_pipeline.serving")
 
@@ -40,6 +44,7 @@ class Job:
     stop: tuple[str, ...] = ()
     stream: bool = True  # False: the text arrives as one delta when the row ends (no event-loop wakeup per token)
     cancelled: bool = False  # set when the client went away: the row stops at the next token
+    matcher: object | None = None  # llguidance matcher of the request's response_format; None: free text
     submitted: float = field(default_factory=time.monotonic)
 
     def group_key(self) -> tuple:
@@ -48,6 +53,19 @@ class Job:
         if self.seed is not None:
             return id(self.served), "seeded", id(self)
         return id(self.served), "sample", self.temperature, self.top_p
+
+
+class _MaskStats:
+    """Time spent masking, and the constrained tokens it was spent on (the serve benchmark reads it)."""
+
+    def __init__(self):
+        self.seconds, self.tokens = 0.0, 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.seconds, self.tokens = self.seconds + seconds, self.tokens + tokens
+
+
+MASK_STATS = _MaskStats()
 
 
 def holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -132,11 +150,18 @@ def generate_group(jobs: list[Job]) -> None:
         choose = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
         if first.seed is not None:
             torch.manual_seed(first.seed)  # only this thread generates, and a seeded job is alone in its call
+    processors = LogitsProcessorList()
+    if any(j.matcher is not None for j in jobs):
+        grammar = GrammarMask([j.matcher for j in jobs], tok.eos_token_id, ended=lambda row: bool(rows.done[row]))
+        processors.append(grammar)
     with torch.inference_mode():
         model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                        max_new_tokens=max(j.max_new_tokens for j in jobs), pad_token_id=pad,
-                       eos_token_id=tok.eos_token_id, stopping_criteria=StoppingCriteriaList([rows]), **choose)
+                       eos_token_id=tok.eos_token_id, stopping_criteria=StoppingCriteriaList([rows]),
+                       logits_processor=processors, **choose)
     rows.finish_rest()
+    if processors:
+        MASK_STATS.add(grammar.mask_s, sum(rows.n[i] for i, j in enumerate(jobs) if j.matcher is not None))
 
 
 class Batcher:

@@ -40,6 +40,18 @@ class Served:
     tokenizer: Any
     max_context: int  # prompt + completion tokens the model takes
     created: int = field(default_factory=lambda: int(time.time()))
+    _grammars: Any = field(default=None, repr=False)
+    _grammars_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def grammars(self):
+        """structured.grammar.Grammars for this version's tokenizer, built on first use (once)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from ft_pipeline.structured.grammar import Grammars
+
+                vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+                self._grammars = Grammars(self.tokenizer, vocab, self.tokenizer.eos_token_id)
+            return self._grammars
 
     @property
     def fingerprint(self) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from ft_pipeline.structured.formats import TEXT, FormatError, ResponseFormat, mentions_json, parse_response_format
 
 
 class ApiError(Exception):
@@ -62,7 +64,8 @@ class ChatRequest(_Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | None = None
     tools: list | None = None
-    response_format: dict | None = None
+    response_format: Any = None  # read by structured.formats (its own messages)
+    _format: ResponseFormat = PrivateAttr(default=TEXT)  # response_format, read and checked by parse_request
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -74,6 +77,10 @@ class ChatRequest(_Strict):
 
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def format(self) -> ResponseFormat:
+        return self._format
 
 
 def _param(loc: tuple) -> str:
@@ -105,9 +112,7 @@ def unsupported(req: ChatRequest) -> ApiError | None:
               ("presence_penalty", bool(req.presence_penalty), "is not supported (send 0 or leave it out)"),
               ("frequency_penalty", bool(req.frequency_penalty), "is not supported (send 0 or leave it out)"),
               ("logprobs", bool(req.logprobs), "is not supported"),
-              ("tools", bool(req.tools), "tool calling is not supported by this model"),
-              ("response_format", bool(req.response_format) and req.response_format.get("type") != "text",
-               "only {'type': 'text'} is supported")]
+              ("tools", bool(req.tools), "tool calling is not supported by this model")]
     for param, bad, why in checks:
         if bad:
             return ApiError(400, f"Invalid '{param}': {why}.", param=param, code="unsupported_parameter")
@@ -128,7 +133,26 @@ def parse_request(raw: bytes) -> ChatRequest:
         raise from_validation(e) from None
     if (err := unsupported(req)) is not None:
         raise err
+    req._format = read_format(req)
     return req
+
+
+def read_format(req: ChatRequest) -> ResponseFormat:
+    """The request's response_format; 400 naming the problem (param "response_format") when it is malformed or,
+    with strict: true, outside OpenAI's strict subset; json_object needs the word "json" in the messages."""
+    try:
+        fmt = parse_response_format(req.response_format)
+    except FormatError as e:
+        raise format_error(e) from None
+    if fmt.type == "json_object" and not mentions_json([m.content for m in req.messages]):
+        raise ApiError(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+                            "type 'json_object'.", param="messages", code="invalid_value")
+    return fmt
+
+
+def format_error(e: FormatError) -> ApiError:
+    msg = str(e) if str(e).startswith("Invalid schema") else f"Invalid 'response_format': {e}"
+    return ApiError(400, msg, param="response_format", code="invalid_value")
 
 
 def context_error(limit: int, prompt: int, completion: int | None) -> ApiError | None:
