@@ -60,8 +60,8 @@ backfill: $(VENV)/.installed  ## re-ingest every drop partition as one Dagster b
 
 # The GPU check (README, "GPU check"). gpu-bundle builds here the wheels the GPU machine lacks (gpu-bundle/,
 # git-ignored: carry it there beside the working tree). gpu-check runs there on that machine's own python3 (no venv,
-# no registry; without make: python3 -m ft_pipeline.gpu_check), or here on the CPU with GPU_CHECK_DRY=1. The device
-# invocation: carry ["gpu-bundle"], command `make gpu-check || python3 -m ft_pipeline.gpu_check` (see README).
+# no registry), or here on the CPU with GPU_CHECK_DRY=1. The device invocation: carry ["gpu-bundle"], command
+# `if command -v make >/dev/null; then make gpu-check; else python3 -m ft_pipeline.gpu_check; fi`, timeout ~560 s.
 GPU_CHECK_DRY ?=
 GPU_DRY := $(filter-out 0,$(GPU_CHECK_DRY))
 GPU_PY ?= python3
