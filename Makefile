@@ -14,7 +14,7 @@ XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscop
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
 PRESET ?= configs/cpu_smollm2.yaml
 
-.PHONY: run test test-fast lint bench ui serve backfill clean
+.PHONY: run test test-fast lint bench ui serve backfill clean gpu-bundle gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -57,6 +57,20 @@ serve: $(VENV)/.installed  ## the champion behind the OpenAI Chat Completions AP
 backfill: $(VENV)/.installed  ## re-ingest every drop partition as one Dagster backfill (the daemon of `make ui` runs it)
 	@set -a; eval "$$($(PY) -m ft_pipeline.cli env)"; set +a; \
 	$(VENV)/bin/dagster job backfill -j ingest_drop --all true --noprompt -w $(CURDIR)/workspace.yaml
+
+# The GPU check (README, "GPU check"). gpu-bundle builds here the wheels the GPU machine lacks (gpu-bundle/,
+# git-ignored: carry it there beside the working tree). gpu-check runs there on that machine's own python3 (no venv,
+# no registry), or here on the CPU with GPU_CHECK_DRY=1. The device invocation: carry ["gpu-bundle"], command
+# `if command -v make >/dev/null; then make gpu-check; else python3 -m ft_pipeline.gpu_check; fi`, timeout ~560 s.
+GPU_CHECK_DRY ?=
+GPU_DRY := $(filter-out 0,$(GPU_CHECK_DRY))
+GPU_PY ?= python3
+
+gpu-bundle: $(VENV)/.installed  ## the wheels the GPU machine lacks (CPython 3.12, manylinux) into gpu-bundle/
+	$(PY) -m ft_pipeline.gpu_check.bundle build
+
+gpu-check: $(if $(GPU_DRY),$(VENV)/.installed)  ## on the GPU machine; summary into $OUT (GPU_CHECK_DRY=1: here)
+	GPU_CHECK_DRY=$(GPU_CHECK_DRY) $(if $(GPU_DRY),$(PY),$(GPU_PY)) -m ft_pipeline.gpu_check
 
 clean:  ## remove everything the pipeline wrote (not the venv)
 	rm -rf "$(FT_PIPELINE_HOME)"

@@ -1,5 +1,6 @@
 """Base models: `builtin:tiny` (a small Llama and byte-level tokenizer built locally, deterministically, with no
-network), a GGUF file (`gguf:/abs/path.gguf`, or the packaged `smollm2-135m-instruct`), a local model directory,
+network), `builtin:smollm2-shape` (the same for a random Llama of SmolLM2-135M's exact shape: see below),
+a GGUF file (`gguf:/abs/path.gguf`, or the packaged `smollm2-135m-instruct`), a local model directory,
 or a Hugging Face Hub id. All of them end as a local directory of safetensors weights, config and tokenizer,
 loaded by the same code."""
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from ft_pipeline import knobs
 
 BUILTIN_TINY = "builtin:tiny"
+BUILTIN_SMOLLM2_SHAPE = "builtin:smollm2-shape"  # build_smollm2_shape
+BUILTINS = (BUILTIN_TINY, BUILTIN_SMOLLM2_SHAPE)
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # {% generation %} marks the tokens that carry loss (TRL's assistant_only_loss); an assistant message with
 # weight 0 is shown to the model but not supervised.
@@ -29,8 +32,9 @@ CHAT_TEMPLATE = (
 TINY_ARCH = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=4, max_position_embeddings=2048)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-_NOT_A_SPEC = ("is neither 'builtin:tiny', 'smollm2-135m-instruct', a GGUF file ('gguf:/abs/model.gguf'), an "
-               "absolute or ./relative local directory, nor a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
+_NOT_A_SPEC = ("is neither 'builtin:tiny', 'builtin:smollm2-shape', 'smollm2-135m-instruct', a GGUF file "
+               "('gguf:/abs/model.gguf'), an absolute or ./relative local directory, nor a Hub id like "
+               "'Qwen/Qwen2.5-0.5B-Instruct[@revision]'")
 _WEIGHT_FILES = ("*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja")
 
 
@@ -82,6 +86,74 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+# builtin:smollm2-shape: a Llama of SmolLM2-135M's exact shape (30 layers, hidden 576, MLP 1536, 9 heads, 3 KV heads,
+# a tied 49,152-token vocabulary: 134,515,008 parameters), random from a seed and built here with no download, like
+# builtin:tiny. Its speed, memory and MFU are the real model's (the weights do not change the arithmetic); what it
+# answers means nothing. Its tokenizer is a byte-level BPE trained on the committed demo drops (5,585 tokens learned,
+# splitting words and JSON much as SmolLM2's does, so examples are about as long in tokens), its vocabulary padded
+# to 49,152 with entries no text maps to, so the embedding and LM head have the real size. Deterministic: the same
+# seed (and demo drops) gives the same content hash.
+# SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), less its token ids: this tokenizer has its own.
+SMOLLM2_ARCH = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu",
+                    max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+                    initializer_range=0.041666666666666664, tie_word_embeddings=True)
+# The committed demo drops the tokenizer learns from, in this order (not FT_PIPELINE_RAW_DIR: the model must not
+# depend on where a user keeps their drops).
+CORPUS = ("2026-01-support_chat.jsonl", "2026-02-helpdesk_alpaca.json", "2026-03-tickets.csv")
+
+
+def _corpus_lines():
+    from ft_pipeline.settings import REPO_ROOT
+
+    for name in CORPUS:
+        yield from (REPO_ROOT / "data" / "raw" / name).read_text(encoding="utf-8").splitlines()
+
+
+def build_smollm2_shape_tokenizer():
+    """The byte-level BPE (special tokens first, as builtin:tiny's), padded to SMOLLM2_ARCH's vocabulary size."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    size = SMOLLM2_ARCH["vocab_size"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus_lines(), trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    # Entries no merge produces: they only make the vocabulary as large as the model's.
+    vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), size)})
+    tok = Tokenizer.from_str(json.dumps(spec))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
+                                   chat_template=CHAT_TEMPLATE,
+                                   model_max_length=SMOLLM2_ARCH["max_position_embeddings"])
+
+
+def build_smollm2_shape(out_dir: Path, seed: int = 0) -> Path:
+    """Write the model (random init from `seed`, saved in bf16 as SmolLM2's own weights are) and its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_smollm2_shape_tokenizer()
+    assert len(tok) == SMOLLM2_ARCH["vocab_size"], len(tok)
+    config = LlamaConfig(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                         **SMOLLM2_ARCH)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
 def content_hash(model_dir: Path) -> str:
     """sha256 over the weights, config and tokenizer files (names and bytes), in name order."""
     h = hashlib.sha256()
@@ -110,6 +182,9 @@ def resolve_base_model(spec: str, models_dir: Path, seed: int = 0) -> BaseModelI
     if spec == BUILTIN_TINY:
         path = build_tiny(models_dir / "builtin-tiny", seed=seed)
         return BaseModelInfo(spec, path, "builtin", None, content_hash(path))
+    if spec == BUILTIN_SMOLLM2_SHAPE:
+        path = build_smollm2_shape(models_dir / "builtin-smollm2-shape", seed=seed)
+        return BaseModelInfo(spec, path, "builtin", None, content_hash(path))
     local = Path(spec).expanduser()
     if local.is_absolute() or spec.startswith("."):
         check_model_dir(local)
@@ -133,7 +208,7 @@ def spec_problem(spec: str) -> str | None:
     for its form only), or None."""
     from ft_pipeline.model import gguf_models
 
-    if spec == BUILTIN_TINY or _HUB_ID.match(spec) or spec in gguf_models.PACKAGED:
+    if spec in BUILTINS or _HUB_ID.match(spec) or spec in gguf_models.PACKAGED:
         return None
     if spec.startswith(gguf_models.GGUF_PREFIX):
         path = Path(spec[len(gguf_models.GGUF_PREFIX):]).expanduser()

@@ -40,7 +40,18 @@ def result_to_json(res) -> dict:
     out = {k: v for k, v in asdict(res).items() if k != "log_history"}
     out["adapter_dir"] = str(res.adapter_dir)
     out["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    out.update(peak_memory())
     return out
+
+
+def peak_memory() -> dict:
+    """This process's peak memory: GPU memory torch allocated on its device (None without CUDA), and resident."""
+    import resource
+
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return {"peak_gpu_memory_bytes": gpu, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main(argv: list[str] | None = None) -> int:
