@@ -24,9 +24,9 @@ def test_each_model_evaluated_gets_its_own_bar_and_then_one_line(monkeypatch):
     assert (handler.bar.desc, handler.bar.n, handler.bar.total) == ("  evaluating base (holdout)", 64, 255)
     handler.emit(info("evaluating tuned (holdout): 8/255 answers"))  # the next model: a bar of its own
     assert (handler.bar.desc, handler.bar.n) == ("  evaluating tuned (holdout)", 8)
-    handler.emit(info("evaluated tuned (holdout): 255 answers generated, the rest from cache"))
+    handler.emit(info("evaluated tuned (holdout): 255 answers generated"))
     assert handler.bar is None
-    assert out.getvalue() == "        evaluated tuned (holdout): 255 answers generated, the rest from cache\n"
+    assert out.getvalue() == "        evaluated tuned (holdout): 255 answers generated\n"
     assert "evaluating base (holdout)" in err.getvalue()  # drawn on stderr, beside the run's lines
     handler.emit(info("something else"))  # other log lines stay in the run log only
     assert out.getvalue().count("\n") == 1

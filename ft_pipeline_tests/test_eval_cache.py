@@ -4,6 +4,7 @@ generated; an answer that stopped by itself is reused under a larger budget, one
 import pytest
 
 from ft_pipeline.evaluation.cache import EvalCache, example_key
+from ft_pipeline.evaluation.run import answer_counts
 from ft_pipeline.evaluation.scoring import evaluate
 from ft_pipeline.model.base_models import load_model_and_tokenizer
 
@@ -32,6 +33,17 @@ def test_cached_results_equal_fresh_ones_and_only_new_examples_generate(model_to
     assert grown["generated"] == 1
     other = evaluate(model, tok, [rec(0)], 12, 4, cache=EvalCache(tmp_path, "another-model"))
     assert other["generated"] == 1
+
+
+def test_the_evaluated_line_says_how_many_answers_were_generated_and_how_many_read_back(model_tok, tmp_path):
+    model, tok = model_tok
+    said = lambda n: answer_counts(  # noqa: E731
+        evaluate(model, tok, [rec(i) for i in range(n)], 12, 4, cache=EvalCache(tmp_path, "m"))["generated"], n)
+    assert said(4) == "4 answers generated"  # none in the cache: no "the rest from cache"
+    assert said(4) == "all 4 answers from cache"
+    assert said(6) == "2 answers generated, 4 from cache"
+    assert said(7) == "1 answer generated, 6 from cache"
+    assert answer_counts(1, 1) == "1 answer generated" and answer_counts(0, 1) == "1 answer from cache"
 
 
 @pytest.mark.parametrize("finished, n_new, stored_budget, budget, reused", [

@@ -1,6 +1,6 @@
 """The accidents of issue 12 item 1, with the real CLI on an isolated home: SIGKILL mid-training and run again
-(resumes from the checkpoint, registers), SIGTERM mid-training (stops within seconds, slot freed, checkpoint
-kept), Ctrl-C while waiting for the `gpu` slot (exits within seconds, leaves
+(resumes from the checkpoint, registers), SIGTERM or a terminal's Ctrl-C mid-training (stops within seconds with
+one line, slot freed, checkpoint kept), Ctrl-C while waiting for the `gpu` slot (exits within seconds, leaves
 nothing behind), and two runs started at once on one home (both end well, one registered version)."""
 
 import os
@@ -24,9 +24,12 @@ _LIGHT = {"preference_adapter": {"enabled": False},
           "evaluation_report": {"max_examples": 4, "max_new_tokens": 16, "retention_prompts": 2}}
 
 
-def _start(env, log: Path, preset=SMOKE):
+def _start(env, log: Path, preset=SMOKE, own_group=False):
+    # own_group: a process group of its own, as a shell gives a foreground job, which a terminal's Ctrl-C reaches
+    # whole (and this test's killpg does not reach pytest)
     return subprocess.Popen([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset", str(preset)], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                            process_group=0 if own_group else None)
 
 
 def _until(pred, what, timeout=600):
@@ -80,20 +83,27 @@ def test_sigkill_mid_training_then_run_again_resumes_from_the_checkpoint_and_reg
     assert _registered_versions(tmp_path) == 1
 
 
-def test_sigterm_mid_training_stops_within_seconds_frees_the_slot_and_keeps_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
+def test_sigterm_or_ctrl_c_mid_training_stops_within_seconds_frees_the_slot_and_keeps_the_checkpoint(tmp_path, how):
     env = isolated_env(tmp_path)
     preset = smoke_preset(tmp_path / "long.yaml", lora_adapter={"max_steps": 400, "save_steps": 2})
     log = tmp_path / "run.log"
-    proc = _start(env, log, preset)
+    proc = _start(env, log, preset, own_group=how == "ctrl_c")
     ckpts = tmp_path / "home" / "checkpoints"
     _until(lambda: list(ckpts.glob("*/checkpoint-*/trainer_state.json")), "a training checkpoint", timeout=900)
     t0 = time.monotonic()
-    proc.terminate()  # what `kill`, systemd or a container runtime sends first
+    if how == "sigterm":
+        proc.terminate()  # what `kill`, systemd or a container runtime sends first
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: SIGINT to every process of the foreground job
     proc.wait(timeout=60)
     took = time.monotonic() - t0
-    print(f"exit {took:.2f} s after SIGTERM")
-    assert proc.returncode == 130 and took < 10, log.read_text()[-3000:]
-    assert "interrupted: the run is marked failed" in log.read_text()
+    print(f"exit {took:.2f} s after {how}")
+    out = log.read_text()
+    assert proc.returncode == 130 and took < 10, out[-3000:]
+    assert "interrupted: the run is marked failed" in out
+    # the one line, not the tracebacks of helper processes that got the same SIGINT
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
     training = _instance(tmp_path).get_runs()[0]  # the newest: the split ran in a run of its own before it
     assert training.job_name == "train_and_register" and training.status == dg.DagsterRunStatus.FAILURE
     assert not [r for r in _instance(tmp_path).get_runs() if not r.is_finished]

@@ -58,11 +58,13 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
 
     from ft_pipeline.cli import presets
     from ft_pipeline.definitions import defs
+    from ft_pipeline.runs import console
     from ft_pipeline.runs import control as runs
 
     preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
                           ) if preset_path else {}
     runs.sigterm_as_interrupt()
+    console.stage_lines_only()
     with runs.home_lock(settings.home()):
         # inside the lock: Dagster's SQLite run and schedule storages create their tables without guarding
         # against a second process doing the same ("table secondary_indexes already exists")

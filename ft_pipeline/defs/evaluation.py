@@ -83,7 +83,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     out = eval_run.evaluate_all(
         adapter["base"], adapter["adapter_dir"], holdout, fixed, home.root / "cache", config.max_new_tokens,
         config.batch_size, champion=(loader, (champ.tags or {}).get("eval.cache_key")) if champ else None,
-        log=lambda what, n: context.log.info("evaluated %s: %d answers generated, the rest from cache", what, n),
+        log=lambda what, generated, total: context.log.info("evaluated %s: %s", what,
+                                                            eval_run.answer_counts(generated, total)),
         progress=lambda what, done, total: context.log.info("evaluating %s: %d/%d answers", what, done, total),
         more={"dpo": dpo["adapter_dir"]} if dpo else None,
         pairs=read_jsonl(pairs_file) if pairs_file.exists() else None, retention_prompts=config.retention_prompts)

@@ -30,10 +30,22 @@ def tuned_key(base_sha256: str, adapter_dir: Path | str) -> str:
     return eval_cache.model_key(base_sha256, content_hash(Path(adapter_dir)))
 
 
+def answer_counts(generated: int, total: int) -> str:
+    """Where a model's `total` answers on a set came from, for the line logged once it is evaluated: generated
+    now, read from the evaluation cache, or both."""
+    answers = lambda n: f"{n} answer{'' if n == 1 else 's'}"  # noqa: E731
+    if generated == total:
+        return f"{answers(total)} generated"
+    if generated == 0:
+        return f"all {answers(total)} from cache" if total > 1 else f"{answers(total)} from cache"
+    return f"{answers(generated)} generated, {total - generated} from cache"
+
+
 def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed: list[dict], cache_dir: Path,
                  max_new_tokens: int = 128, batch_size: int = 64,
                  champion: tuple[Callable, str | None] | None = None,
-                 log: Callable[[str, int], None] = lambda name, n: None, more: dict[str, Path] | None = None,
+                 log: Callable[[str, int, int], None] = lambda what, generated, total: None,
+                 more: dict[str, Path] | None = None,
                  pairs: list[dict] | None = None,
                  progress: Callable[[str, int, int], None] = lambda what, done, total: None,
                  retention_prompts: int = len(retention.PROMPTS)) -> dict:
@@ -41,9 +53,11 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
     of further adapters on the same base (the DPO adapter), evaluated like the tuned one; `pairs` are holdout
-    preference pairs, scored for pair accuracy by base, tuned and `more` models. `progress(what, done, total)`
-    follows each model's generation on each set, a batch at a time. The retention check uses the first
-    `retention_prompts` of its prompts (0: no retention check)."""
+    preference pairs, scored for pair accuracy by base, tuned and `more` models. `log(what, generated, total)`
+    follows each model evaluated on each set: of its `total` answers, `generated` were not in the evaluation
+    cache (answer_counts words it). `progress(what, done, total)` follows each model's generation on each set, a
+    batch at a time. The retention check uses the first `retention_prompts` of its prompts (0: no retention
+    check)."""
     from ft_pipeline.model.base_models import load_model_and_tokenizer
     from ft_pipeline.model.cpu_speed import keep_freed_memory
 
@@ -69,7 +83,7 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                 what = f"{name} ({set_name})"
                 res = evaluation.evaluate(model, tok_, records, budget, batch_size, cache=cache,
                                           progress=lambda done, total, what=what: progress(what, done, total))
-                log(what, res["generated"])
+                log(what, res["generated"], len(records))
                 out[set_name][name] = res
         return model
 
@@ -94,7 +108,7 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     if answers is not None:
         out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
                             "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
-        log("retention (tuned)", len(answers))
+        log("retention (tuned)", len(answers), len(answers))
     for name, extra_dir in (more or {}).items():
         key_ = out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
         with _switched(model, name, base["path"], Path(extra_dir), full) as (m, t):

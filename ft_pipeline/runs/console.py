@@ -6,8 +6,10 @@ turns on instead of the console logger."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from contextlib import contextmanager
 
 import dagster as dg
 
@@ -15,16 +17,54 @@ _STEP = re.compile(r"^step (\d+)/(\d+) loss=(\S+)")
 _EVAL = re.compile(r"^evaluating (.+): (\d+)/(\d+) answers$")
 
 
+def stage_lines_only() -> None:
+    """For `ft-pipeline run`: the terminal shows the stages logger's lines alone. Dagster captures each step's
+    stdout and stderr into its compute logs (the run's stdout/stderr in the UI) and also copies them to the terminal
+    through a `tail -F` and a watch_orphans.py helper per stream and step; that copy put MLflow's lines ("Creating
+    initial MLflow database tables", "Successfully registered model") between the stage lines, and a Ctrl-C,
+    which the terminal sends to the whole foreground process group, printed the helpers' KeyboardInterrupt
+    tracebacks above the run's own line. Here a step's output goes to the compute logs only, and no helper
+    process starts. Process-wide: `ft-pipeline run` calls it once, before its first run."""
+    from dagster._core.execution.compute_logs import redirect_to_file
+    from dagster._core.storage import local_compute_log_manager as manager
+    from dagster._utils import ensure_file
+
+    @contextmanager
+    def to_file_only(stream, filepath):
+        ensure_file(filepath)
+        with redirect_to_file(stream, filepath):
+            yield None, None  # where mirror_stream_to_file yields the pids of its two helpers
+
+    if not hasattr(manager, "mirror_stream_to_file"):  # dagster 1.13.27's name: fail if it moves, not copy again
+        raise RuntimeError("dagster's LocalComputeLogManager no longer mirrors through mirror_stream_to_file")
+    manager.mirror_stream_to_file = to_file_only
+
+
+def _own_copy(stream):
+    """A file of its own on where `stream` writes now (the terminal, when taken before a step starts): a step's
+    compute log capture points file descriptors 1 and 2 at its log files, and the stage lines printed during the
+    step still go to the terminal. `stream` itself where it has no file descriptor (pytest's capture)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8")
+
+
 class StageHandler(logging.Handler):
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, bar_stream=None):
         super().__init__(logging.DEBUG)  # Dagster logs its step events at DEBUG
         self.stream = stream or sys.stdout
+        self.bar_stream = bar_stream  # None: sys.stderr as it is when a bar starts
         self.bar = None
         self.checks_seen: set = set()
 
     def _print(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
+        sys.stdout.flush()  # what the command line printed before, when this handler writes to a copy of stdout
+        if self.bar is not None:  # the line above the bar (tqdm.write clears only bars on sys.stdout/sys.stderr)
+            self.bar.clear()
+            print(line, file=self.stream, flush=True)
+            self.bar.refresh()
         else:
             print(line, file=self.stream, flush=True)
 
@@ -69,8 +109,8 @@ class StageHandler(logging.Handler):
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc=desc, unit=unit, file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit=unit, file=self.bar_stream or sys.stderr,
+                            leave=False, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
         return self.bar
 
@@ -94,7 +134,7 @@ def stages_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     log.setLevel(logging.DEBUG)
     log.propagate = False
     if not any(isinstance(h, StageHandler) for h in log.handlers):
-        log.addHandler(StageHandler())
+        log.addHandler(StageHandler(_own_copy(sys.stdout), _own_copy(sys.stderr)))
     return log
 
 
