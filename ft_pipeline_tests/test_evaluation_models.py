@@ -55,9 +55,13 @@ def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, a
 def test_retention_prompts_picks_how_many_general_prompts_the_check_uses(tiny_base, adapter, tmp_path):
     import json
 
+    logged = []
     few = evaluate_all(base_info(tiny_base), adapter, holdout()[:2], [], tmp_path, max_new_tokens=8,
-                       retention_prompts=4)
+                       retention_prompts=4, log=lambda what, generated, total: logged.append((what, generated, total)))
     assert few["retention"]["prompts"] == 4 and len(few["retention"]["side_by_side"]) == 3
+    # the terminal line counts the answers the tuned model generated (those shown beside the base's), not the
+    # prompts its KL is scored on
+    assert ("retention (tuned)", 3, 3) in logged
     assert few["retention"]["kl"]["tuned"] > 0
     base_cache = [p for p in (tmp_path / "retention").glob("*.json") if not p.name.startswith("kl-")]
     assert [len(json.loads(p.read_text())["answers"]) for p in base_cache] == [4]

@@ -106,9 +106,10 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
         run("tuned", model, tok, key)
         score_pairs("tuned", model, tok)
     if answers is not None:
-        out["retention"] = {"prompts": len(answers), "side_by_side": retention.side_by_side(model, tok, answers),
+        side = retention.side_by_side(model, tok, answers)
+        out["retention"] = {"prompts": len(answers), "side_by_side": side,
                             "kl": {"tuned": retention.cached_kl(kl_cache(key), lambda: (model, tok), answers)}}
-        log("retention (tuned)", len(answers), len(answers))
+        log("retention (tuned)", len(side), len(side))  # the answers shown beside the base's; the KL is scored
     for name, extra_dir in (more or {}).items():
         key_ = out["keys"][name] = tuned_key(base["content_sha256"], extra_dir)
         with _switched(model, name, base["path"], Path(extra_dir), full) as (m, t):
