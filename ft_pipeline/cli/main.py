@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--poll-seconds", type=float, help="how often the aliases are read from the registry (default 5)")
     srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 50)")
     srv.add_argument("--max-batch", type=int, help="the most requests generated together (default 16)")
+    srv.add_argument("--store", choices=("requested", "all", "none"),
+                     help="which completions are stored for review: those sent with store=true (requested, the "
+                          "default), every one (all) or none ($FT_PIPELINE_STORE)")
+    srv.add_argument("--store-retention-days", type=float,
+                     help="stored completions older than this are deleted (default 30; 0 keeps them)")
     for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
                                           poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
-                                          max_batch=args.max_batch))
+                                          max_batch=args.max_batch, store=args.store,
+                                          store_retention_days=args.store_retention_days))
     return prepare_ui()
 
 
