@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ft_pipeline import settings
 from ft_pipeline.cli import forget as forget_cli
+from ft_pipeline.cli import review as review_cli
 
 
 def prepare_instance_home() -> Path:
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
+    review_cli.add_parser(sub)
     srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
                                        "Completions API, following the alias as it moves (HOST, PORT; see "
                                        "docs/serving.md)")
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if args.cmd == "forget":
         return forget_cli.main(args)
+    if args.cmd == "review":
+        return review_cli.main(args)
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     if args.cmd in ("export", "promote"):
