@@ -172,3 +172,36 @@ def _write_then_die(path: str, n: int) -> None:
     db.execute("BEGIN IMMEDIATE")
     db.execute("DELETE FROM completions")  # a transaction in flight when the process dies: rolled back
     os._exit(3)
+
+
+def test_verdicts_become_a_drop_and_preference_pairs_with_lineage(tmp_path):
+    from ft_pipeline.data.drop_files import find_drops
+    from ft_pipeline.data.formats import detect_format, read_drop, to_messages
+    from ft_pipeline.traffic.reviewed import write_drop
+
+    store = CompletionStore(tmp_path / "c.db")
+    for i in range(4):
+        store.insert(rec(i, version=str(i + 1)))
+    store.set_verdict("chatcmpl-0000", "accepted", None, "ana")
+    store.set_verdict("chatcmpl-0001", "corrected", "better answer", "ana")
+    store.set_verdict("chatcmpl-0002", "rejected", None, "bo")
+    now = int(time.time())
+    done = store.reviewed(now - 60, now + 60)
+    assert [c["id"] for c in done] == ["chatcmpl-0000", "chatcmpl-0001", "chatcmpl-0002"]
+    out = write_drop(done, "2026-05-20", tmp_path / "raw")
+    assert (out["sft_rows"], out["preference_pairs"], out["rejected"]) == (2, 1, 1)
+    sft = [json.loads(line) for line in (tmp_path / "raw" / "2026-05-20-reviewed_traffic.jsonl").open()]
+    assert sft[0]["messages"][-1] == {"role": "assistant", "content": "answer 0"}
+    assert sft[1]["messages"][-1]["content"] == "better answer"
+    assert (sft[1]["completion_id"], sft[1]["version"], sft[1]["review"]) == ("chatcmpl-0001", "2", "corrected")
+    pair = json.loads((tmp_path / "raw" / "preferences" / "2026-05-20-reviewed_traffic.jsonl").read_text())
+    assert pair["chosen"][0]["content"] == "better answer" and pair["rejected"][0]["content"] == "answer 1"
+    assert pair["completion_id"] == "chatcmpl-0001"
+    from ft_pipeline.preference.pair_formats import row_format, to_pair
+
+    assert to_pair(pair, row_format(pair))["chosen"][0]["content"] == "better answer"  # the preference layer's form
+    # the data layer takes it as any chat drop: found in the raw folder, read, detected, converted
+    assert list(find_drops(tmp_path / "raw")[0]) == ["2026-05-20-reviewed_traffic.jsonl"]
+    parsed = read_drop(tmp_path / "raw" / "2026-05-20-reviewed_traffic.jsonl")
+    assert detect_format(parsed.rows) == "openai_chat"
+    assert to_messages(parsed.rows[1].data, "openai_chat")[-1]["content"] == "better answer"

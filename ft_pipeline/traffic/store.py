@@ -181,6 +181,12 @@ class CompletionStore:
         rows = db.execute(sql, [*args, limit + 1]).fetchall()
         return [self._row(r) for r in rows[:limit]], len(rows) > limit
 
+    def reviewed(self, since: int, until: int) -> list[dict]:
+        """Completions whose verdict was given in [since, until) (unix seconds), oldest verdict first."""
+        rows = self._conn().execute("SELECT * FROM completions WHERE review IS NOT NULL AND reviewed_at >= ? AND "
+                                    "reviewed_at < ? ORDER BY reviewed_at, rowid", (since, until)).fetchall()
+        return [self._row(r) for r in rows]
+
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM completions").fetchone()[0]
 
