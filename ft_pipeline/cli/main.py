@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ft_pipeline import settings
 from ft_pipeline.cli import forget as forget_cli
+from ft_pipeline.cli import review as review_cli
 
 
 def prepare_instance_home() -> Path:
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
+    review_cli.add_parser(sub)
     srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
                                        "Completions API, following the alias as it moves (HOST, PORT; see "
                                        "docs/serving.md)")
@@ -204,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--poll-seconds", type=float, help="how often the aliases are read from the registry (default 5)")
     srv.add_argument("--batch-window-ms", type=float, help="how long a batch waits for requests to join (default 50)")
     srv.add_argument("--max-batch", type=int, help="the most requests generated together (default 16)")
+    srv.add_argument("--store", choices=("requested", "all", "none"),
+                     help="which completions are stored for review: those sent with store=true (requested, the "
+                          "default), every one (all) or none ($FT_PIPELINE_STORE)")
+    srv.add_argument("--store-retention-days", type=float,
+                     help="stored completions older than this are deleted (default 30; 0 keeps them)")
     for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
@@ -225,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if args.cmd == "forget":
         return forget_cli.main(args)
+    if args.cmd == "review":
+        return review_cli.main(args)
     if args.cmd in ("lineage", "trained-on"):
         return lineage_main(args)
     if args.cmd in ("export", "promote"):
@@ -234,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
                                           poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
-                                          max_batch=args.max_batch))
+                                          max_batch=args.max_batch, store=args.store,
+                                          store_retention_days=args.store_retention_days))
     return prepare_ui()
 
 

@@ -21,6 +21,7 @@ from ft_pipeline.serving.batching import Batcher, Job
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
+from ft_pipeline.serving.stored import Stored, add_routes
 from ft_pipeline.structured.formats import FormatError
 
 log = logging.getLogger("ft_pipeline.serving")
@@ -56,7 +57,8 @@ def _prepare(served: Served, req: ChatRequest, default_max_tokens: int) -> tuple
     return ids, req.budget() or min(default_max_tokens, served.max_context - len(ids)), matcher
 
 
-def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=None) -> tuple[Job, asyncio.Queue]:
+def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=None,
+         want_logprob: bool = False) -> tuple[Job, asyncio.Queue]:
     """A job for the generation thread and the queue its events arrive on, in this event loop."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -68,13 +70,15 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=
 
     temperature = 1.0 if req.temperature is None else req.temperature
     job = Job(served, ids, budget, emit, temperature=temperature, top_p=req.top_p or 1.0, seed=req.seed,
-              stop=tuple(req.stop or ()), stream=bool(req.stream), matcher=matcher)
+              stop=tuple(req.stop or ()), stream=bool(req.stream), matcher=matcher, want_logprob=want_logprob)
     return job, events
 
 
-def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batcher | None = None) -> FastAPI:
+def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batcher | None = None,
+               stored: Stored | None = None) -> FastAPI:
     store = store or ModelStore(cfg.model, cfg.alias, cfg.poll_s, cfg.keep_versions)
     batcher = batcher or Batcher(cfg.batch_window_ms / 1000, cfg.max_batch)
+    stored = stored or Stored(cfg)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -86,9 +90,10 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
         yield
         store.stop()
         batcher.stop()
+        stored.close()
 
     app = FastAPI(title="ft_pipeline", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.store, app.state.batcher, app.state.config = store, batcher, cfg
+    app.state.store, app.state.batcher, app.state.config, app.state.stored = store, batcher, cfg, stored
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -161,17 +166,24 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(request: Request):
+        started = time.monotonic()
         req = parse_request(await read_body(request))
         served = await run_in_threadpool(store.get, req.model)
         ids, budget, matcher = await run_in_threadpool(_prepare, served, req, cfg.default_max_tokens)
-        job, events = _job(served, req, ids, budget, matcher)
+        keep = stored.wanted(req)
+        job, events = _job(served, req, ids, budget, matcher, want_logprob=keep)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model,
                 "system_fingerprint": served.fingerprint}
         headers = {VERSION_HEADER: served.version}
         batcher.submit(job)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(job, events, head, len(ids), include_usage), headers=headers,
+            on_done = None
+            if keep:
+                async def on_done(text, reason, n):
+                    await run_in_threadpool(stored.keep, req, head, served, text, reason, len(ids), n, started,
+                                            job.mean_logprob)
+            return StreamingResponse(_sse(job, events, head, len(ids), include_usage, on_done), headers=headers,
                                      media_type="text/event-stream")
         parts = []
         while True:
@@ -183,18 +195,24 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
             else:
                 reason, n = rest
                 break
+        answer = "".join(parts)
         body = {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts), "refusal": None},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": None},
                              "logprobs": None, "finish_reason": reason}],
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}}
+        if keep:  # committed before the answer goes out: an acknowledged completion is stored
+            await run_in_threadpool(stored.keep, req, head, served, answer, reason, len(ids), n, started,
+                                    job.mean_logprob)
         return JSONResponse(body, headers=headers)
 
+    add_routes(app, stored, check_key)
     return app
 
 
-async def _sse(job: Job, events: asyncio.Queue, head: dict, n_prompt: int, include_usage: bool):
+async def _sse(job: Job, events: asyncio.Queue, head: dict, n_prompt: int, include_usage: bool, on_done=None):
     """The completion as `chat.completion.chunk` events: the role first, then each piece of text as it is
-    generated, the finish reason, the usage if asked for, and `data: [DONE]`."""
+    generated, the finish reason, the usage if asked for, and `data: [DONE]`. `on_done(text, reason, n)` (the
+    store) runs before `[DONE]`: a client that saw `[DONE]` has its completion stored."""
     def chunk(delta: dict, reason=None, **extra) -> str:
         body = {**head, "object": "chat.completion.chunk",
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}], **extra}
@@ -202,9 +220,11 @@ async def _sse(job: Job, events: asyncio.Queue, head: dict, n_prompt: int, inclu
 
     try:
         yield chunk({"role": "assistant", "content": ""})
+        parts = []
         while True:
             kind, *rest = await events.get()
             if kind == "delta":
+                parts.append(rest[0])
                 yield chunk({"content": rest[0]})
                 continue
             if kind == "error":  # the status line has gone out already: the error travels as an event
@@ -216,6 +236,11 @@ async def _sse(job: Job, events: asyncio.Queue, head: dict, n_prompt: int, inclu
                     usage = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
                     body = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
                     yield f"data: {json.dumps(body)}\n\n"
+                if on_done is not None:
+                    try:
+                        await on_done("".join(parts), reason, n)
+                    except ApiError as e:
+                        yield f"data: {json.dumps(e.body())}\n\n"
             break
         yield "data: [DONE]\n\n"
     finally:

@@ -45,6 +45,8 @@ class Job:
     stream: bool = True  # False: the text arrives as one delta when the row ends (no event-loop wakeup per token)
     cancelled: bool = False  # set when the client went away: the row stops at the next token
     matcher: object | None = None  # llguidance matcher of the request's response_format; None: free text
+    want_logprob: bool = False  # measure mean_logprob (the request is stored); off: no cost to its call
+    mean_logprob: float | None = None  # set before "done": mean log-probability of the row's tokens
     submitted: float = field(default_factory=time.monotonic)
 
     def group_key(self) -> tuple:
@@ -82,14 +84,29 @@ def holdback(text: str, stops: tuple[str, ...]) -> int:
     return n
 
 
+class _LogProbs:
+    """A logits processor placed first, so it sees the model's own logits (before the grammar mask and the
+    temperature and top-p warpers, which transformers applies after the processors it is given): it keeps each
+    step's logits and their log-normaliser, and `_Rows` reads the chosen token's log-probability from them once
+    the token is chosen. One logsumexp over (rows, vocabulary) per step, beside a forward pass."""
+
+    def __init__(self):
+        self.logits = self.lse = None
+
+    def __call__(self, input_ids, scores):
+        self.logits, self.lse = scores, torch.logsumexp(scores, dim=-1)
+        return scores
+
+
 class _Rows(StoppingCriteria):
     """Per-row bookkeeping of one generate call: each new token, the text it adds, the row's stop strings and
     budget. It is a stopping criterion because that is the hook transformers calls after every step with every
     row's ids (a streamer gets one token per row with no way to stop a row; in transformers 5 it is also fed
     after the stop check); the bool it returns per row is what ends a row while the others go on."""
 
-    def __init__(self, jobs: list[Job], tok, width: int):
-        self.jobs, self.tok, self.width = jobs, tok, width
+    def __init__(self, jobs: list[Job], tok, width: int, logprobs: _LogProbs | None = None):
+        self.jobs, self.tok, self.width, self.logprobs = jobs, tok, width, logprobs
+        self.lp_sum = [0.0] * len(jobs)
         self.n = [0] * len(jobs)
         self.sent = [""] * len(jobs)
         self.done = torch.zeros(len(jobs), dtype=torch.bool)
@@ -103,12 +120,20 @@ class _Rows(StoppingCriteria):
     def _finish(self, row: int, reason: str) -> None:
         self.done[row] = True
         job = self.jobs[row]
+        if job.want_logprob and self.n[row]:
+            job.mean_logprob = self.lp_sum[row] / self.n[row]
         if not job.stream and self.sent[row]:
             job.emit("delta", self.sent[row])
         job.emit("done", reason, self.n[row])
 
     def __call__(self, input_ids, scores, **kwargs):
         eos = self.tok.eos_token_id
+        if self.logprobs is not None and self.logprobs.logits is not None:
+            # the chosen tokens' logits are never masked (a mask only forbids tokens that were not chosen)
+            last = input_ids[:, -1:].to(self.logprobs.logits.device)
+            chosen = (self.logprobs.logits.gather(1, last)[:, 0] - self.logprobs.lse).tolist()
+        else:
+            chosen = None
         for row, job in enumerate(self.jobs):
             if self.done[row]:
                 continue
@@ -116,6 +141,8 @@ class _Rows(StoppingCriteria):
                 self._finish(row, "cancelled")
                 continue
             self.n[row] += 1
+            if chosen is not None:
+                self.lp_sum[row] += chosen[row]
             ended = int(input_ids[row, -1]) == eos  # decoded without it: skip_special_tokens
             text = self.tok.decode(input_ids[row, self.width:self.width + self.n[row]], skip_special_tokens=True)
             hits = [i for i in (text.find(s) for s in job.stop) if i >= 0]
@@ -142,7 +169,8 @@ def generate_group(jobs: list[Job]) -> None:
     tok, model = served.tokenizer, served.model
     pad = pad_id(tok)
     ids, mask = left_padded([j.prompt_ids for j in jobs], pad)
-    rows = _Rows(jobs, tok, ids.shape[1])
+    logprobs = _LogProbs() if any(j.want_logprob for j in jobs) else None
+    rows = _Rows(jobs, tok, ids.shape[1], logprobs)
     if first.temperature == 0:
         choose = {"do_sample": False}
     else:
@@ -150,7 +178,7 @@ def generate_group(jobs: list[Job]) -> None:
         choose = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
         if first.seed is not None:
             torch.manual_seed(first.seed)  # only this thread generates, and a seeded job is alone in its call
-    processors = LogitsProcessorList()
+    processors = LogitsProcessorList([logprobs] if logprobs else [])
     if any(j.matcher is not None for j in jobs):
         grammar = GrammarMask([j.matcher for j in jobs], tok.eos_token_id, ended=lambda row: bool(rows.done[row]))
         processors.append(grammar)
@@ -160,7 +188,7 @@ def generate_group(jobs: list[Job]) -> None:
                        eos_token_id=tok.eos_token_id, stopping_criteria=StoppingCriteriaList([rows]),
                        logits_processor=processors, **choose)
     rows.finish_rest()
-    if processors:
+    if any(j.matcher is not None for j in jobs):
         MASK_STATS.add(grammar.mask_s, sum(rows.n[i] for i, j in enumerate(jobs) if j.matcher is not None))
 
 

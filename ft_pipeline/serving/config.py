@@ -30,6 +30,13 @@ class ServeConfig:
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     tracking_uri: str | None = None  # MLflow; default: the pipeline's store (MLFLOW_TRACKING_URI / FT_PIPELINE_HOME)
     log_level: str = "info"
+    # Stored completions (traffic.store): `requested` keeps those sent with store=true, `all` every completion,
+    # `none` none (store=true is then ignored). Kept `store_retention_days` days (<= 0: for ever), in
+    # `store_path` (default <home>/traffic/completions.db); `store_sync` normal or full (see traffic/store.py).
+    store: str = "requested"
+    store_retention_days: float = 30.0  # OpenAI keeps stored completions 30 days
+    store_path: str | None = None
+    store_sync: str = "normal"
 
     @classmethod
     def from_env(cls, **overrides) -> "ServeConfig":
@@ -41,10 +48,14 @@ class ServeConfig:
             max_batch=_env("FT_PIPELINE_SERVE_MAX_BATCH", cls.max_batch, int),
             default_max_tokens=_env("FT_PIPELINE_SERVE_MAX_TOKENS", cls.default_max_tokens, int),
             max_body_bytes=_env("FT_PIPELINE_SERVE_MAX_BODY_BYTES", cls.max_body_bytes, int),
-            api_key=_env("FT_PIPELINE_API_KEY", None))
+            api_key=_env("FT_PIPELINE_API_KEY", None), store=_env("FT_PIPELINE_STORE", cls.store),
+            store_retention_days=_env("FT_PIPELINE_STORE_RETENTION_DAYS", cls.store_retention_days, float),
+            store_path=_env("FT_PIPELINE_STORE_PATH", None), store_sync=_env("FT_PIPELINE_STORE_SYNC", cls.store_sync))
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
         if cfg.max_batch < 1 or cfg.poll_s <= 0 or cfg.batch_window_ms < 0:
             raise ValueError("max_batch must be >= 1, poll_s > 0 and batch_window_ms >= 0")
+        if cfg.store not in ("requested", "all", "none") or cfg.store_sync.lower() not in ("normal", "full"):
+            raise ValueError("store must be requested, all or none, and store_sync normal or full")
         return cfg

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ft_pipeline.structured.formats import TEXT, FormatError, ResponseFormat, mentions_json, parse_response_format
+from ft_pipeline.traffic.capture import MetadataError, check_metadata, verdict_from_metadata
 
 
 class ApiError(Exception):
@@ -65,7 +66,10 @@ class ChatRequest(_Strict):
     logprobs: bool | None = None
     tools: list | None = None
     response_format: Any = None  # read by structured.formats (its own messages)
+    store: bool | None = None  # keep the completion (traffic.store) for review, unless the server says --store none
+    metadata: Any = None  # up to 16 string pairs, checked by traffic.capture (OpenAI's limits and messages)
     _format: ResponseFormat = PrivateAttr(default=TEXT)  # response_format, read and checked by parse_request
+    _metadata: dict = PrivateAttr(default_factory=dict)  # metadata, checked by parse_request
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -81,6 +85,10 @@ class ChatRequest(_Strict):
     @property
     def format(self) -> ResponseFormat:
         return self._format
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return self._metadata
 
 
 def _param(loc: tuple) -> str:
@@ -134,7 +142,22 @@ def parse_request(raw: bytes) -> ChatRequest:
     if (err := unsupported(req)) is not None:
         raise err
     req._format = read_format(req)
+    req._metadata = read_metadata(req.metadata)
     return req
+
+
+def read_metadata(value: Any, verdict: bool = True, creating: bool = True) -> dict[str, str]:
+    """`metadata` within OpenAI's limits and, with `verdict`, a `review` in it one of the verdicts (`corrected`
+    needs a correction when `creating`: an update keeps the one recorded before); else 400 naming it."""
+    try:
+        md = check_metadata(value)
+        said = verdict_from_metadata(md) if verdict else None
+    except MetadataError as e:
+        raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
+    if creating and said == ("corrected", None):
+        raise ApiError(400, "Invalid 'metadata.review': 'corrected' needs a 'correction'.", param="metadata.review",
+                       code="invalid_value")
+    return md
 
 
 def read_format(req: ChatRequest) -> ResponseFormat:
