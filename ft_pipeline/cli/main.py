@@ -164,13 +164,16 @@ def _run_all(instance, preset: dict, force: bool) -> int:
 
 
 def _print_conflicts(path: Path, policy: str, indent: str = "    ", limit: int = 5) -> None:
-    """The label conflicts of a report file (cleaning's per drop, the split's): each row and its answer."""
-    from ft_pipeline.data.conflicts import summary
+    """The label conflicts of a report file (cleaning's per drop, the split's): the input, then each row with
+    its answer."""
+    from ft_pipeline.data.conflicts import shorten
     from ft_pipeline.jsonl import read_jsonl
 
     found = read_jsonl(path) if path.exists() else []
     for c in found[:limit]:
-        print(f"{indent}conflict ({policy}): {summary(c)}")
+        print(f"{indent}conflict ({policy}): {shorten(c['input'], 90)}")
+        for r in c["rows"]:
+            print(f"{indent}  {r['drop']} line {r['line']} ({r['outcome']}): {shorten(r['answer'], 110)}")
     if len(found) > limit:
         print(f"{indent}... and {len(found) - limit} more in {path}")
 

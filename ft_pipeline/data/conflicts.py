@@ -62,8 +62,8 @@ def quarantine_entry(row: dict, others: list[dict], **text) -> dict:
 
 
 def replaced_reason(kept: dict, drop: str) -> str:
-    return (f"label conflict: the same input as {where([kept], drop)}, whose answer differs and was seen later; "
-            "conflicts=latest keeps the latest answer")
+    return (f"label conflict: the same input as {where([kept], drop)}, kept with another answer, the latest (of "
+            "the newest drop, its last line); conflicts=latest replaces the older answers")
 
 
 def answer(messages: list[dict]) -> str:
@@ -82,9 +82,12 @@ def report(rows: list[dict], outcomes: list[str], answers: list[str], text: str)
                                            "outcome": o} for r, o, a in zip(rows, outcomes, answers)]}
 
 
-def summary(conflict: dict, width: int = 60) -> str:
-    """One line: each row and its answer, shortened."""
-    def short(a: str) -> str:
-        a = " ".join(a.split())
-        return a if len(a) <= width else a[:width - 1] + "…"
-    return "; ".join(f"{r['drop']} line {r['line']} ({r['outcome']}): {short(r['answer'])}" for r in conflict["rows"])
+def summary(conflict: dict, width: int = 160) -> str:
+    """One line: each row and its answer (answers shortened to `width` characters)."""
+    return "; ".join(f"{r['drop']} line {r['line']} ({r['outcome']}): {shorten(r['answer'], width)}"
+                     for r in conflict["rows"])
+
+
+def shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
