@@ -3,7 +3,8 @@ functions against a naive per-row baseline, side by side in one run (about 2 min
 
 `python -m bench data` (or `make bench BENCH=data`) prints:
   data.speedup              rows/s of the pipeline path / rows/s of the naive path (the same work), goal >= 3
-  data.near_dup_rows_per_s  MinHash signatures + LSH dedup of every parsed row, one process, goal >= 20000
+  data.near_dup_rows_per_s  MinHash signatures of the inputs, answer keys and LSH dedup (near inputs with the
+                            same answer) of every parsed row, one process, goal >= 20000
   data.peak_rss_gb          largest peak RSS of a pipeline stage on the 1M rows, its worker processes included
                             (sampled every 20 ms), goal <= 2
 
@@ -20,8 +21,9 @@ the sum of the stages' wall times, one after another, imports excluded.
 
 Naive path, one process, the same work row by row: `json.loads` per line (`csv`, `json.loads` of the array,
 pyarrow for the other files), the same validation, normalization and redaction functions, raw-row hashes and
-ids, a dict of normalized keys for exact and normalized duplicates, datasketch MinHash (permutations shared, as
-its docs advise) and MinHashLSH per row for near-duplicates, the same hash split, outputs written as JSONL.
+ids, a dict of normalized keys for exact and normalized duplicates, datasketch MinHash of the input
+(permutations shared, as its docs advise) and MinHashLSH per row for near-duplicates with the same answer key, a
+dict of input keys for label conflicts, the same hash split, outputs written as JSONL.
 At a few thousand rows a second it runs on the first BENCH_DATA_BASELINE_FRACTION (5%) of the same generated
 stream; that favours it, since its LSH index and dicts only grow with more rows."""
 
@@ -183,8 +185,9 @@ def pipeline(data_dir: Path) -> dict:
 
 
 def near_dup_only(paths: dict[str, Path]) -> dict:
-    """Signatures and greedy LSH dedup of every parsed example, timed alone."""
-    from ft_pipeline.data import cleaning, formats, lsh, near_dup
+    """Signatures of the inputs, answer keys and greedy LSH dedup (a duplicate has the same answer) of every
+    parsed example, timed alone."""
+    from ft_pipeline.data import cleaning, formats, keys, lsh, near_dup
 
     examples = []
     for _name, path in sorted(paths.items()):
@@ -193,8 +196,9 @@ def near_dup_only(paths: dict[str, Path]) -> dict:
                      if "messages" in r]
     params = near_dup.NearDupParams()
     t0 = time.perf_counter()
-    sig = near_dup.signatures(examples, params)
-    dup_of, _ = lsh.dedup(sig, params)
+    sig = near_dup.signatures(map(near_dup.input_side, examples), params)
+    answers = keys.as_uint64(keys.answer_keys(examples))
+    dup_of, _ = lsh.dedup(sig, params, groups=answers)
     return {"rows": len(examples), "seconds": time.perf_counter() - t0, "near_dups": int((dup_of >= 0).sum())}
 
 
@@ -221,7 +225,7 @@ def naive(paths: dict[str, Path]) -> dict:
     out_dir = Path(tempfile.mkdtemp(prefix="naive_"))
     outs = {n: open(out_dir / f"{n}.jsonl", "w", encoding="utf-8")
             for n in ("train", "holdout", "quarantine", "duplicates")}
-    sketches, seen, pii, n = {}, {}, Counter(), Counter()
+    sketches, seen, answers, by_input, pii, n = {}, {}, {}, {}, Counter(), Counter()
     t0 = time.perf_counter()
     for name, path in sorted(paths.items()):
         if path.suffix == ".jsonl":
@@ -252,18 +256,25 @@ def naive(paths: dict[str, Path]) -> dict:
             text = " ".join(f"{m['role']} {m['content']}" for m in messages).casefold()
             words = re.sub(r"[\W_]+", " ", text).split()
             key = hashlib.sha256(" ".join(words).encode()).hexdigest()[:16]
+            side = [" ".join(f"{m['role']} {m['content']}" for m in messages if (m["role"] == "assistant") == a)
+                    .casefold() for a in (False, True)]
+            inputs, answer = (re.sub(r"[\W_]+", " ", t).split() for t in side)
+            ikey, akey = (hashlib.sha256(" ".join(w).encode()).hexdigest()[:16] for w in (inputs, answer))
+            if by_input.setdefault(ikey, akey) != akey:  # a label conflict: counted, both kept
+                n["conflicts"] += 1
             rec = {"id": hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16], "near_key": key, **where,
                    "messages": messages}
             first = seen.get(key)
             if first is None:  # exact and normalized duplicates: one dict of keys
                 m = MinHash(num_perm=params.num_perm, seed=params.seed, permutations=perms, scheme="affine32")
-                m.update_batch({f"{a} {b}".encode() for a, b in zip(words, words[1:])} or {words[0].encode()})
-                first = next((seen[c] for c in lsh.query(m) if m.jaccard(sketches[c]) >= params.threshold), None)
+                m.update_batch({f"{a} {b}".encode() for a, b in zip(inputs, inputs[1:])} or {inputs[0].encode()})
+                first = next((seen[c] for c in lsh.query(m) if answers[c] == akey
+                              and m.jaccard(sketches[c]) >= params.threshold), None)
             if first is not None:
                 outs["duplicates"].write(json.dumps({**where, "duplicate_of": first}) + "\n")
                 continue
             seen[key] = {"drop": name, "line": line}
-            sketches[key] = m
+            sketches[key], answers[key] = m, akey
             lsh.insert(key, m)
             side = "holdout" if holdout_bucket(key, 0) < 0.1 else "train"
             outs[side].write(json.dumps(rec, ensure_ascii=False) + "\n")

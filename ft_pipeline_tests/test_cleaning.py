@@ -131,9 +131,12 @@ def test_batch_normalize_and_redact_equal_one_at_a_time(texts):
                          min_size=1, max_size=3), max_size=5))
 def test_batch_near_dup_keys_equal_one_at_a_time(convs):
     from ft_pipeline.data.cleaning import near_dup_key, near_dup_keys
+    from ft_pipeline.data.keys import answer_keys, example_keys, side_keys
 
     examples = [[{"role": r, "content": c + "_x_ÉÈ—'"} for r, c in conv] for conv in convs]
     assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
+    assert example_keys(examples) == [(near_dup_key(e), *side_keys(e)) for e in examples]
+    assert answer_keys(examples) == [side_keys(e)[1] for e in examples]
 
 
 @settings(max_examples=200, deadline=None)
@@ -154,9 +157,11 @@ def test_example_id_is_sha256_of_the_compact_json(conv):
                          min_size=1, max_size=3), max_size=5))
 def test_ascii_near_dup_keys_equal_the_regex_ones(convs):
     from ft_pipeline.data.cleaning import near_dup_key, near_dup_keys
+    from ft_pipeline.data.keys import example_keys, side_keys
 
     examples = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
     assert near_dup_keys(examples) == [near_dup_key(e) for e in examples]
+    assert example_keys(examples) == [(near_dup_key(e), *side_keys(e)) for e in examples]
 
 
 def test_stream_in_chunks_and_worker_processes_gives_the_same_files(tmp_path):

@@ -168,3 +168,67 @@ def test_a_drop_with_a_real_export_name_is_ingested_under_its_derived_key(tmp_pa
     assert json.loads((home / "raw_examples" / f"{key}.meta.json").read_text())["file_name"] == name
     assert [json.loads(line)["drop"] for line in (home / "cleaned" / f"{key}.jsonl").read_text().splitlines()] == [key]
 
+
+
+def test_label_conflicts_warn_without_blocking_and_follow_the_knob(tmp_path):
+    """One message answered two ways in a drop: the conflict checks warn (the runs succeed), its rows follow
+    `conflicts` (quarantine in cleaning, latest in the split) and every row is accounted for. The newer drop
+    adds "ASAP" (high), a contrast to the old rows, twice: the second time a duplicate."""
+    msg = "The two-factor code isn't working and I can't reach my Aurora X2 headphones settings."
+
+    def chat(user, urgency):
+        answer = json.dumps({"intent": "account_access", "product": "Aurora X2 headphones", "order_id": None,
+                             "urgency": urgency})
+        return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2026-01.jsonl").write_text("\n".join([chat(msg, "medium"), chat(msg, "low"),
+                                                  chat("Where is my Nova e-reader?", "medium")]) + "\n")
+    (raw / "2026-02.jsonl").write_text(chat(msg + " ASAP", "high") + "\n" + chat((msg + " asap").upper(), "high")
+                                       + "\n")
+    resources = {"home": PipelineHome(home=str(tmp_path / "home"), raw_dir=str(raw)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                                   artifact_root=str(tmp_path / "artifacts"))}
+    home = tmp_path / "home" / "data"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("drops", ["2026-01.jsonl", "2026-02.jsonl"])
+
+        def clean(drop, **config):
+            res = dg.materialize([data.raw_examples, data.cleaned_examples], partition_key=drop, instance=instance,
+                                 resources=resources, run_config=dg.RunConfig(
+                                     ops={"cleaned_examples": data.CleaningConfig(**config)}))
+            checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
+            assert res.success and checks["rows_accounted_for"].passed
+            return res, checks["no_label_conflicts"]
+
+        res, check = clean("2026-01.jsonl", conflicts="quarantine")
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and not check.blocking
+        assert "line 1" in check.description and "line 2" in check.description
+        quarantined = [json.loads(x) for x in (home / "quarantine" / "2026-01.jsonl.jsonl").read_text().splitlines()]
+        assert [(q["line"], q["code"]) for q in quarantined] == [(1, "label_conflict"), (2, "label_conflict")]
+        md = res.asset_materializations_for_node("cleaned_examples")[0].metadata
+        assert md["label_conflicts"].value == 1 and md["rows_quarantined"].value == 2
+        _, check = clean("2026-01.jsonl")  # keep: both rows go on to the split, still reported
+        assert not check.passed and check.metadata["conflict_rows"].value == 2
+        assert json.loads((home / "cleaned" / "2026-01.jsonl.stats.json").read_text())["conflicts"] == 1
+        _, check = clean("2026-02.jsonl")  # line 2 is line 1 in capitals: a normalized duplicate
+        assert check.passed and [json.loads(x)["line"] for x in (home / "duplicates" / "2026-02.jsonl.jsonl")
+                                 .read_text().splitlines()] == [2]
+        assert dg.materialize([model.base_model], instance=instance, resources=resources).success
+        res = dg.materialize([data.train_holdout_split], instance=instance, resources=resources,
+                             run_config=dg.RunConfig(ops={"train_holdout_split": data.SplitConfig(conflicts="latest")}))
+    assert res.success
+    [check] = [c for c in res.get_asset_check_evaluations() if c.check_name == "no_label_conflicts"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    manifest = json.loads((home / "split" / "manifest.json").read_text())
+    assert manifest["rows_accounted_for"] and (manifest["conflicts"], manifest["conflict_rows"]) == (1, 2)
+    # "ASAP" makes the newer message another input: the conflict is the two answers of drop 1's message, and
+    # `latest` keeps its last line's
+    replaced = [json.loads(x) for x in (home / "split" / "cross_drop_duplicates.jsonl").read_text().splitlines()]
+    assert [(d["drop"], d["line"], d["kind"], d["duplicate_of"]["line"]) for d in replaced] == [
+        ("2026-01.jsonl", 1, "conflict_replaced", 2)]
+    kept = [json.loads(x) for n in ("train", "holdout")
+            for x in (home / "split" / f"{n}.jsonl").read_text().splitlines()]
+    assert sorted((r["drop"], r["line"]) for r in kept) == [("2026-01.jsonl", 2), ("2026-01.jsonl", 3),
+                                                             ("2026-02.jsonl", 1)]

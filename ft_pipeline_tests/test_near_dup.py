@@ -110,14 +110,15 @@ def test_dedup_keeps_no_candidate_pair_and_points_at_kept_examples():
     assert lsh.cross_pairs(sig[kept], sig[kept], p) == [(i, i, 1.0) for i in range(len(kept))]
 
 
-def _greedy_reference(sig, p):
-    """`dedup` by its definition, pair by pair: the earliest earlier kept example sharing a band key whose
-    estimated Jaccard is >= threshold."""
+def _greedy_reference(sig, p, groups=None):
+    """`dedup` by its definition, pair by pair: the earliest earlier kept example (of the same group) sharing
+    a band key whose estimated Jaccard is >= threshold."""
     keys = lsh.band_keys(sig, p)
+    same = (lambda i, j: True) if groups is None else (lambda i, j: groups[i] == groups[j])
     dup_of = [-1] * len(sig)
     for i in range(len(sig)):
         for j in range(i):
-            if dup_of[j] < 0 and (keys[i] == keys[j]).any() and lsh.jaccard(sig, i, j) >= p.threshold:
+            if dup_of[j] < 0 and same(i, j) and (keys[i] == keys[j]).any() and lsh.jaccard(sig, i, j) >= p.threshold:
                 dup_of[i] = j
                 break
     return dup_of
@@ -165,3 +166,30 @@ def test_bad_params_are_rejected():
 def test_bands_are_datasketchs_choice(threshold, num_perm):
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
     assert NearDupParams(threshold=threshold, num_perm=num_perm).bands == (lsh.b, lsh.r)
+
+
+def test_dedup_with_groups_pairs_only_examples_of_one_group():
+    """Groups (the pipeline's answer keys) keep near-duplicates of different groups apart: the array path, the
+    loop and the definition agree, and cross_pairs skips pairs of two groups."""
+    rng = np.random.default_rng(5)
+    vocab = [f"w{i}" for i in range(60)]
+    texts = []
+    for _ in range(300):
+        if texts and rng.random() < 0.5:
+            words = texts[rng.integers(len(texts))].split()
+            words[rng.integers(len(words))] = vocab[rng.integers(len(vocab))]
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choice(vocab, rng.integers(8, 30))))
+    p = NearDupParams()
+    sig = near_dup.signatures([conv(t) for t in texts], p)
+    groups = rng.integers(0, 3, len(texts)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    vec, _ = lsh.dedup(sig, p, groups=groups)
+    loop, _ = lsh.dedup(sig, p, max_pairs=0, groups=groups)
+    assert vec.tolist() == loop.tolist() == _greedy_reference(sig, p, groups)
+    hit = np.flatnonzero(vec >= 0)
+    assert len(hit) > 20 and (groups[hit] == groups[vec[hit]]).all()
+    assert (vec >= 0).sum() < (lsh.dedup(sig, p)[0] >= 0).sum()  # fewer than without groups: the check bites
+    pairs = lsh.cross_pairs(sig[:150], sig[150:], p, groups[:150], groups[150:])
+    assert pairs and all(groups[i] == groups[150 + j] for i, j, _ in pairs)
+    assert set(pairs) < set(lsh.cross_pairs(sig[:150], sig[150:], p))

@@ -210,6 +210,23 @@ def test_duplicates_after_normalization_point_at_the_kept_pair_across_drops(tmp_
     assert [manifest["drops"][d]["duplicates"] for d in ("a.jsonl", "b.csv")] == [0, 1]
 
 
+# (a second pair beside {"prompt": Q, "chosen": C, "rejected": R}, is it a duplicate?) — one line a case: a pair
+# is a duplicate only when prompt, chosen and rejected are all the same once normalized.
+PAIR_DUPLICATES = [
+    ({"prompt": f"  {Q} ", "chosen": f"{C}  ", "rejected": f" {R}"}, True),  # whitespace only
+    ({"prompt": Q, "chosen": "It ships tomorrow.", "rejected": R}, False),  # another chosen answer
+    ({"prompt": Q, "chosen": C, "rejected": "Ask the courier."}, False),  # another rejected answer
+    ({"prompt": Q.replace("Where", "Tell me where"), "chosen": C, "rejected": R}, False),  # another prompt
+]
+
+
+@pytest.mark.parametrize("other,duplicate", PAIR_DUPLICATES)
+def test_a_pair_is_a_duplicate_only_when_prompt_and_both_answers_are_the_same(tmp_path, other, duplicate):
+    manifest, out = build(tmp_path, [{"prompt": Q, "chosen": C, "rejected": R}, other])
+    assert [(d["line"], d["duplicate_of"]["line"]) for d in out["duplicates"]] == ([(2, 1)] if duplicate else [])
+    assert manifest["train"] + manifest["holdout"] == (1 if duplicate else 2)
+
+
 def test_a_prompt_never_has_pairs_on_both_sides_and_sides_do_not_move_when_a_drop_is_added(tmp_path):
     rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"Wrong {j} for {i}."}
             for i in range(120) for j in range(3)]

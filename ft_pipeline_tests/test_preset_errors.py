@@ -58,6 +58,7 @@ def _lines(tmp_path, text: str) -> list[str]:
     ("ops: {base_model: {config: {base_model: 'not a model'}}}", "base_model: 'not a model' is neither 'builtin:tiny'"),
     ("ops: {train_holdout_split: {config: {holdout_fraction: 1.5}}}", "holdout_fraction: must be > 0 and < 1"),
     ("ops: {cleaned_examples: {config: {near_dup_threshold: 0}}}", "near_dup_threshold: must be > 0 and <= 1"),
+    ("ops: {train_holdout_split: {config: {conflicts: newest}}}", "conflicts: must be one of keep, quarantine, latest"),
     ("ops: {raw_examples: {config: {format: jsonl}}}", "format: must be one of auto, openai_chat"),
     ("ops: {evaluation_report: {config: {batch_size: 0}}}", "evaluation_report.config.batch_size: must be >= 1"),
     ("ops: {evaluation_report_beats_base_and_champion: {config: {metric: bleu}}}", "metric: must be one of"),

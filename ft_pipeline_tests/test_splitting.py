@@ -109,12 +109,12 @@ def test_stratum_of(field, answer, expected):
 
 
 def test_reusing_cleaning_signatures_gives_the_same_split():
-    from ft_pipeline.data.near_dup import signatures
+    from ft_pipeline.data.near_dup import input_side, signatures
 
     a = [rec("a", i, question(i)) for i in range(200)]
     b = [rec("b", i, question(i).replace("What can you do", "What will you do")) for i in range(0, 200, 3)]
     b += [rec("b", 500, question(3))]  # normalized-exact copy: dropped before the MinHash pass, with its signature
-    sigs = {d: signatures([r["messages"] for r in rows], ND) for d, rows in (("a", a), ("b", b))}
+    sigs = {d: signatures([input_side(r["messages"]) for r in rows], ND) for d, rows in (("a", a), ("b", b))}
     fresh = split_examples({"a": a, "b": b}, 0.2, 0, near_dup=ND)
     reused = split_examples({"a": a, "b": b}, 0.2, 0, near_dup=ND, signatures=sigs)
     assert (fresh.train, fresh.holdout, fresh.cross_drop_duplicates) == \
@@ -125,7 +125,7 @@ def test_reusing_cleaning_signatures_gives_the_same_split():
 def test_streamed_file_split_equals_the_in_memory_split(tmp_path):
     import json
 
-    from ft_pipeline.data.near_dup import signatures
+    from ft_pipeline.data.near_dup import input_side, signatures
     from ft_pipeline.data.splitting import SplitOptions, split_files
 
     a = [rec("a.jsonl", i, question(i)) for i in range(150)]
@@ -136,7 +136,8 @@ def test_streamed_file_split_equals_the_in_memory_split(tmp_path):
         paths[name] = tmp_path / name
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     want = split_examples({"a.jsonl": a, "b.jsonl": b}, 0.2, 0, near_dup=ND, stratify_by="drop")
-    for sigs in (None, {"a.jsonl": signatures([r["messages"] for r in a], ND)}):  # computed, or cleaning's reused
+    # computed, or cleaning's reused (the signatures of the inputs)
+    for sigs in (None, {"a.jsonl": signatures([input_side(r["messages"]) for r in a], ND)}):
         out = tmp_path / f"out{bool(sigs)}"
         out.mkdir()
         manifest = split_files(paths, out, SplitOptions(0.2, 0, ND, "drop"), signatures=sigs)

@@ -32,6 +32,8 @@ def prepare_instance_home() -> Path:
 
 
 def _failure_message(result) -> str:
+    import dagster as dg
+
     msgs = []
     for ev in result.all_events:
         if ev.is_step_failure:
@@ -40,7 +42,7 @@ def _failure_message(result) -> str:
             msgs.append(f"{ev.step_key}: {user.description if user and user.description else err.message.strip()}")
         elif ev.event_type_value == "ASSET_CHECK_EVALUATION":
             data = ev.event_specific_data
-            if not data.passed:
+            if not data.passed and data.severity != dg.AssetCheckSeverity.WARN:
                 msgs.append(f"check {data.check_name} failed: {data.description or ''}".strip())
     return "; ".join(msgs) or "run failed (see the Dagster UI)"
 
@@ -104,7 +106,7 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         res = runs.execute(ingest, instance, home, partition_key=drop, run_config=presets.run_config(preset, ingest))
         if not res.success:
             failed[drop] = _failure_message(res)
-    print("\nper drop:                               rows in   kept  quarantined  duplicates  erased")
+    print("\nper drop:                               rows in   kept  quarantined  duplicates  erased  conflicts")
     for drop in sorted(found):
         stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
         # The file's own name; the partition key too where it differs (that is what the UI and the data files use).
@@ -114,7 +116,8 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         else:
             s = json.loads(stats_path.read_text())
             print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}"
-                  f" {s.get('erased', 0):7d}")
+                  f" {s.get('erased', 0):7d} {s.get('conflicts', 0):10d}")
+            _print_conflicts(home / "data" / "conflicts" / f"{drop}.jsonl", s.get("conflict_policy", "keep"))
 
     # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
     if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
@@ -129,6 +132,7 @@ def _run_all(instance, preset: dict, force: bool) -> int:
     if not todo:
         print("\nnothing to do: every asset of train_and_register is up to date with its inputs, code and config "
               f"(--force retrains anyway; wall time {time.monotonic() - t0:.1f}s)")
+        _print_split_conflicts(home)
         if failed:
             print(f"{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
         return 0
@@ -136,6 +140,7 @@ def _run_all(instance, preset: dict, force: bool) -> int:
     train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
     res = runs.execute(train, instance, home, run_config=presets.run_config(preset, train))
     print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
+    _print_split_conflicts(home)
     report_path = home / "reports" / "evaluation.json"
     if report_path.exists():
         report = json.loads(report_path.read_text())
@@ -161,6 +166,28 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         print(f"\n{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
     print(f"\nDagster UI and MLflow UI: make ui   (wall time {time.monotonic() - t0:.0f}s)")
     return 0 if res.success else 1
+
+
+def _print_conflicts(path: Path, policy: str, indent: str = "    ", limit: int = 5) -> None:
+    """The label conflicts of a report file (cleaning's per drop, the split's): the input, then each row with
+    its answer."""
+    from ft_pipeline.data.conflicts import shorten
+    from ft_pipeline.jsonl import read_jsonl
+
+    found = read_jsonl(path) if path.exists() else []
+    for c in found[:limit]:
+        print(f"{indent}conflict ({policy}): {shorten(c['input'], 90)}")
+        for r in c["rows"]:
+            print(f"{indent}  {r['drop']} line {r['line']} ({r['outcome']}): {shorten(r['answer'], 110)}")
+    if len(found) > limit:
+        print(f"{indent}... and {len(found) - limit} more in {path}")
+
+
+def _print_split_conflicts(home: Path) -> None:
+    manifest = home / "data" / "split" / "manifest.json"
+    if manifest.exists() and (m := json.loads(manifest.read_text())).get("conflicts"):
+        print(f"label conflicts across the drops (train_set, conflicts={m['conflict_policy']}): {m['conflicts']}")
+        _print_conflicts(home / "data" / "split" / "conflicts.jsonl", m["conflict_policy"], "  ")
 
 
 def prepare_ui() -> int:

@@ -28,3 +28,16 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
     it = iter(items)
     while batch := list(islice(it, size)):
         yield batch
+
+
+CHUNK = 4096  # texts joined at once: bounds the joined copies (4 bytes a character once one text has an emoji)
+
+
+def chunked(fn):
+    """Apply a batch function to a long list a chunk at a time: the same result, bounded memory."""
+    def run(texts: list, *args):
+        if len(texts) <= CHUNK:
+            return fn(texts, *args)
+        return [x for i in range(0, len(texts), CHUNK) for x in fn(texts[i:i + CHUNK], *args)]
+    run.__doc__ = fn.__doc__
+    return run

@@ -6,10 +6,10 @@ erasure request names: erasure/requests.py)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -17,15 +17,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ft_pipeline.data.bulk import batches, no_cycle_gc
+from ft_pipeline.data import conflicts, dedup
+from ft_pipeline.data.bulk import batches, chunked, no_cycle_gc
+from ft_pipeline.data.dedup import duplicate_entry, repoint
 from ft_pipeline.data.formats import ParsedDrop, RowError, to_messages
+from ft_pipeline.data.keys import as_uint64, example_id, example_keys, near_dup_key, near_dup_keys  # noqa: F401
 from ft_pipeline.data.near_dup import NearDupParams
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _PHONE = re.compile(r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3}[ .-]?\d{3,4}(?!\d)")
-_PUNCT_WS = re.compile(r"[\W_]+", re.UNICODE)
 _SPACES = re.compile(r"[\t\u00a0]|[ \t\u00a0]{2,}")  # what "runs of spaces become one space" changes
 _TRAILING_WS = re.compile(r"[^\S\n]+(?=\n|\x00|\Z)")
 _SEP = "\x00"  # no pattern here can match across it, and it is not whitespace: texts are joined with it
@@ -36,6 +38,7 @@ class CleaningOptions:
     redact_pii: bool = True
     max_chars: int = 4000  # a row longer than this (all messages together) is quarantined, never truncated
     near_dup: NearDupParams | None = field(default_factory=NearDupParams)  # None: exact and normalized only
+    conflicts: str = "keep"  # rows with one input and different answers: keep, quarantine or latest
 
 
 @dataclass
@@ -48,6 +51,7 @@ class CleanedDrop:
     rows_in: int = 0
     pii_counts: Counter = field(default_factory=Counter)
     signatures: object = None  # MinHash signatures of `kept` (numpy, one row each), for the split to reuse
+    conflicts: list[dict] = field(default_factory=list)  # label conflicts: each row with its answer and outcome
 
     @property
     def quarantine_reasons(self) -> Counter:
@@ -58,7 +62,8 @@ class CleanedDrop:
                 "duplicates": len(self.duplicates), "erased": len(self.erased),
                 "duplicates_by_kind": dict(Counter(d["kind"] for d in self.duplicates)),
                 "quarantined_by_reason": dict(self.quarantine_reasons),
-                "pii_redacted_by_kind": dict(self.pii_counts)}
+                "pii_redacted_by_kind": dict(self.pii_counts), "conflicts": len(self.conflicts),
+                "conflict_rows": sum(len(c["rows"]) for c in self.conflicts)}
 
 
 def normalize_text(text: str) -> str:
@@ -67,20 +72,7 @@ def normalize_text(text: str) -> str:
     return "\n".join(_SPACES.sub(" ", ln).rstrip() for ln in text.split("\n")).strip()
 
 
-_CHUNK = 4096  # texts joined at once: bounds the joined copies (4 bytes a character once one text has an emoji)
-
-
-def _chunked(fn):
-    """Apply a batch function to a long list a chunk at a time: the same result, bounded memory."""
-    def run(texts: list, *args):
-        if len(texts) <= _CHUNK:
-            return fn(texts, *args)
-        return [x for i in range(0, len(texts), _CHUNK) for x in fn(texts[i:i + _CHUNK], *args)]
-    run.__doc__ = fn.__doc__
-    return run
-
-
-@_chunked
+@chunked
 def normalize_many(texts: list[str]) -> list[str]:
     """`normalize_text` of each text, done as a few C-level passes over all of them joined (the same result)."""
     joined = _SEP.join(texts)
@@ -91,7 +83,7 @@ def normalize_many(texts: list[str]) -> list[str]:
     return [t.strip() for t in joined.split(_SEP)] if texts else []
 
 
-@_chunked
+@chunked
 def redact_many(texts: list[str], counts: Counter) -> list[str]:
     """`redact` of each text, done as one pass per pattern over the texts that can match it, joined (the same
     result: no pattern can match the separator, and the lookarounds see it as the start or end of a text)."""
@@ -160,42 +152,6 @@ def redact(text: str, counts: Counter) -> str:
     return text
 
 
-_json_str = json.encoder.encode_basestring  # a str as a JSON string, ensure_ascii=False (C-accelerated)
-# ASCII letters and digits stay, every other ASCII byte (punctuation, "_", whitespace) becomes a space, and the
-# separator stays itself: for ASCII text, the words _PUNCT_WS leaves.
-_ASCII_WORDS = bytes(b if chr(b).isalnum() or b == 0 else 0x20 for b in range(128)) + bytes(range(128, 256))
-_PUNCT_WS_BATCH = re.compile(r"[^\w\x00]+")  # _PUNCT_WS once "_" is a space, not crossing the separator
-
-
-def example_id(messages: list[dict]) -> str:
-    """Stable id of a normalized example: the same conversation always has the same id (sha256 of the compact
-    JSON [[role, content], ...], assembled from the C string encoder json.dumps itself uses)."""
-    blob = "[" + ",".join(f"[{_json_str(m['role'])},{_json_str(m['content'])}]" for m in messages) + "]"
-    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def near_dup_key(messages: list[dict]) -> str:
-    """Key that two near-identical examples share: case, punctuation and whitespace do not count."""
-    parts = [m["role"] + ":" + _PUNCT_WS.sub(" ", m["content"].casefold()).strip() for m in messages]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
-
-
-@_chunked
-def near_dup_keys(examples: list[list[dict]]) -> list[str]:
-    """`near_dup_key` of each example, with the punctuation pass done once over all contents joined."""
-    contents = [m["content"] for msgs in examples for m in msgs]
-    joined = _SEP.join(contents)
-    if joined.count(_SEP) != max(len(contents) - 1, 0):
-        return [near_dup_key(msgs) for msgs in examples]
-    if joined.isascii():  # the common case: a byte translation, not a Unicode regex (the same words)
-        folded = iter(" ".join(t.split()) for t in joined.lower().encode().translate(_ASCII_WORDS).decode()
-                      .split(_SEP))
-    else:
-        folded = iter(_PUNCT_WS_BATCH.sub(" ", joined.casefold().replace("_", " ")).split(_SEP))
-    return [hashlib.sha256("\x1f".join(m["role"] + ":" + next(folded).strip() for m in msgs).encode())
-            .hexdigest()[:16] for msgs in examples]
-
-
 def iter_canonical(parsed: ParsedDrop, fmt: str, convert: Callable[[Any, str], dict] | None = None) -> Iterator[dict]:
     """One record per input row: its provenance and original text, and either chat `messages` or the reason
     (`code`, `reason`) it could not be converted. `convert(data, fmt)`, raising RowError, gives other fields in
@@ -240,69 +196,116 @@ def clean_stream(rows: Iterable[dict | str | bytes], kept_path: Path, options: C
                  chunk_rows: int | None = None, workers: int | None = None) -> CleanedDrop:
     """Quarantine unusable rows, normalize, redact personal data, and drop exact and near duplicates, a chunk
     of rows at a time; the kept records are written to `kept_path` (JSONL), not returned. `rows` are canonical
-    records, or their JSONL lines, str or bytes (parsed by the workers).
+    records, or their JSONL lines, str or bytes (parsed by the workers). A duplicate always has the answer of
+    the row it duplicates (normalized: case, punctuation and whitespace aside); near is measured on the input
+    (system and user messages). Rows with one input and different answers are a label conflict, reported in
+    `conflicts` and kept, quarantined or replaced as `options.conflicts` says (data/conflicts.py).
 
-    Each chunk's per-row work (parse, normalize, redact, ids, MinHash signatures) is independent of the others,
-    so `workers` processes do it side by side (None: one per CPU, at most 4; 0 or 1, or a single chunk: this
-    process); this process takes their results in order and does what depends on the rows before: exact and
-    normalized dedup, then the MinHash/LSH pass over every signature. Memory stays at a few chunks plus, per
-    kept row, its signature and the fields a duplicate entry names; kept candidates go to a side file first and
-    are copied to `kept_path` once the MinHash pass has run."""
+    Each chunk's per-row work (parse, normalize, redact, ids and keys, MinHash signatures) is independent of
+    the others, so `workers` processes do it side by side (None: one per CPU, at most 4; 0 or 1, or a single
+    chunk: this process); this process takes their results in order and does what depends on the rows before:
+    exact and normalized dedup, then the label conflicts, then the MinHash/LSH pass over every signature.
+    Memory stays at a few chunks plus, per kept row, its signature, two keys and the fields a duplicate entry
+    names; kept candidates go to a side file first and are copied to `kept_path` once the MinHash pass has run."""
     from ft_pipeline.data import lsh
+    from ft_pipeline.jsonl import loads
 
     opts = options or CleaningOptions()
+    if opts.conflicts not in conflicts.CONFLICTS:
+        raise ValueError(f"conflicts must be one of {', '.join(conflicts.CONFLICTS)}, got {opts.conflicts!r}")
     out = CleanedDrop()
-    seen_exact: dict[str, tuple] = {}  # example id -> the kept example's reference
-    seen_near: dict[str, tuple] = {}  # normalized key -> the same
-    refs: list[tuple] = []  # per written candidate: (id, drop, line, raw_sha256), what a duplicate entry names
-    sigs = []
-    cand_path = kept_path.with_name(kept_path.name + (".candidates" if opts.near_dup else ".tmp"))
-    with no_cycle_gc(), open(cand_path, "wb") as f:
+    seen: dict[str, int] = {}  # normalized key and answer key -> the candidate kept for it
+    refs: list[tuple] = []  # per candidate: (id, drop, line, raw_sha256), what a duplicate entry names
+    dup_of: list[int] = []  # per duplicate entry: the candidate it duplicates
+    sigs, input_keys, answer_keys = [], [], []
+    cand_path = kept_path.with_name(kept_path.name + ".candidates")
+    raw_path = kept_path.with_name(kept_path.name + ".raw")  # conflicts=quarantine: rows' text, for the quarantine
+    with no_cycle_gc(), open(cand_path, "wb") as f, \
+            (open(raw_path, "wb") if opts.conflicts == "quarantine" else nullcontext()) as raw_f:
         for prep in _prepared_chunks(batches(rows, chunk_rows or CHUNK_ROWS), opts, workers):
             out.rows_in += prep["rows"]
             out.quarantined += prep["quarantined"]
             out.erased += prep["erased"]
             out.pii_counts.update(prep["pii"])
             keep, kept_lines = [], []
-            for ref, key, line in zip(prep["refs"], prep["near_keys"], prep["lines"]):
-                # An exact copy has the same normalized key too: one lookup for a row that is new.
-                first = seen_near.get(key)
-                if first is not None:
-                    exact = seen_exact.get(ref[0])
-                    out.duplicates.append(duplicate_entry(_ref(ref), _ref(exact or first), "exact" if exact else "near",
+            for ref, key, line in zip(prep["refs"], prep["dup_keys"], prep["lines"]):
+                first = seen.get(key)
+                if first is not None:  # an exact copy has the same keys too: one lookup for a row that is new
+                    exact = refs[first][0] == ref[0]
+                    out.duplicates.append(duplicate_entry(_ref(ref), _ref(refs[first]), "exact" if exact else "near",
                                                           "exact" if exact else "normalized"))
+                    dup_of.append(first)
                     keep.append(False)
                     continue
-                seen_exact[ref[0]] = seen_near[key] = ref
+                seen[key] = len(refs)
                 kept_lines.append(line)
                 refs.append(ref)
                 keep.append(True)
             f.writelines(kept_lines)
+            mask = np.array(keep, dtype=bool)
+            input_keys.append(prep["input_keys"][mask])
+            answer_keys.append(prep["answer_keys"][mask])
             if opts.near_dup is not None:
-                sigs.append(prep["signatures"][np.array(keep, dtype=bool)])
-    del seen_exact, seen_near
-    if opts.near_dup is None:
-        out.kept_count = len(refs)
+                sigs.append(prep["signatures"][mask])
+            if raw_f:
+                raw_f.writelines(prep["raws"])
+    del seen
+    answers = np.concatenate(answer_keys) if answer_keys else np.zeros(0, dtype=np.uint64)
+    settled = dedup.settle(opts.conflicts, lambda i: _ref(refs[i]),
+                           np.concatenate(input_keys) if input_keys else answers, answers, out.duplicates, dup_of)
+    del dup_of, input_keys, answer_keys
+    out.duplicates, keep = settled.duplicates, settled.alive
+    if opts.near_dup is not None:
+        sig = np.concatenate(sigs) if sigs else np.zeros((0, opts.near_dup.num_perm), dtype=np.uint32)
+        live = np.flatnonzero(keep)
+        near, sim = lsh.dedup(sig[live], opts.near_dup, groups=answers[live])
+        removed = [duplicate_entry(_ref(refs[live[i]]), _ref(refs[live[near[i]]]), "near", "minhash", sim[i])
+                   for i in np.flatnonzero(near >= 0).tolist()]
+        out.duplicates = repoint(out.duplicates, removed) + removed
+        keep[live[near >= 0]] = False
+        out.signatures = sig[keep]
+    out.duplicates.sort(key=lambda d: d["line"])
+    out.kept_count = int(keep.sum())
+    members = {m for group in settled.groups for _, m, _ in group}
+    lines = {}  # the cleaned records of the conflicts' candidates, for their answers
+    if keep.all() and not members:
         cand_path.replace(kept_path)
-        return out
-    sig = np.concatenate(sigs) if sigs else np.zeros((0, opts.near_dup.num_perm), dtype=np.uint32)
-    dup_of, sim = lsh.dedup(sig, opts.near_dup)
-    removed = [duplicate_entry(_ref(refs[i]), _ref(refs[dup_of[i]]), "near", "minhash", sim[i])
-               for i in np.flatnonzero(dup_of >= 0).tolist()]
-    out.duplicates = sorted(repoint(out.duplicates, removed) + removed, key=lambda d: d["line"])
-    out.signatures = sig[dup_of < 0]
-    keep = (dup_of < 0).tolist()
-    tmp = kept_path.with_name(kept_path.name + ".tmp")
-    with open(cand_path, "rb") as src, open(tmp, "wb") as dst:
-        dst.writelines(line for line, k in zip(src, keep) if k)
-    out.kept_count = int(sum(keep))
-    tmp.replace(kept_path)
-    cand_path.unlink()
+    else:
+        tmp = kept_path.with_name(kept_path.name + ".tmp")
+        with open(cand_path, "rb") as src, open(tmp, "wb") as dst:
+            for i, (text, k) in enumerate(zip(src, keep.tolist())):
+                if k:
+                    dst.write(text)
+                if i in members:
+                    lines[i] = loads(text)
+        tmp.replace(kept_path)
+        cand_path.unlink()
+    out.conflicts = [conflicts.report([r for r, _, _ in group], [o for _, _, o in group],
+                                      [conflicts.answer(lines[m]["messages"]) for _, m, _ in group],
+                                      conflicts.input_text(lines[group[0][1]]["messages"]))
+                     for group in settled.groups]
+    if raw_f is not None:
+        out.quarantined = sorted(out.quarantined + _with_raw(settled.quarantine, raw_path), key=lambda q: q["line"])
     return out
 
 
 def _ref(ref: tuple) -> dict:
     return dict(zip(("id", "drop", "line", "raw_sha256"), ref))
+
+
+def _with_raw(rows: list[tuple[dict, list[dict]]], raw_path: Path) -> list[dict]:
+    """The quarantine entries of conflicting rows, each with its original text from the side file."""
+    from ft_pipeline.jsonl import loads
+
+    wanted = {(r["line"], r["raw_sha256"]) for r, _ in rows}
+    raws = {}
+    with open(raw_path, "rb") as f:
+        for text in f if wanted else ():
+            line, sha, raw = loads(text)
+            if (line, sha) in wanted:
+                raws[line, sha] = raw
+    raw_path.unlink()
+    return [conflicts.quarantine_entry(r, others, raw=raws.get((r["line"], r["raw_sha256"]))) for r, others in rows]
 
 
 def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int | None) -> Iterator[dict]:
@@ -333,9 +336,10 @@ def _prepared_chunks(chunks: Iterator[list], opts: CleaningOptions, workers: int
 
 def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dict:
     """The per-row work on one chunk, which depends on no other row: quarantined rows (unconvertible or too
-    long), and for each other row in order its reference (id, drop, line, raw_sha256), normalized key and
-    cleaned JSONL line (UTF-8), with the personal data counts and, when near-dup is on, the rows' MinHash
-    signatures. Columns of plain tuples and bytes: they cross back from a worker process cheaply."""
+    long), and for each other row in order its reference (id, drop, line, raw_sha256), dedup key (normalized
+    key and answer key), input and answer keys (uint64) and cleaned JSONL line (UTF-8), with the personal data
+    counts, when near-dup is on the MinHash signatures of the rows' inputs, and with conflicts=quarantine their
+    original text. Columns of plain tuples, bytes and arrays: they cross back from a worker process cheaply."""
     from ft_pipeline.data import near_dup
     from ft_pipeline.jsonl import line, loads
 
@@ -355,8 +359,8 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
         redacted = iter(redact_many(fits, pii) if opts.redact_pii else fits)
         fitting = [[{**m, "content": next(redacted)} for m in row["messages"]] for row in usable
                    if n_chars[id(row)] <= opts.max_chars]
-        near_keys, fitting_messages = near_dup_keys(fitting), iter(fitting)
-        refs, lines = [], []
+        keys, fitting_messages = example_keys(fitting), iter(fitting)
+        refs, lines, raws = [], [], []
         for row in records:
             base = {k: row[k] for k in ("drop", "line", "raw_sha256")}
             if "messages" not in row:
@@ -369,26 +373,15 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
                 continue
             messages = next(fitting_messages)
             rid = example_id(messages)
-            rec = {"id": rid, "near_key": near_keys[len(lines)], **base, "format": row["format"],
-                   "messages": messages}
+            near_key, input_key, answer_key = keys[len(lines)]
+            rec = {"id": rid, "near_key": near_key, "input_key": input_key, "answer_key": answer_key, **base,
+                   "format": row["format"], "messages": messages}
             refs.append((rid, base["drop"], base["line"], base["raw_sha256"]))
             lines.append(line(rec))
-        sig = near_dup.signatures(fitting, opts.near_dup) if opts.near_dup is not None else None
+            if opts.conflicts == "quarantine":
+                raws.append(line([base["line"], base["raw_sha256"], row["raw"]]))
+        sig = (near_dup.signatures(map(near_dup.input_side, fitting), opts.near_dup) if opts.near_dup is not None
+               else None)
     return {"rows": len(records) + len(erased), "erased": erased, "quarantined": quarantined, "pii": pii,
-            "refs": refs, "near_keys": near_keys,
-            "lines": lines, "signatures": sig}
-
-
-def duplicate_entry(rec: dict, first: dict, kind: str, method: str, similarity: float = 1.0) -> dict:
-    """What a removed duplicate records: itself, how it was matched, and the kept example it duplicates."""
-    return {"drop": rec["drop"], "line": rec["line"], "raw_sha256": rec.get("raw_sha256"), "kind": kind,
-            "method": method, "similarity": round(float(similarity), 4), "id": rec["id"],
-            "duplicate_of": {k: first[k] for k in ("id", "drop", "line")}}
-
-
-def repoint(duplicates: list[dict], removed: list[dict]) -> list[dict]:
-    """Duplicates that pointed at an example the MinHash pass then removed point at the example that one
-    duplicates instead, so `duplicate_of` always names a kept example."""
-    to = {d["id"]: d["duplicate_of"] for d in removed}
-    return [{**d, "duplicate_of": to[d["duplicate_of"]["id"]]} if d["duplicate_of"]["id"] in to else d
-            for d in duplicates]
+            "refs": refs, "dup_keys": [k[0] + k[2] for k in keys], "input_keys": as_uint64([k[1] for k in keys]),
+            "answer_keys": as_uint64([k[2] for k in keys]), "lines": lines, "signatures": sig, "raws": raws}

@@ -1,6 +1,8 @@
 """LSH over MinHash signatures (data/near_dup.py): band keys, and the pairs of examples that share a band key with
 an estimated Jaccard similarity at or above the threshold, found with array operations (`dedup`, within one set
-of examples; `cross_pairs`, between two)."""
+of examples; `cross_pairs`, between two). With `groups` (one 64-bit key per example: the pipeline passes its
+answer key) only examples of the same group are paired: the group is mixed into every band key, so that rows with
+different answers never even become candidates, and a pair is checked to have equal groups."""
 
 from __future__ import annotations
 
@@ -57,14 +59,17 @@ def _bands(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: 
     return opt
 
 
-def band_keys(sig: np.ndarray, params: NearDupParams) -> np.ndarray:
-    """One 64-bit key per (example, band): equal when the band's r hash values are equal (up to a 2^-64
-    collision, which only adds a candidate that the Jaccard estimate then rejects)."""
+def band_keys(sig: np.ndarray, params: NearDupParams, groups: np.ndarray | None = None) -> np.ndarray:
+    """One 64-bit key per (example, band): equal when the band's r hash values (and the examples' groups) are
+    equal (up to a 2^-64 collision, which only adds a candidate that the checks then reject)."""
     nb, r = params.bands
     keys = np.empty((len(sig), nb), dtype=np.uint64)
     prime = np.uint64(0x100000001B3)
     for j in range(nb):
         k = np.full(len(sig), 0xCBF29CE484222325, dtype=np.uint64)
+        if groups is not None:
+            k ^= groups
+            k *= prime
         for c in range(j * r, (j + 1) * r):  # in place, one column at a time: no uint64 copy of `sig`
             k ^= sig[:, c]
             k *= prime
@@ -97,12 +102,13 @@ _PAIR_CHUNK = 1 << 16  # pairs compared at once: (chunk x num_perm) uint32 gathe
 _PAIR_SLICE = 1 << 22  # pairs listed at once: a few int64 arrays of this length, about 200 MB
 
 
-def dedup(sig: np.ndarray, params: NearDupParams,
-          max_pairs: int = MAX_CANDIDATE_PAIRS) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy, in order: an example is a near-duplicate of the earliest earlier *kept* example that is an LSH
-    candidate with estimated Jaccard >= threshold; otherwise it is kept. Returns (duplicate_of, similarity):
-    the index of that kept example (-1 when kept) and the estimate. The result for the first k examples does
-    not depend on what follows them, which is what makes appending data safe.
+def dedup(sig: np.ndarray, params: NearDupParams, max_pairs: int = MAX_CANDIDATE_PAIRS,
+          groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy, in order: an example is a near-duplicate of the earliest earlier *kept* example (of its group,
+    when `groups` are given) that is an LSH candidate with estimated Jaccard >= threshold; otherwise it is
+    kept. Returns (duplicate_of, similarity): the index of that kept example (-1 when kept) and the estimate.
+    The result for the first k examples does not depend on what follows them, which is what makes appending
+    data safe.
 
     Every candidate pair (two examples sharing a band key) has its Jaccard estimate computed with array
     operations, a band and a slice of its buckets at a time; only the pairs at or above the threshold, a few
@@ -115,10 +121,10 @@ def dedup(sig: np.ndarray, params: NearDupParams,
     sim = np.zeros(n, dtype=np.float32)
     if n < 2:
         return dup_of, sim
-    keys = band_keys(sig, params)
-    hits = _similar_pairs(sig, keys, params, max_pairs)
+    keys = band_keys(sig, params, groups)
+    hits = _similar_pairs(sig, keys, params, max_pairs, groups)
     if hits is None:
-        return _dedup_loop(sig, keys, params)
+        return _dedup_loop(sig, keys, params, groups)
     later, earlier, est = hits
     # By (later, earlier): an earlier example is decided before any later one looks at it, and the first kept
     # `earlier` of each example is the one it duplicates. A pair found in several bands is seen again: no-op.
@@ -128,7 +134,8 @@ def dedup(sig: np.ndarray, params: NearDupParams,
     return dup_of, sim
 
 
-def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max_pairs: int):
+def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max_pairs: int,
+                   groups: np.ndarray | None = None):
     """(later, earlier, estimate) of every pair of examples sharing a key in some band whose estimated Jaccard
     is >= threshold, sorted by (later, earlier), a pair found in several bands once per band; None when there
     are more than `max_pairs` candidate pairs in all, or one bucket alone has more than _PAIR_SLICE (about 2900
@@ -167,6 +174,9 @@ def _similar_pairs(sig: np.ndarray, keys: np.ndarray, params: NearDupParams, max
             later, earlier = np.maximum(a, b), np.minimum(a, b)
             for c in range(0, len(later), _PAIR_CHUNK):
                 li, ei = later[c:c + _PAIR_CHUNK], earlier[c:c + _PAIR_CHUNK]
+                if groups is not None:
+                    same = groups[li] == groups[ei]
+                    li, ei = li[same], ei[same]
                 if head_need > 0:
                     maybe = np.count_nonzero(head[li] == head[ei], axis=1) >= head_need
                     li, ei = li[maybe], ei[maybe]
@@ -185,7 +195,8 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def _dedup_loop(sig: np.ndarray, keys: np.ndarray, params: NearDupParams) -> tuple[np.ndarray, np.ndarray]:
+def _dedup_loop(sig: np.ndarray, keys: np.ndarray, params: NearDupParams,
+                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`dedup` one example at a time, each compared with the kept examples in its buckets only: memory stays
     linear however large a bucket is."""
     n = len(sig)
@@ -200,6 +211,8 @@ def _dedup_loop(sig: np.ndarray, keys: np.ndarray, params: NearDupParams) -> tup
         cands = set()
         for j in bands:
             cands.update(buckets.get((j, row_keys[j]), ()))
+        if groups is not None:
+            cands = {c for c in cands if groups[c] == groups[i]}
         if cands:
             c = np.array(sorted(cands))
             s = jaccard(sig, c, i)
@@ -212,11 +225,13 @@ def _dedup_loop(sig: np.ndarray, keys: np.ndarray, params: NearDupParams) -> tup
     return dup_of, sim
 
 
-def cross_pairs(sig_a: np.ndarray, sig_b: np.ndarray, params: NearDupParams) -> list[tuple[int, int, float]]:
-    """Every (i in a, j in b) that is an LSH candidate with estimated Jaccard >= threshold, sorted."""
+def cross_pairs(sig_a: np.ndarray, sig_b: np.ndarray, params: NearDupParams, groups_a: np.ndarray | None = None,
+                groups_b: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+    """Every (i in a, j in b) that is an LSH candidate with estimated Jaccard >= threshold (and, with groups,
+    the same group), sorted."""
     if not len(sig_a) or not len(sig_b):
         return []
-    ka, kb = band_keys(sig_a, params), band_keys(sig_b, params)
+    ka, kb = band_keys(sig_a, params, groups_a), band_keys(sig_b, params, groups_b)
     found: set[tuple[int, int]] = set()
     for j in range(ka.shape[1]):
         common = np.intersect1d(ka[:, j], kb[:, j])
@@ -229,6 +244,8 @@ def cross_pairs(sig_a: np.ndarray, sig_b: np.ndarray, params: NearDupParams) -> 
             found.update((i, k) for k in index[int(ka[i, j])])
     out = []
     for i, k in sorted(found):
+        if groups_a is not None and groups_a[i] != groups_b[k]:
+            continue
         s = float((sig_a[i] == sig_b[k]).mean())
         if s >= params.threshold:
             out.append((i, k, s))

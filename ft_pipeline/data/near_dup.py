@@ -10,7 +10,9 @@ hash from prefix sums over the batch's bytes), n-grams are combined with numpy, 
 are array operations, so that only pairs at or above the threshold go through a Python loop: about a hundred
 thousand examples a second on one core, signatures included (`data.near_dup_rows_per_s` in bench/bench_data.py).
 The band count and width (b, r) are datasketch's optimum for the threshold and num_perm, weighted for recall
-(see `NearDupParams.bands`)."""
+(see `NearDupParams.bands`). Cleaning and the split sign a row's input (`input_side`: its system and user
+messages) and pair only rows with the same answer key (data/keys.py): a row whose answer differs is never a
+duplicate."""
 
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ def normalized(messages: list[dict]) -> bytes:
     translation instead of a Unicode regex: 10-20x faster, and non-ASCII punctuation (an em dash) simply stays
     part of the word it touches."""
     return " ".join(f"{m['role']} {m['content']}" for m in messages).casefold().encode().translate(_TO_SPACE)
+
+
+def input_side(messages: list[dict]) -> list[dict]:
+    """The messages a row's input is, what "near" is measured on: all but the assistant's (system and user)."""
+    return [m for m in messages if m["role"] != "assistant"]
 
 
 def tokens(messages: list[dict]) -> list[bytes]:

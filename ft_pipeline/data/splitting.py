@@ -1,11 +1,14 @@
 """Merge cleaned drops, drop duplicates across drops, and split train/holdout by a stable hash.
 
 Drops are merged in name order, rows in file order. Exact and near-duplicates (normalized key, then MinHash/LSH
-at the configured threshold) of an earlier kept example are removed and recorded with the example they
-duplicate, so each near-duplicate cluster enters the split as one example: its earliest member, the cluster's
-canonical representative. That example's side is a function of its normalized key and the seed alone. Adding a
-drop whose name sorts after the existing ones (the date-prefixed names do) therefore never changes which
-existing example is kept or on which side it is; its near-duplicates of existing examples are removed."""
+of the input at the configured threshold) of an earlier kept example with the same answer are removed and
+recorded with the example they duplicate, so each near-duplicate cluster enters the split as one example: its
+earliest member, the cluster's canonical representative. That example's side is a function of its normalized
+key and the seed alone. Adding a drop whose name sorts after the existing ones (the date-prefixed names do)
+therefore never changes which existing example is kept or on which side it is; its near-duplicates of existing
+examples are removed. A row whose answer differs is never a duplicate: one input with different answers is a
+label conflict, kept, quarantined or settled for the latest drop as the `conflicts` knob says
+(data/conflicts.py; with `latest` a new drop does replace an existing example, which is what it is for)."""
 
 from __future__ import annotations
 
@@ -19,12 +22,14 @@ import numpy as np
 import pandas as pd
 
 from ft_pipeline import knobs
+from ft_pipeline.data import conflicts
 from ft_pipeline.data.bulk import no_cycle_gc
-from ft_pipeline.data.cleaning import duplicate_entry
+from ft_pipeline.data.dedup import duplicate_entry
 from ft_pipeline.data.formats import FORMATS
+from ft_pipeline.data.keys import as_uint64, side_keys
 from ft_pipeline.data.near_dup import NearDupParams
 from ft_pipeline.data.token_policy import ON_TOO_LONG
-from ft_pipeline.jsonl import line, loads
+from ft_pipeline.jsonl import line, loads, write_jsonl
 
 NO_STRATUM = "(none)"
 
@@ -36,6 +41,7 @@ KNOBS = {
     "near_dup_ngram": knobs.POSITIVE, "max_chars": knobs.POSITIVE, "holdout_fraction": knobs.Knob(gt=0, lt=1),
     "seed": knobs.NON_NEGATIVE,
     "max_tokens": knobs.POSITIVE, "on_too_long": knobs.Knob(choices=ON_TOO_LONG),
+    "conflicts": knobs.Knob(choices=conflicts.CONFLICTS),
 }
 
 
@@ -45,6 +51,8 @@ class Split:
     holdout: list[dict] = field(default_factory=list)
     cross_drop_duplicates: list[dict] = field(default_factory=list)
     strata: dict[str, dict] = field(default_factory=dict)  # stratum -> {train, holdout, holdout_share}
+    quarantined: list[dict] = field(default_factory=list)  # rows of label conflicts, with conflicts=quarantine
+    conflicts: list[dict] = field(default_factory=list)  # label conflicts: each row with its answer and outcome
 
 
 @dataclass
@@ -55,6 +63,7 @@ class SplitOptions:
     stratify_by: str | None = None
     max_tokens: int = 1024  # training's max_length
     on_too_long: str = "quarantine"  # or "fail"
+    conflicts: str = "keep"  # rows with one input and different answers: keep, quarantine or latest
 
 
 def holdout_bucket(near_key: str, seed: int) -> float:
@@ -88,24 +97,31 @@ def stratum_of(rec: dict, stratify_by: str) -> str:
 @dataclass
 class Assignment:
     """What the split decided for each example (row i of the merged input): `side` 0 train, 1 holdout,
-    DUPLICATE or TOO_LONG; for a duplicate, `dup_of` (the kept example's row), `method` and `similarity`."""
+    DUPLICATE, TOO_LONG or CONFLICT (quarantined); for a duplicate, `dup_of` (the kept example's row), `method`
+    and `similarity`; `conflicts`, the rows of each label conflict."""
 
     side: np.ndarray
     dup_of: np.ndarray
     method: list[str | None]
     similarity: np.ndarray
+    conflicts: list[np.ndarray] = field(default_factory=list)
 
 
-DUPLICATE, TOO_LONG = -1, -2
+DUPLICATE, TOO_LONG, CONFLICT = -1, -2, -3
 
 
-def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> Assignment:
+def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None, *, input_keys: np.ndarray,
+           answer_keys: np.ndarray) -> Assignment:
     """The split's decisions for examples in merge order (drops by name, rows in file order): too-long rows
-    out; a normalized-exact copy of an earlier kept row out; then a MinHash near-duplicate of an earlier kept
-    row out (`sig`: their signatures, or a function of the surviving rows' indices returning them); the rest
-    dealt by `holdout_bucket` of the normalized key. A duplicate always points at a kept row."""
+    out; label conflicts (one input key, different answer keys) as `opts.conflicts` says; a normalized copy
+    (normalized key and answer key) of an earlier kept row out; then a MinHash near-duplicate of the input of
+    an earlier kept row with the same answer out (`sig`: the inputs' signatures, or a function of the
+    surviving rows' indices returning them); the rest dealt by `holdout_bucket` of the normalized key. A
+    duplicate always points at a kept row, with its answer (or, `conflict_replaced`, the latest answer)."""
     if not 0 < opts.holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be between 0 and 1, got {opts.holdout_fraction}")
+    if opts.conflicts not in conflicts.CONFLICTS:
+        raise ValueError(f"conflicts must be one of {', '.join(conflicts.CONFLICTS)}, got {opts.conflicts!r}")
     from ft_pipeline.data import lsh
 
     n = len(near_keys)
@@ -116,7 +132,20 @@ def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> As
     if too_long is not None:
         side[too_long] = TOO_LONG
     eligible = np.flatnonzero(side != TOO_LONG)
-    codes = pd.factorize(pd.Series(near_keys, dtype=object).iloc[eligible])[0]
+    found = [eligible[g] for g in conflicts.groups(input_keys[eligible], answer_keys[eligible])]
+    for group in found:
+        if opts.conflicts == "quarantine":
+            side[group] = CONFLICT
+        elif opts.conflicts == "latest":
+            kept, replaced = conflicts.latest(group, answer_keys)  # the last row is the newest drop's
+            side[replaced], dup_of[replaced] = DUPLICATE, kept
+            for i in replaced.tolist():
+                method[i] = conflicts.REPLACED
+    eligible = np.flatnonzero(side == 0)
+    # A normalized copy: the same normalized key and the same answer key as an earlier row.
+    answer_codes = pd.factorize(answer_keys[eligible])[0]
+    near_codes = pd.factorize(pd.Series(near_keys, dtype=object).iloc[eligible])[0]
+    codes = pd.factorize(near_codes * (int(answer_codes.max(initial=0)) + 1) + answer_codes)[0]
     _, first = np.unique(codes, return_index=True)  # each key's first eligible row
     first_row = eligible[first[codes]]
     repeat = first_row != eligible
@@ -126,16 +155,16 @@ def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None) -> As
     rows = np.flatnonzero(side == 0)
     if opts.near_dup is not None and rows.size:
         sub = sig(rows) if callable(sig) else sig[rows]
-        d, sim = lsh.dedup(sub, opts.near_dup)
+        d, sim = lsh.dedup(sub, opts.near_dup, groups=answer_keys[rows])
         for k in np.flatnonzero(d >= 0).tolist():
             i = int(rows[k])
             side[i], dup_of[i], method[i], similarity[i] = DUPLICATE, rows[d[k]], "minhash", sim[k]
-        for i in np.flatnonzero((side == DUPLICATE) & (dup_of >= 0)).tolist():
-            if side[dup_of[i]] == DUPLICATE:  # its target was a MinHash duplicate: point at what that kept
-                dup_of[i] = dup_of[dup_of[i]]
+    for i in np.flatnonzero((side == DUPLICATE) & (dup_of >= 0)).tolist():
+        while side[dup_of[i]] == DUPLICATE:  # its target was removed after it: point at what that one kept
+            dup_of[i] = dup_of[dup_of[i]]
     dealt = np.flatnonzero(side == 0)
     side[dealt] = holdout_buckets([near_keys[i] for i in dealt.tolist()], opts.seed) < opts.holdout_fraction
-    return Assignment(side, dup_of, method, similarity)
+    return Assignment(side, dup_of, method, similarity, found)
 
 
 def _strata(values: list[str], side: np.ndarray) -> dict[str, dict]:
@@ -149,27 +178,60 @@ def _strata(values: list[str], side: np.ndarray) -> dict[str, dict]:
 
 
 def _dup_entry(rec: dict, a: Assignment, i: int, ref: dict) -> dict:
+    if a.method[i] == conflicts.REPLACED:
+        return {**duplicate_entry(rec, ref, conflicts.REPLACED, "latest"),
+                "reason": conflicts.replaced_reason(ref, rec["drop"])}
     return duplicate_entry(rec, ref, "near", a.method[i], float(a.similarity[i]))
+
+
+def side_keys_of(records) -> tuple[list[str], list[str]]:
+    """The input and answer keys of cleaned records: cleaning's, or computed for a file cleaned before it wrote
+    them."""
+    keys = [(r["input_key"], r["answer_key"]) if "answer_key" in r else side_keys(r["messages"]) for r in records]
+    return [k[0] for k in keys], [k[1] for k in keys]
+
+
+def _conflict_outputs(a: Assignment, answer_keys: np.ndarray, rec) -> tuple[list[dict], dict[int, dict]]:
+    """The reports of the label conflicts, and the quarantine entry of each row quarantined for one, by row
+    (`rec(i)`: the cleaned record of row i)."""
+    reports, quarantined = [], {}
+    for group in a.conflicts:
+        rows = {i: rec(i) for i in group.tolist()}
+        outcome = {i: "kept" if a.side[i] >= 0 else "quarantined" if a.side[i] == CONFLICT else
+                   "replaced" if a.method[i] == conflicts.REPLACED else "duplicate" for i in rows}
+        reports.append(conflicts.report(list(rows.values()), list(outcome.values()),
+                                        [conflicts.answer(r["messages"]) for r in rows.values()],
+                                        conflicts.input_text(rows[int(group[0])]["messages"])))
+        for i, r in rows.items():
+            if a.side[i] == CONFLICT:
+                others = [o for j, o in rows.items() if answer_keys[j] != answer_keys[i]]
+                quarantined[i] = conflicts.quarantine_entry(r, others, id=r["id"], messages=r["messages"])
+    return reports, quarantined
 
 
 def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: int,
                    near_dup: NearDupParams | None = None, stratify_by: str | None = None,
-                   signatures: dict | None = None) -> Split:
+                   signatures: dict | None = None, conflicts: str = "keep") -> Split:
     """`drops` maps drop name to its cleaned records. `near_dup` None: exact and normalized duplicates only.
-    `signatures`: drop -> MinHash signatures of its records computed with `near_dup` (cleaning's), reused."""
+    `signatures`: drop -> MinHash signatures of its records' inputs computed with `near_dup` (cleaning's),
+    reused. `conflicts`: keep, quarantine or latest (data/conflicts.py)."""
     from ft_pipeline.data import near_dup as nd
 
     records = [r for d in sorted(drops) for r in drops[d]]
-    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by)
+    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by, conflicts=conflicts)
     if signatures and all(d in signatures and len(signatures[d]) == len(drops[d]) for d in drops):
         sig = np.concatenate([signatures[d] for d in sorted(drops)]) if records else None
     else:
-        sig = lambda rows: nd.signatures((records[i]["messages"] for i in rows), near_dup)  # noqa: E731
-    a = assign([r["near_key"] for r in records], sig, opts)
+        sig = lambda rows: nd.signatures((nd.input_side(records[i]["messages"]) for i in rows), near_dup)  # noqa: E731
+    inputs, answers = (as_uint64(k) for k in side_keys_of(records))
+    a = assign([r["near_key"] for r in records], sig, opts, input_keys=inputs, answer_keys=answers)
     out = Split()
+    out.conflicts, quarantined = _conflict_outputs(a, answers, records.__getitem__)
     for i, r in enumerate(records):
         if a.side[i] == DUPLICATE:
             out.cross_drop_duplicates.append(_dup_entry(r, a, i, records[a.dup_of[i]]))
+        elif a.side[i] == CONFLICT:
+            out.quarantined.append(quarantined[i])
         else:
             (out.holdout if a.side[i] else out.train).append(r)
     if stratify_by:
@@ -179,38 +241,46 @@ def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: 
 
 def leaks(train: list[dict], holdout: list[dict], params: NearDupParams) -> list[dict]:
     """Near-duplicate pairs across the split, recomputed from the examples: (holdout example, train example,
-    estimated Jaccard). Empty when the split keeps every near-duplicate cluster on one side."""
+    estimated Jaccard of their inputs), pairs with the same answer only. Empty when the split keeps every
+    near-duplicate cluster on one side."""
     from ft_pipeline.data import lsh, near_dup
 
-    sig_h = near_dup.signatures((r["messages"] for r in holdout), params)
-    sig_t = near_dup.signatures((r["messages"] for r in train), params)
+    def signed(rows):
+        return (near_dup.signatures((near_dup.input_side(r["messages"]) for r in rows), params),
+                as_uint64(side_keys_of(rows)[1]))
+
+    (sig_h, ans_h), (sig_t, ans_t) = signed(holdout), signed(train)
     ref = lambda r: {k: r.get(k) for k in ("id", "drop", "line")}  # noqa: E731
     return [{"holdout": ref(holdout[i]), "train": ref(train[j]), "similarity": round(s, 4)}
-            for i, j, s in lsh.cross_pairs(sig_h, sig_t, params)]
+            for i, j, s in lsh.cross_pairs(sig_h, sig_t, params, ans_h, ans_t)]
 
 
 @no_cycle_gc()
 def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tokenizer=None,
                 signatures: dict | None = None, drops_meta: dict | None = None, skipped: dict | None = None,
                 drop_files: dict | None = None) -> dict:
-    """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized key,
-    id, line, token count, stratum) and the MinHash signatures (`signatures[drop]`, cleaning's, reused when
-    given), a second pass copies each kept line to train or holdout and writes the duplicates and the
-    too-long quarantine. Token lengths use `tokenizer` (None: not measured). `drop_files`: drop -> the raw file's
-    name, recorded in the manifest for lineage. Returns the manifest.
-    Accounting: rows_in = train + holdout + duplicates + too_long."""
+    """The split of cleaned JSONL drops, streamed: one pass keeps a few small fields a row (normalized, input
+    and answer keys, id, line, token count, stratum) and the MinHash signatures of the inputs
+    (`signatures[drop]`, cleaning's, reused when given), a second pass copies each kept line to train or
+    holdout and writes the duplicates, the too-long quarantine and the label conflicts (conflicts.jsonl, and
+    with conflicts=quarantine their rows). Token lengths use `tokenizer` (None: not measured). `drop_files`:
+    drop -> the raw file's name, recorded in the manifest for lineage. Returns the manifest.
+    Accounting: rows_in = train + holdout + duplicates + too_long + quarantined_conflicts."""
     from ft_pipeline.data import near_dup as nd
     from ft_pipeline.data.formats import sha256_file
     from ft_pipeline.data.token_policy import count_tokens, histogram_png, length_summary, too_long, too_long_entry
 
     names = sorted(cleaned)
-    keys, ids, lines, row_drop, strata, tokens, sigs = [], [], [], [], [], [], []
+    keys, ids, lines, row_drop, strata, tokens, sigs, inputs, answers = [], [], [], [], [], [], [], [], []
     for di, name in enumerate(names):
         batch, start = [], len(keys)
         with open(cleaned[name], "rb") as f:
             for text in f:
                 rec = loads(text)
                 keys.append(rec["near_key"])
+                ik, ak = (rec["input_key"], rec["answer_key"]) if "answer_key" in rec else side_keys(rec["messages"])
+                inputs.append(ik)
+                answers.append(ak)
                 ids.append(rec["id"])
                 lines.append(rec["line"])
                 row_drop.append(di)
@@ -220,7 +290,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                 if len(batch) >= 2048:
                     tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
                     if opts.near_dup and (signatures or {}).get(name) is None:
-                        sigs.append(nd.signatures(batch, opts.near_dup))
+                        sigs.append(nd.signatures(map(nd.input_side, batch), opts.near_dup))
                     batch = []
         if batch:
             tokens.append(count_tokens(batch, tokenizer) if tokenizer else np.zeros(len(batch), np.int64))
@@ -231,16 +301,19 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
             if sig is not None:
                 raise ValueError(f"{name}: {len(sig)} signatures for {len(keys) - start} rows")
             if batch:
-                sigs.append(nd.signatures(batch, opts.near_dup))
+                sigs.append(nd.signatures(map(nd.input_side, batch), opts.near_dup))
     counts = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
     over = (too_long(counts, opts.max_tokens, opts.on_too_long, lambda i: f"{names[row_drop[i]]} line {lines[i]}")
             if tokenizer else np.zeros(len(keys), dtype=bool))
     all_sig = np.concatenate(sigs) if sigs else None
-    a = assign(keys, all_sig, opts, over)
+    answers = as_uint64(answers)
+    a = assign(keys, all_sig, opts, over, input_keys=as_uint64(inputs), answer_keys=answers)
+    del inputs
     ref = lambda j: {"id": ids[j], "drop": names[row_drop[j]], "line": lines[j]}  # noqa: E731
     outs = {n: open(out_dir / f"{n}.jsonl.tmp", "wb")
-            for n in ("train", "holdout", "cross_drop_duplicates", "too_long")}
+            for n in ("train", "holdout", "cross_drop_duplicates", "too_long", "quarantined_conflicts")}
     sides = a.side.tolist()
+    in_conflict, conflict_recs = {i for g in a.conflicts for i in g.tolist()}, {}
     try:
         i = 0
         for name in names:
@@ -251,25 +324,31 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                         outs["holdout" if s else "train"].write(text)
                     elif s == DUPLICATE:
                         outs["cross_drop_duplicates"].write(line(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))))
-                    else:
+                    elif s == TOO_LONG:
                         outs["too_long"].write(line(too_long_entry(loads(text), int(counts[i]), opts.max_tokens)))
+                    if i in in_conflict:
+                        conflict_recs[i] = loads(text)
                     i += 1
+        reports, quarantined = _conflict_outputs(a, answers, conflict_recs.__getitem__)
+        outs["quarantined_conflicts"].writelines(line(quarantined[j]) for j in sorted(quarantined))
     finally:
         for f in outs.values():
             f.close()
-    per_drop = np.zeros((len(names), 4), dtype=np.int64)  # rows of each drop by side: train, holdout, dup, too long
-    np.add.at(per_drop, (np.asarray(row_drop, dtype=np.int64), np.select([a.side >= 0, a.side == DUPLICATE],
-                                                                          [a.side, 2], 3)), 1)
+    per_drop = np.zeros((len(names), 5), dtype=np.int64)  # rows of each drop: train, holdout, dup, too long, conflict
+    np.add.at(per_drop, (np.asarray(row_drop, dtype=np.int64),
+                         np.select([a.side >= 0, a.side == DUPLICATE, a.side == TOO_LONG], [a.side, 2, 3], 4)), 1)
     n_out = dict(zip(outs, per_drop.sum(axis=0).tolist()))
     by_drop = {side: {name: c for name, c in zip(names, per_drop[:, k].tolist()) if c}
                for k, side in enumerate(("train", "holdout"))}
     for n in outs:
         (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
+    write_jsonl(out_dir / "conflicts.jsonl", reports)
     (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
     manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
                 "drop_files": drop_files or {},
                 "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
-                "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "rows_in": len(keys),
+                "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "conflict_policy": opts.conflicts,
+                "conflicts": len(reports), "conflict_rows": sum(len(c["rows"]) for c in reports), "rows_in": len(keys),
                 **{n: n_out[n] for n in outs}, "rows_accounted_for": i == len(keys) == sum(n_out.values()),
                 "by_drop": by_drop,
                 "token_lengths": length_summary(counts) if tokenizer else {"examples": 0},

@@ -35,12 +35,19 @@ class RawExamplesConfig(CheckedConfig):
 class NearDupConfig(CheckedConfig):
     KNOBS = splitting.KNOBS
     near_dup_threshold: float = 0.8
-    """Examples whose word-pair sets have an estimated Jaccard similarity at least this are near-duplicates:
-    the later one is removed and recorded with the example it duplicates. 1.0 removes only identical sets."""
+    """Examples whose inputs (system and user messages) have word-pair sets with an estimated Jaccard
+    similarity at least this, and whose answers are the same, are near-duplicates: the later one is removed and
+    recorded with the example it duplicates. 1.0 removes only identical sets. A different answer is never a
+    duplicate."""
     near_dup_num_perm: int = 64
     """MinHash permutations: more gives a more precise similarity estimate, proportionally slower."""
     near_dup_ngram: int = 2
     """Compare examples on word n-grams of this size (case, punctuation and whitespace ignored)."""
+
+    conflicts: str = "keep"
+    """Rows with the same input and different answers (a label conflict), always reported: keep keeps them all;
+    quarantine moves them all to the quarantine, naming each other; latest keeps the answer of the newest drop
+    (within a drop, the last line) and records the others as duplicates of kind conflict_replaced."""
 
     def near_dup_params(self) -> NearDupParams:
         return NearDupParams(self.near_dup_threshold, self.near_dup_num_perm, self.near_dup_ngram)
@@ -57,6 +64,28 @@ def _table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=[dg.TableRecord({c: str(r.get(c, ""))[:200] for c in columns}) for r in rows],
         schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
+
+
+def _conflicts_check(found: list[dict], policy: str, **key) -> dg.AssetCheckResult:
+    """The warning a label conflict raises (non-blocking): each conflict's rows and answers."""
+    from ft_pipeline.data.conflicts import summary
+
+    text = " | ".join(summary(c) for c in found[:5]) + (f" | and {len(found) - 5} more" if len(found) > 5 else "")
+    return dg.AssetCheckResult(
+        check_name="no_label_conflicts", passed=not found, severity=dg.AssetCheckSeverity.WARN, **key,
+        description=(f"{len(found)} input(s) with different answers (conflicts={policy}): {text}" if found
+                     else "no input has two different answers"),
+        metadata={"conflicts": len(found), "conflict_rows": sum(len(c["rows"]) for c in found), "policy": policy,
+                  "sample": dg.MetadataValue.json(found[:20])})
+
+
+def _conflict_rows(found: list[dict]) -> dg.TableMetadataValue:
+    return _table([{**r, "conflict": n} for n, c in enumerate(found[:20], 1) for r in c["rows"]],
+                  ["conflict", "drop", "line", "answer", "outcome"])
+
+
+_CONFLICTS_SPEC = dict(blocking=False, description="no input has two different answers (a label conflict); a "
+                       "warning: the conflicts knob says what becomes of their rows")
 
 
 @dg.asset(partitions_def=drops, group_name="data", code_version="raw-v2", kinds={"python", "json"}, owners=OWNERS)
@@ -113,10 +142,11 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
-@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v2",
+@dg.asset(partitions_def=drops, deps=[raw_examples], group_name="data", code_version="clean-v3",
           kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("rows_accounted_for", asset="cleaned_examples", blocking=True,
-                                         description="rows in = kept + quarantined + duplicates + erased")])
+                                         description="rows in = kept + quarantined + duplicates + erased"),
+                       dg.AssetCheckSpec("no_label_conflicts", asset="cleaned_examples", **_CONFLICTS_SPEC)])
 def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
@@ -132,13 +162,15 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     with open(home.data("raw_examples", drop), "rb") as raw_lines:
         result = cleaning.clean_stream(raw_lines, paths["cleaned"],
                                        cleaning.CleaningOptions(config.redact_pii, config.max_chars,
-                                                                config.near_dup_params()))
+                                                                config.near_dup_params(), config.conflicts))
     write_jsonl(paths["quarantine"], result.quarantined)
+    write_jsonl(home.data("conflicts", drop), result.conflicts)  # a report: its rows are counted where they went
     write_jsonl(paths["duplicates"], result.duplicates)
     write_jsonl(paths["erased"], result.erased)  # hashes and request ids only
-    # The kept rows' MinHash signatures, for the split to reuse instead of recomputing (same parameters only).
+    # The MinHash signatures of the kept rows' inputs, for the split to reuse (the same parameters only).
     np.save(home.data("cleaned", drop, suffix=".minhash.npy"), result.signatures)
-    stats = {**result.stats(), "near_dup": config.near_dup_params().to_json()}
+    stats = {**result.stats(), "near_dup": config.near_dup_params().to_json(), "signatures_of": "input",
+             "conflict_policy": config.conflicts}
     raw_sha = json.loads(home.data("raw_examples", drop, suffix=".meta.json").read_text())["raw_sha256"]
     # The check recounts the files on disk rather than trusting the in-memory lists it is checking.
     counted = {k: count_lines(p) for k, p in paths.items()}
@@ -156,15 +188,17 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
     with mlflow_tracking.start_run(context, f"clean-{drop}", "cleaned_examples",
                                    tags={"dagster.data_version": version}) as (run, exp_id):
         mlflow.log_params({"drop": drop, "redact_pii": config.redact_pii, "max_chars": config.max_chars,
-                           **config.near_dup_params().to_json()})
+                           "conflicts": config.conflicts, **config.near_dup_params().to_json()})
         mlflow.log_metrics({"rows_in": stats["rows_in"], "kept": stats["kept"], "quarantined": stats["quarantined"],
                             "duplicates": stats["duplicates"], "erased": stats["erased"],
+                            "label_conflicts": stats["conflicts"],
                             **{f"quarantined.{k}": v for k, v in stats["quarantined_by_reason"].items()},
                             **{f"pii.{k}": v for k, v in stats["pii_redacted_by_kind"].items()}})
         mlflow.log_dict(stats, "cleaning_stats.json")
         log_jsonl_dataset(paths["cleaned"], f"cleaned@{drop}", "cleaned", cleaned_hash)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version), check_results=[check],
+        data_version=dg.DataVersion(version), check_results=[check, _conflicts_check(result.conflicts,
+                                                                                     config.conflicts)],
         metadata={"cleaned_file": dg.MetadataValue.path(str(paths["cleaned"])),
                   "quarantine_file": dg.MetadataValue.path(str(paths["quarantine"])),
                   "rows_in": stats["rows_in"], "rows_kept": stats["kept"], "rows_quarantined": stats["quarantined"],
@@ -173,6 +207,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                   "quarantined_by_reason": dg.MetadataValue.json(stats["quarantined_by_reason"]),
                   "pii_redacted_by_kind": dg.MetadataValue.json(stats["pii_redacted_by_kind"]),
                   "quarantine_sample": _table(result.quarantined[:10], ["line", "reason", "raw"]),
+                  "label_conflicts": stats["conflicts"], "conflict_rows": _conflict_rows(result.conflicts),
                   "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
 
 
@@ -192,7 +227,7 @@ class SplitConfig(NearDupConfig):
 
     def options(self) -> splitting.SplitOptions:
         return splitting.SplitOptions(self.holdout_fraction, self.seed, self.near_dup_params(), self.stratify_by,
-                                      self.max_tokens, self.on_too_long)
+                                      self.max_tokens, self.on_too_long, self.conflicts)
 
 
 def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params: NearDupParams):
@@ -214,7 +249,8 @@ def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params
         used[drop] = recorded["cleaned_sha256"][:16]
         files[drop] = raw.name  # the partition key is derived from it: the original name, for lineage
         sig_path = home.data("cleaned", drop, suffix=".minhash.npy")
-        if recorded.get("near_dup") == params.to_json() and sig_path.exists():
+        if recorded.get("near_dup") == params.to_json() and recorded.get("signatures_of") == "input" \
+                and sig_path.exists():
             signatures[drop] = np.load(sig_path)
     if not cleaned:
         raise dg.Failure(f"no cleaned drop to split (skipped: {skipped or 'no drops registered'})")
@@ -227,7 +263,7 @@ def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-_SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_name="data", code_version="split-v2",
+_SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_name="data", code_version="split-v3",
                    kinds={"python", "json"}, owners=OWNERS)
 
 
@@ -236,6 +272,7 @@ _SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_nam
                         description="Training examples from every drop, deduplicated across drops."),
            dg.AssetSpec("holdout_set", **_SPLIT_SPEC,
                         description="Held-out examples, chosen by a stable hash so adding data never moves one.")],
+    check_specs=[dg.AssetCheckSpec("no_label_conflicts", asset="train_set", **_CONFLICTS_SPEC)],
 )
 def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
                         mlflow_tracking: MlflowTracking):
@@ -252,15 +289,17 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped, files)
     except TooManyTokensError as e:
         raise dg.Failure(description=str(e)) from e
-    tokens = manifest["token_lengths"]
+    tokens, found = manifest["token_lengths"], read_jsonl(out / "conflicts.jsonl")
     with mlflow_tracking.start_run(context, "split", "train_set",
                                    tags={"dagster.data_version": manifest["train_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
                            "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
+                           "conflicts": config.conflicts,
                            "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
         mlflow.log_metrics({"train_examples": manifest["train"], "holdout_examples": manifest["holdout"],
                             "cross_drop_duplicates": manifest["cross_drop_duplicates"],
-                            "too_long": manifest["too_long"],
+                            "too_long": manifest["too_long"], "label_conflicts": manifest["conflicts"],
+                            "quarantined_conflicts": manifest["quarantined_conflicts"],
                             **{k: v for k, v in tokens.items() if k.startswith("tokens_")}})
         mlflow.log_dict(manifest, "split_manifest.json")
         mlflow.log_artifact(str(out / "token_lengths.png"))
@@ -272,6 +311,9 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
               "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
               "cross_drop_duplicates": manifest["cross_drop_duplicates"],
               "too_long_file": dg.MetadataValue.path(str(out / "too_long.jsonl")),
+              "label_conflicts": manifest["conflicts"], "quarantined_conflicts": manifest["quarantined_conflicts"],
+              "conflict_rows": _conflict_rows(found),
+              "conflicts_file": dg.MetadataValue.path(str(out / "conflicts.jsonl")),
               "token_lengths": dg.MetadataValue.json(tokens), **{k: v for k, v in tokens.items() if k != "examples"},
               "token_histogram": _png_markdown((out / "token_lengths.png").read_bytes(), "tokens per example"),
               "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link}
@@ -282,6 +324,7 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
             asset_key=f"{side}_set", data_version=dg.DataVersion(manifest[f"{side}_sha256"][:16]),
             metadata={"file": dg.MetadataValue.path(str(out / f"{side}.jsonl")), "examples": manifest[side],
                       "by_drop": dg.MetadataValue.json(manifest["by_drop"][side]), **shared})
+    yield _conflicts_check(found, config.conflicts, asset_key="train_set")
 
 
 @dg.multi_asset_check(

@@ -99,7 +99,8 @@ class StageHandler(logging.Handler):
             if (seen := (meta.get("run_id"), data.check_name, data.passed)) in self.checks_seen:
                 return  # a multi-asset step reports its check once per asset it writes
             self.checks_seen.add(seen)
-            status = "ok" if data.passed else "FAIL"
+            warns = getattr(data, "severity", None) == dg.AssetCheckSeverity.WARN  # reports, blocks nothing
+            status = "ok" if data.passed else "warn" if warns else "FAIL"
             self._print(f"  {status:5s} check {data.check_name}: {data.description or ''}".rstrip(": "))
 
     def _progress(self, desc: str, done: int, total: int, unit: str):
