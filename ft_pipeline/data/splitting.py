@@ -28,8 +28,10 @@ from ft_pipeline.data.dedup import duplicate_entry
 from ft_pipeline.data.formats import FORMATS
 from ft_pipeline.data.keys import as_uint64, side_keys
 from ft_pipeline.data.near_dup import NearDupParams
+from ft_pipeline.data.output_schema import check_output_schema, write_output_schema
 from ft_pipeline.data.token_policy import ON_TOO_LONG
 from ft_pipeline.jsonl import line, loads, write_jsonl
+from ft_pipeline.structured.schema import SchemaCollector
 
 NO_STRATUM = "(none)"
 
@@ -64,6 +66,7 @@ class SplitOptions:
     max_tokens: int = 1024  # training's max_length
     on_too_long: str = "quarantine"  # or "fail"
     conflicts: str = "keep"  # rows with one input and different answers: keep, quarantine or latest
+    output_schema: str = "auto"  # auto (inferred when every train answer is a JSON object), off, or a schema file
 
 
 def holdout_bucket(near_key: str, seed: int) -> float:
@@ -270,6 +273,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     from ft_pipeline.data.formats import sha256_file
     from ft_pipeline.data.token_policy import count_tokens, histogram_png, length_summary, too_long, too_long_entry
 
+    given = check_output_schema(opts.output_schema)  # a bad schema file fails here, before any work
     names = sorted(cleaned)
     keys, ids, lines, row_drop, strata, tokens, sigs, inputs, answers = [], [], [], [], [], [], [], [], []
     for di, name in enumerate(names):
@@ -314,6 +318,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
             for n in ("train", "holdout", "cross_drop_duplicates", "too_long", "quarantined_conflicts")}
     sides = a.side.tolist()
     in_conflict, conflict_recs = {i for g in a.conflicts for i in g.tolist()}, {}
+    collect = SchemaCollector() if opts.output_schema == "auto" else None
     try:
         i = 0
         for name in names:
@@ -322,6 +327,8 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                     s = sides[i]
                     if s >= 0:
                         outs["holdout" if s else "train"].write(text)
+                        if not s and collect is not None and collect.why is None:
+                            collect.add_messages(loads(text)["messages"], f"{name} line {lines[i]}")
                     elif s == DUPLICATE:
                         outs["cross_drop_duplicates"].write(line(_dup_entry(loads(text), a, i, ref(a.dup_of[i]))))
                     elif s == TOO_LONG:
@@ -343,6 +350,7 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     for n in outs:
         (out_dir / f"{n}.jsonl.tmp").replace(out_dir / f"{n}.jsonl")
     write_jsonl(out_dir / "conflicts.jsonl", reports)
+    schema_info = write_output_schema(out_dir, opts.output_schema, collect, given)
     (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
     manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
                 "drop_files": drop_files or {},
@@ -355,6 +363,6 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
                 "stratify_by": opts.stratify_by,
                 "strata": _strata(strata, a.side) if opts.stratify_by else {},
                 "train_sha256": sha256_file(out_dir / "train.jsonl"),
-                "holdout_sha256": sha256_file(out_dir / "holdout.jsonl")}
+                "holdout_sha256": sha256_file(out_dir / "holdout.jsonl"), "output_schema": schema_info}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

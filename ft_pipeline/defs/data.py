@@ -5,12 +5,14 @@ import json
 from collections import Counter
 
 import dagster as dg
+from pydantic import field_validator
 
 from ft_pipeline.config import CheckedConfig
 from ft_pipeline.data import cleaning, formats, splitting
 from ft_pipeline.data.bulk import no_cycle_gc
 from ft_pipeline.data.erased import mark_erased
 from ft_pipeline.data.near_dup import NearDupParams
+from ft_pipeline.data.output_schema import OUTPUT_SCHEMA_FILE, SchemaFileError, check_output_schema
 from ft_pipeline.data.token_policy import TooManyTokensError
 from ft_pipeline.defs.partitions import drops
 from ft_pipeline.erasure import requests as erasure
@@ -224,10 +226,24 @@ class SplitConfig(NearDupConfig):
     on_too_long: str = "quarantine"
     """quarantine: longer examples go to split/too_long.jsonl with drop, line, token count and reason;
     fail: the split fails naming them."""
+    output_schema: str = "auto"
+    """The JSON Schema of the answers, registered with the model (and applied by `ft-pipeline serve
+    --default-response-format registered`): auto infers it when every train answer is a JSON object (keys,
+    types, nullable fields, enums of few-valued strings), off gives none, or a path to a JSON Schema file
+    (relative to the checkout, or absolute) in OpenAI's strict subset."""
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_file(cls, value: str) -> str:
+        try:
+            check_output_schema(value)
+        except SchemaFileError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     def options(self) -> splitting.SplitOptions:
         return splitting.SplitOptions(self.holdout_fraction, self.seed, self.near_dup_params(), self.stratify_by,
-                                      self.max_tokens, self.on_too_long, self.conflicts)
+                                      self.max_tokens, self.on_too_long, self.conflicts, self.output_schema)
 
 
 def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params: NearDupParams):
@@ -263,7 +279,7 @@ def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-_SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_name="data", code_version="split-v3",
+_SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_name="data", code_version="split-v4",
                    kinds={"python", "json"}, owners=OWNERS)
 
 
@@ -287,14 +303,14 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
     out = home.split_dir
     try:
         manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped, files)
-    except TooManyTokensError as e:
+    except (TooManyTokensError, SchemaFileError) as e:
         raise dg.Failure(description=str(e)) from e
     tokens, found = manifest["token_lengths"], read_jsonl(out / "conflicts.jsonl")
     with mlflow_tracking.start_run(context, "split", "train_set",
                                    tags={"dagster.data_version": manifest["train_sha256"][:16]}) as (run, exp_id):
         mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
                            "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
-                           "conflicts": config.conflicts,
+                           "conflicts": config.conflicts, "output_schema": config.output_schema,
                            "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
         mlflow.log_metrics({"train_examples": manifest["train"], "holdout_examples": manifest["holdout"],
                             "cross_drop_duplicates": manifest["cross_drop_duplicates"],
@@ -303,6 +319,8 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
                             **{k: v for k, v in tokens.items() if k.startswith("tokens_")}})
         mlflow.log_dict(manifest, "split_manifest.json")
         mlflow.log_artifact(str(out / "token_lengths.png"))
+        if manifest["output_schema"]["sha256"]:
+            mlflow.log_artifact(str(out / OUTPUT_SCHEMA_FILE))
         log_jsonl_dataset(out / "train.jsonl", "train_set", "train", manifest["train_sha256"])
         log_jsonl_dataset(out / "holdout.jsonl", "holdout_set", "holdout", manifest["holdout_sha256"])
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
@@ -316,7 +334,8 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
               "conflicts_file": dg.MetadataValue.path(str(out / "conflicts.jsonl")),
               "token_lengths": dg.MetadataValue.json(tokens), **{k: v for k, v in tokens.items() if k != "examples"},
               "token_histogram": _png_markdown((out / "token_lengths.png").read_bytes(), "tokens per example"),
-              "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link}
+              "manifest": dg.MetadataValue.path(str(out / "manifest.json")), "mlflow_run": link,
+              **_schema_metadata(manifest["output_schema"], out)}
     if config.stratify_by:
         shared["strata"] = dg.MetadataValue.json(manifest["strata"])
     for side in ("train", "holdout"):
@@ -325,6 +344,15 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
             metadata={"file": dg.MetadataValue.path(str(out / f"{side}.jsonl")), "examples": manifest[side],
                       "by_drop": dg.MetadataValue.json(manifest["by_drop"][side]), **shared})
     yield _conflicts_check(found, config.conflicts, asset_key="train_set")
+
+
+def _schema_metadata(info: dict, out) -> dict:
+    """The answers' JSON Schema as the split's metadata: the schema itself, where it came from and its hash, or
+    why there is none."""
+    if not info["sha256"]:
+        return {"output_schema": dg.MetadataValue.text(f"none ({info.get('why_none', info['source'])})")}
+    return {"output_schema": dg.MetadataValue.json(json.loads((out / OUTPUT_SCHEMA_FILE).read_text())),
+            "output_schema_source": info["source"], "output_schema_sha256": info["sha256"][:16]}
 
 
 @dg.multi_asset_check(
