@@ -12,10 +12,11 @@ from pathlib import Path
 NAME = "ft-pipeline-adapter"
 
 
-def register_tiny(tmp: Path, tiny_base: Path, adapter: Path | None) -> str:
+def register_tiny(tmp: Path, tiny_base: Path, adapter: Path | None, output_schema: dict | None = None) -> str:
     """A fresh MLflow store under `tmp` (MLFLOW_TRACKING_URI points at it) with version 1 = `adapter` on the
     tiny base (when given) and then the tiny base itself logged as a full model, champion on version 1.
-    Both go through registry.log_adapter_model and register, as the pipeline's assets do."""
+    Both go through registry.log_adapter_model and register, as the pipeline's assets do; `output_schema` is
+    registered with version 1 (registry.attach_output_schema, as registered_model does)."""
     import mlflow
 
     from ft_pipeline.registry import versions as registry
@@ -28,7 +29,9 @@ def register_tiny(tmp: Path, tiny_base: Path, adapter: Path | None) -> str:
     for model_dir, finetune in ([(adapter, "lora")] if adapter else []) + [(tiny_base, "full")]:
         with mlflow.start_run(experiment_id=exp) as run:
             info = registry.log_adapter_model(Path(model_dir), base, finetune=finetune)
-        registry.register(info.model_uri, NAME, run.info.run_id, {})
+        mv, _ = registry.register(info.model_uri, NAME, run.info.run_id, {})
+        if str(mv.version) == "1" and output_schema is not None:
+            registry.attach_output_schema(NAME, mv.version, run.info.run_id, output_schema)
     registry.set_champion(NAME, "1")
     return uri
 

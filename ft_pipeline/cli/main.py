@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                           "default), every one (all) or none ($FT_PIPELINE_STORE)")
     srv.add_argument("--store-retention-days", type=float,
                      help="stored completions older than this are deleted (default 30; 0 keeps them)")
+    srv.add_argument("--default-response-format", choices=("off", "registered"),
+                     help="what a request without response_format gets: free text (off, the default, as OpenAI) "
+                          "or the served version's registered output schema as a strict json_schema (registered)")
     for p in (lin, who, exp, pro, srv):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
@@ -271,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
                                           poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
                                           max_batch=args.max_batch, store=args.store,
-                                          store_retention_days=args.store_retention_days))
+                                          store_retention_days=args.store_retention_days,
+                                          default_response_format=args.default_response_format))
     return prepare_ui()
 
 

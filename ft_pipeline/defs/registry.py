@@ -8,7 +8,7 @@ import dagster as dg
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 
 
-@dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v2", kinds={"mlflow"},
+@dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v3", kinds={"mlflow"},
           owners=["team:ml-platform"])
 def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -41,6 +41,10 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
     with mlflow_tracking.start_run(context, "register", "registered_model",
                                    parent_run_id=cand["training_run_id"]) as (run, _):
         mv, created = registry.register(cand["model_uri"], name, cand["training_run_id"], tags)
+        schema = _output_schema(context, home, adapter["train_sha256"])
+        schema_sha = registry.attach_output_schema(name, mv.version, cand["training_run_id"], schema)
+        if schema is not None:
+            mlflow.log_dict(schema, registry.OUTPUT_SCHEMA_ARTIFACT)
         registry.set_champion(name, mv.version)
         requests = erasure.load_requests(home.root)
         states = erasure_registry.refresh_tags(name, requests) if requests else []
@@ -54,11 +58,29 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "previous_champion": previous.version if previous else "none", "newly_registered": created,
         "model_uri": f"models:/{name}@champion", "training_run_id": cand["training_run_id"],
         "query": dg.MetadataValue.md(_query_md(name, mv.version)),
+        "output_schema": dg.MetadataValue.json(schema) if schema else dg.MetadataValue.text("none"),
+        **({"output_schema_sha256": schema_sha[:16]} if schema_sha else {}),
         "erasure_tags": dg.MetadataValue.json({s["version"]: {"contains": s["contains"], "clean_of": s["clean_of"]}
                                                for s in states}),
         "mlflow_model": dg.MetadataValue.url(f"{mlflow_tracking.ui_url.rstrip('/')}/#/models/{name}"
                                              f"/versions/{mv.version}"),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, cand["training_run_id"]))})
+
+
+def _output_schema(context, home: PipelineHome, train_sha256: str) -> dict | None:
+    """The split's output_schema.json when the split on disk is the one the model trained on (None without one,
+    or, with a warning, when the split has changed since)."""
+    manifest_path = home.split_dir / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    info = manifest.get("output_schema") or {}
+    if manifest.get("train_sha256", "")[:16] != train_sha256[:16]:
+        context.log.warning("the split changed since training: the version is registered without an output schema")
+        return None
+    if not info.get("sha256"):
+        return None
+    return json.loads((home.split_dir / "output_schema.json").read_text())
 
 
 def _query_md(name: str, version) -> str:

@@ -183,3 +183,37 @@ def versions_trained_on(name: str, drop: str, line: int | None = None, raw_sha25
                 out.append({"version": str(mv.version), "aliases": aliases(client, name, mv.version), "row": row})
                 break
     return out
+
+
+OUTPUT_SCHEMA_ARTIFACT = "output_schema.json"
+
+
+def attach_output_schema(name: str, version, run_id: str, schema: dict | None) -> str | None:
+    """Log the JSON Schema of the version's answers as `output_schema.json` in its run (`run_id`, the run the
+    model was logged in) and tag the version `has_output_schema` (true/false) and `output_schema_sha256`.
+    Returns that sha256, or None without a schema."""
+    import hashlib
+
+    from ft_pipeline.structured.schema import dumps
+
+    client = mlflow.MlflowClient()
+    if schema is None:
+        client.set_model_version_tag(name, str(version), "has_output_schema", "false")
+        return None
+    text = dumps(schema)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    client.log_text(run_id, text, OUTPUT_SCHEMA_ARTIFACT)
+    client.set_model_version_tag(name, str(version), "has_output_schema", "true")
+    client.set_model_version_tag(name, str(version), "output_schema_sha256", sha)
+    return sha
+
+
+def output_schema(mv) -> dict | None:
+    """The JSON Schema registered with a model version (attach_output_schema), or None."""
+    import json
+
+    tags = getattr(mv, "tags", None) or {}
+    if tags.get("has_output_schema") != "true":
+        return None
+    run_id = tags.get("training_run_id") or mv.run_id
+    return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{OUTPUT_SCHEMA_ARTIFACT}"))

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ft_pipeline.serving.batching import Batcher, Job
 from ft_pipeline.serving.config import ServeConfig
-from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served
+from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served, registered_format
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
 from ft_pipeline.serving.stored import Stored, add_routes
 from ft_pipeline.structured.formats import FormatError
@@ -169,6 +169,9 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
         started = time.monotonic()
         req = parse_request(await read_body(request))
         served = await run_in_threadpool(store.get, req.model)
+        if cfg.default_response_format == "registered" and req.response_format is None \
+                and (fmt := registered_format(served)) is not None:
+            req._format = fmt
         ids, budget, matcher = await run_in_threadpool(_prepare, served, req, cfg.default_max_tokens)
         keep = stored.wanted(req)
         job, events = _job(served, req, ids, budget, matcher, want_logprob=keep)

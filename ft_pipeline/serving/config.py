@@ -37,6 +37,9 @@ class ServeConfig:
     store_retention_days: float = 30.0  # OpenAI keeps stored completions 30 days
     store_path: str | None = None
     store_sync: str = "normal"
+    # A request without response_format: `off` answers free (as OpenAI), `registered` applies the served
+    # version's registered output schema as a strict json_schema (a version without one answers free).
+    default_response_format: str = "off"
 
     @classmethod
     def from_env(cls, **overrides) -> "ServeConfig":
@@ -50,7 +53,8 @@ class ServeConfig:
             max_body_bytes=_env("FT_PIPELINE_SERVE_MAX_BODY_BYTES", cls.max_body_bytes, int),
             api_key=_env("FT_PIPELINE_API_KEY", None), store=_env("FT_PIPELINE_STORE", cls.store),
             store_retention_days=_env("FT_PIPELINE_STORE_RETENTION_DAYS", cls.store_retention_days, float),
-            store_path=_env("FT_PIPELINE_STORE_PATH", None), store_sync=_env("FT_PIPELINE_STORE_SYNC", cls.store_sync))
+            store_path=_env("FT_PIPELINE_STORE_PATH", None), store_sync=_env("FT_PIPELINE_STORE_SYNC", cls.store_sync),
+            default_response_format=_env("FT_PIPELINE_SERVE_DEFAULT_RESPONSE_FORMAT", cls.default_response_format))
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
@@ -58,4 +62,6 @@ class ServeConfig:
             raise ValueError("max_batch must be >= 1, poll_s > 0 and batch_window_ms >= 0")
         if cfg.store not in ("requested", "all", "none") or cfg.store_sync.lower() not in ("normal", "full"):
             raise ValueError("store must be requested, all or none, and store_sync normal or full")
+        if cfg.default_response_format not in ("off", "registered"):
+            raise ValueError(f"default_response_format must be off or registered, not {cfg.default_response_format!r}")
         return cfg

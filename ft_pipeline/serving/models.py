@@ -39,6 +39,7 @@ class Served:
     model: Any
     tokenizer: Any
     max_context: int  # prompt + completion tokens the model takes
+    output_schema: dict | None = None  # the JSON Schema registered with the version (registry.output_schema)
     created: int = field(default_factory=lambda: int(time.time()))
     _grammars: Any = field(default=None, repr=False)
     _grammars_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -72,13 +73,28 @@ def load_registered(name: str, version: str) -> Served:
     AdapterModel pyfunc builds base + adapter with evaluation.scoring.load_tuned."""
     import mlflow
 
+    from ft_pipeline.registry.versions import output_schema
+
+    schema = output_schema(mlflow.MlflowClient().get_model_version(name, str(version)))
     py = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
     model = py.model
     if hasattr(model, "merge_and_unload"):
         # LoRA folded into the weights, as in `ft-pipeline export`: the same model with one matmul per layer
         # instead of three and no PEFT wrappers, which is most of a small model's per-token cost on CPU.
         model = model.merge_and_unload()
-    return Served(name, str(version), model.eval(), py.tokenizer, context_limit(model, py.tokenizer))
+    return Served(name, str(version), model.eval(), py.tokenizer, context_limit(model, py.tokenizer), schema)
+
+
+def registered_format(served: Served):
+    """The response_format a request that names none gets with `--default-response-format registered`: the
+    version's registered schema as a strict json_schema named after the model (None: the version has none)."""
+    from ft_pipeline.structured.formats import parse_response_format
+
+    if served.output_schema is None:
+        return None
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", served.name)[:64]
+    return parse_response_format({"type": "json_schema",
+                                  "json_schema": {"name": name, "schema": served.output_schema, "strict": True}})
 
 
 def parse_model_id(model_id: str, served_name: str, default_alias: str) -> tuple[str, str | None]:
@@ -115,6 +131,7 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self._schemas: dict[str, dict | None] = {}  # version -> its registered output schema (never changes)
 
     # -- registry lookups
     def _alias_version(self, alias: str) -> str | None:
@@ -253,4 +270,14 @@ class ModelStore:
         rows += [(f"{self.name}@{a}", mv) for a, mv in sorted(by_alias.items())]
         rows += [(f"{self.name}/{mv.version}", mv) for mv in versions]
         return [{"id": i, "object": "model", "created": int((mv.creation_timestamp or 0) / 1000),
-                 "owned_by": "ft_pipeline", "version": str(mv.version)} for i, mv in rows]
+                 "owned_by": "ft_pipeline", "version": str(mv.version), "output_schema": self._schema(mv)}
+                for i, mv in rows]
+
+    def _schema(self, mv) -> dict | None:
+        """The version's registered output schema (an extra field of the model object: OpenAI's has none)."""
+        from ft_pipeline.registry.versions import output_schema
+
+        v = str(mv.version)
+        if v not in self._schemas:
+            self._schemas[v] = output_schema(mv)
+        return self._schemas[v]
