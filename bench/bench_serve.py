@@ -9,6 +9,12 @@ builtin:tiny for the untrained tiny model), registered in a temporary store.
 The prompts are the demo holdout prompts bench_eval uses; every request is greedy (temperature 0), and the
 benchmark fails if any answer differs between the two ways of sending it.
 
+serve.constrained_overhead: completion tokens/s of the 16 clients when every request carries the served
+version's registered output schema as a strict json_schema (the schema inferred from the demo answers when the
+version has none) ÷ the same requests free, with the mask time per constrained token (the server's /health);
+serve.constrained_same_answers: of the free greedy answers that already follow the schema, the share that the
+constrained run answers identically (goal 1.0; parsed-equal is printed beside it).
+
 Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64) and BENCH_SERVE_MAX_TOKENS (default 32) shrink it."""
 
 from __future__ import annotations
@@ -61,16 +67,17 @@ def tracking_uri(tmp: Path) -> str:
     return register_tiny(tmp, base, None)
 
 
-def send(client, conv) -> tuple[str, int, float]:
+def send(client, conv, fmt: dict | None = None) -> tuple[str, int, float]:
     t0 = time.perf_counter()
     r = client.post("/v1/chat/completions", json={"model": NAME, "messages": conv, "temperature": 0,
-                                                 "max_tokens": MAX_TOKENS})
+                                                 "max_tokens": MAX_TOKENS,
+                                                 **({"response_format": fmt} if fmt else {})})
     r.raise_for_status()
     out = r.json()
     return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
-def run(url: str, convs: list, clients: int) -> tuple[list, float]:
+def run(url: str, convs: list, clients: int, fmt: dict | None = None) -> tuple[list, float]:
     """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer.
     Returns the (text, completion tokens, latency) per conversation and the wall time."""
     import httpx
@@ -87,7 +94,7 @@ def run(url: str, convs: list, clients: int) -> tuple[list, float]:
                     i, conv = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[i] = send(c, conv)
+                results[i] = send(c, conv, fmt)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -117,6 +124,12 @@ def main() -> int:
             run(url, convs[:2], 1)  # warm-up
             one, t_one = run(url, convs, 1)
             many, t_many = run(url, convs, CLIENTS)
+            schema = served_schema(url, holdout)
+            fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+            run(url, convs[:2], 1, fmt)  # warm-up: the grammar compiles once
+            mask0 = mask_stats(url)
+            constrained, t_con = run(url, convs, CLIENTS, fmt)
+            mask1 = mask_stats(url)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -133,7 +146,63 @@ def main() -> int:
         print(f"# answers differ, first at request {first}: alone {one[first][0]!r} vs batched {many[first][0]!r}")
         return 1
     ratio = (sum(n for _, n, _ in many) / t_many) / (tokens / t_one)
-    return 0 if bench_line("serve.batched_throughput", ratio, "x", ">=", 4) else 1
+    ok = bench_line("serve.batched_throughput", ratio, "x", ">=", 4)
+    ok &= report_constrained(schema, many, t_many, constrained, t_con, mask0, mask1)
+    return 0 if ok else 1
+
+
+def served_schema(url: str, holdout: list) -> dict:
+    """The served version's registered output schema (GET /v1/models), else the one inferred from the demo
+    answers."""
+    import httpx
+
+    from ft_pipeline.structured.schema import SchemaCollector
+
+    row = next(m for m in httpx.get(f"{url}/v1/models", timeout=60).json()["data"] if m["id"] == NAME)
+    if row.get("output_schema"):
+        print("# schema: the served version's registered output schema", flush=True)
+        return row["output_schema"]
+    c = SchemaCollector()
+    for rec in holdout:
+        c.add_messages(rec["messages"])
+    print(f"# schema: none registered; inferred from the demo holdout answers ({c.why or 'ok'})", flush=True)
+    return c.schema()
+
+
+def mask_stats(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/health", timeout=60).json().get("mask") or {"seconds": 0.0, "tokens": 0}
+
+
+def report_constrained(schema, free, t_free, con, t_con, mask0, mask1) -> bool:
+    import json
+
+    import jsonschema
+
+    def valid(text):
+        try:
+            jsonschema.validate(json.loads(text), schema)
+            return True
+        except (ValueError, jsonschema.ValidationError):
+            return False
+
+    free_tps, con_tps = sum(n for _, n, _ in free) / t_free, sum(n for _, n, _ in con) / t_con
+    ms, n = (mask1["seconds"] - mask0["seconds"]) * 1e3, mask1["tokens"] - mask0["tokens"]
+    print(f"# constrained, {CLIENTS} clients: {con_tps:.0f} completion tok/s vs free {free_tps:.0f}; mask "
+          f"{ms / max(n, 1):.3f} ms per constrained token ({n} tokens)", flush=True)
+    was_valid = [i for i, (text, *_) in enumerate(free) if valid(text)]
+    same = sum(free[i][0] == con[i][0] for i in was_valid)
+    parsed = sum(json.loads(free[i][0]) == json.loads(con[i][0]) if valid(con[i][0]) else False for i in was_valid)
+    print(f"# free answers already schema-valid: {len(was_valid)}/{len(free)}; identical constrained: {same}, "
+          f"equal as JSON: {parsed}; constrained answers valid: {sum(valid(t) for t, *_ in con)}/{len(con)}",
+          flush=True)
+    if was_valid and same < len(was_valid):
+        i = next(i for i in was_valid if free[i][0] != con[i][0])
+        print(f"# first difference, request {i}: free {free[i][0]!r} vs constrained {con[i][0]!r}", flush=True)
+    ok = bench_line("serve.constrained_overhead", con_tps / free_tps, "x", ">=", 0.85)
+    return bench_line("serve.constrained_same_answers", same / len(was_valid) if was_valid else 1.0, "share",
+                      ">=", 1.0) and ok
 
 
 if __name__ == "__main__":

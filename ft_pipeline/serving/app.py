@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ft_pipeline.serving.batching import Batcher, Job
+from ft_pipeline.serving.batching import MASK_STATS, Batcher, Job
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served, registered_format
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
@@ -150,7 +150,8 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
         current = store.current()
         ready = cfg.alias in current
         return JSONResponse({"status": "ok" if ready else "no_model", "model": cfg.model, "alias": cfg.alias,
-                             "version": current.get(cfg.alias), "aliases": current, "last_error": store.last_error},
+                             "version": current.get(cfg.alias), "aliases": current, "last_error": store.last_error,
+                             "mask": {"seconds": MASK_STATS.seconds, "tokens": MASK_STATS.tokens}},
                             status_code=200 if ready else 503)
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
