@@ -70,6 +70,41 @@ def test_the_collector_reads_answer_texts_and_names_the_first_that_is_not_an_obj
     assert SchemaCollector().schema() is None
 
 
+@pytest.mark.parametrize("texts, separators", [
+    # json.dumps' default, as the demo answers are written: the grammar must write the same
+    (['{"a": 1, "b": "x"}', '{"a": 2, "b": "y"}'], {"item_separator": ", ", "key_separator": ": "}),
+    (['{"a":1,"b":"x"}', '{"a":2,"b":"y"}'], {"item_separator": ",", "key_separator": ":"}),
+    # the style most answers use exactly wins; an answer in neither (indented) does not vote
+    (['{"a": 1, "b": "x"}', '{"a": 2, "b": "y"}', '{"a":3,"b":"z"}', '{\n  "a": 4,\n  "b": "w"\n}'],
+     {"item_separator": ", ", "key_separator": ": "}),
+    (['{\n  "a": 4,\n  "b": "w"\n}'], None),
+])
+def test_the_collected_schema_says_how_the_answers_were_written(texts, separators):
+    c = SchemaCollector()
+    assert all(c.add_text(t) for t in texts)
+    assert c.schema().get("x-guidance") == separators and strict_problem(c.schema()) is None
+
+
+def test_the_grammar_writes_json_the_way_the_model_was_taught(tiny_base):
+    """Compact by default; with the registered schema's separators, exactly those (never free whitespace)."""
+    from ft_pipeline.evaluation.scoring import load_tokenizer
+    from ft_pipeline.structured.formats import parse_response_format
+    from ft_pipeline.structured.grammar import Grammars
+
+    tok = load_tokenizer(tiny_base)
+    fmt = parse_response_format({"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": obj({"a": {"type": "integer"}, "b": {"type": "string"}}), "strict": True}})
+
+    def accepts(g, text):
+        m = g.matcher(fmt)
+        return m.consume_tokens(tok.encode(text, add_special_tokens=False)) and m.is_accepting()
+
+    compact, spaced = Grammars(tok), Grammars(tok, separators={"item_separator": ", ", "key_separator": ": "})
+    assert accepts(compact, '{"a":1,"b":"x"}') and not accepts(compact, '{"a": 1, "b": "x"}')
+    assert accepts(spaced, '{"a": 1, "b": "x"}') and not accepts(spaced, '{"a":1,"b":"x"}')
+    assert not accepts(spaced, '{"a":  1, "b": "x"}')
+
+
 def test_inferred_schemas_compile_with_llguidance(tiny_base):
     from ft_pipeline.evaluation.scoring import load_tokenizer
     from ft_pipeline.structured.formats import parse_response_format
@@ -110,8 +145,9 @@ def test_auto_infers_from_the_train_answers_and_records_it(tmp_path):
 
     manifest, out = _split(tmp_path, ANSWERS)
     text = (out / "output_schema.json").read_text()
-    assert json.loads(text) == obj({"intent": {"type": "string", "enum": ["refund", "cancel"]},
-                                    "order_id": {"type": ["string", "null"]}})
+    assert json.loads(text) == {**obj({"intent": {"type": "string", "enum": ["refund", "cancel"]},
+                                       "order_id": {"type": ["string", "null"]}}),
+                                "x-guidance": {"item_separator": ", ", "key_separator": ": "}}  # json.dumps'
     info = manifest["output_schema"]
     assert info["source"] == "inferred" and info["sha256"] == hashlib.sha256(text.encode()).hexdigest()
     assert info["answers"] == manifest["train"]

@@ -51,7 +51,10 @@ class Served:
                 from ft_pipeline.structured.grammar import Grammars
 
                 vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-                self._grammars = Grammars(self.tokenizer, vocab, self.tokenizer.eos_token_id)
+                # the registered schema says how this model was taught to write JSON: every schema follows it
+                seps = (self.output_schema or {}).get("x-guidance") or {}
+                seps = {k: seps[k] for k in ("item_separator", "key_separator") if k in seps}
+                self._grammars = Grammars(self.tokenizer, vocab, self.tokenizer.eos_token_id, separators=seps)
             return self._grammars
 
     @property

@@ -21,15 +21,17 @@ from ft_pipeline.structured.formats import FormatError, ResponseFormat
 
 log = logging.getLogger("ft_pipeline.structured")
 
-# Compact JSON: no whitespace between tokens of the document (a small model can loop on spaces otherwise);
-# oneOf taken as anyOf (the first branch that matches), as OpenAI's and vLLM's engines do.
+# No free whitespace in the document (a small model can loop on spaces otherwise): compact JSON, or the fixed
+# separators a model was taught (Grammars' `separators`); oneOf taken as anyOf (the first branch that matches),
+# as OpenAI's and vLLM's engines do.
 JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True}
 
 
 class Grammars:
     """llguidance's tokenizer for one HF tokenizer and the grammars compiled against it (LRU, by schema hash)."""
 
-    def __init__(self, tokenizer, vocab_size: int | None = None, eos_token_id: int | None = None, keep: int = 128):
+    def __init__(self, tokenizer, vocab_size: int | None = None, eos_token_id: int | None = None, keep: int = 128,
+                 separators: dict | None = None):
         import llguidance.hf
 
         self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -37,6 +39,9 @@ class Grammars:
         self.vocab_size = max(vocab_size or 0, len(tokenizer))
         self.ll_tok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size, eos_token=self.eos)
         self.keep = keep
+        # How this model writes JSON ({"item_separator", "key_separator"}, e.g. its registered schema's
+        # x-guidance): the default for every schema compiled here; a schema's own x-guidance still wins.
+        self.separators = dict(separators or {})
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         self.compile_s: dict[str, float] = {}
@@ -62,7 +67,7 @@ class Grammars:
 
         t0 = time.perf_counter()
         # strict: false is best effort (unknown keywords ignored); strict: true was checked against the subset
-        options = {**JSON_OPTIONS, "lenient": not fmt.strict and fmt.type == "json_schema"}
+        options = {**JSON_OPTIONS, **self.separators, "lenient": not fmt.strict and fmt.type == "json_schema"}
         try:
             grammar = LLMatcher.grammar_from_json_schema(fmt.schema, defaults=options)
         except ValueError as e:

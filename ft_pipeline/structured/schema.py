@@ -129,14 +129,31 @@ def infer_schema(objects: Iterable[Any]) -> dict | None:
     return schema if strict_problem(schema) is None else None
 
 
+# The separators between items and between a key and its value: Python's json.dumps default, and compact JSON.
+JSON_STYLES = {"spaced": (", ", ": "), "compact": (",", ":")}
+
+
+def json_style(text: str, obj: Any) -> str | None:
+    """Which of JSON_STYLES `text` (which parses to `obj`) is written in exactly, or None (indented, or mixed)."""
+    text = text.strip()
+    for style, seps in JSON_STYLES.items():
+        for ascii_only in (False, True):
+            if json.dumps(obj, separators=seps, ensure_ascii=ascii_only) == text:
+                return style
+    return None
+
+
 class SchemaCollector:
     """infer_schema fed one answer text at a time (a JSON object written as text), stopping at the first answer
-    that is not one: `schema()` is then None and `why` says which."""
+    that is not one: `schema()` is then None and `why` says which. The schema also says how the answers were
+    written, as llguidance's `x-guidance` separators (the style most answers use exactly): a model tuned on
+    `{"a": 1, "b": 2}` is held to that, not to compact JSON it never saw."""
 
     def __init__(self):
         self._root = _Node()
         self.n = 0
         self.why: str | None = None
+        self.styles: dict[str, int] = dict.fromkeys(JSON_STYLES, 0)  # answers written exactly in each style
 
     def add_text(self, text: str, where: str = "") -> bool:
         if self.why is not None:
@@ -150,6 +167,8 @@ class SchemaCollector:
             return False
         self._root.add(obj)
         self.n += 1
+        if (style := json_style(text, obj)) is not None:
+            self.styles[style] += 1
         return True
 
     def add_messages(self, messages: list[dict], where: str = "") -> bool:
@@ -166,6 +185,9 @@ class SchemaCollector:
         if (problem := strict_problem(s)) is not None:
             self.why = f"the inferred schema is outside the strict subset: {problem}"
             return None
+        if any(self.styles.values()):  # how the answers were written, for the grammar to write them the same way
+            item, key = JSON_STYLES[max(self.styles, key=self.styles.get)]
+            s["x-guidance"] = {"item_separator": item, "key_separator": key}
         return s
 
 
