@@ -20,6 +20,7 @@ GRAPH = {
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter", "preference_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
+    "reviewed_traffic": ("traffic", []),
 }
 CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion"),
           ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split"),
@@ -64,7 +65,8 @@ def test_automation_policy():
     graph = defs.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     # Ingestion (of drops and of preference drops) is the raw-drop sensor's job; everything after it follows.
-    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs"}
+    # The traffic assets are the daily schedule's (traffic_daily_schedule).
+    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs", "reviewed_traffic"}
     assert "on 0 3 * * 1" in graph.get(dg.AssetKey("lora_adapter")).automation_condition.get_label()
 
 

@@ -65,8 +65,13 @@ class NotFound(LookupError):
     """No stored completion has this id (HTTP 404)."""
 
 
+def db_path(home: Path | str) -> Path:
+    """The database of a pipeline home."""
+    return Path(home) / "traffic" / "completions.db"
+
+
 def default_path() -> Path:
-    return settings.home() / "traffic" / "completions.db"
+    return db_path(settings.home())
 
 
 class CompletionStore:
