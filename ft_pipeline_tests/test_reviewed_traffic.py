@@ -104,3 +104,23 @@ def test_the_schedule_runs_yesterday_and_run_never_selects_traffic():
     selected = lambda job: defs.resolve_job_def(job).asset_layer.selected_asset_keys  # noqa: E731
     assert dg.AssetKey("reviewed_traffic") not in selected("train_and_register") | selected("ingest_drop")
     assert dg.AssetKey("reviewed_traffic") in selected("traffic_daily")
+
+
+def test_reviewed_rows_grow_the_holdout_by_the_same_stable_hash():
+    """No special code: the split deals every row by holdout_bucket(near_key, seed), whatever its drop, so about
+    holdout_fraction of the reviewed rows land in the holdout, the same ones under any drop name, and the
+    existing rows do not move."""
+    from ft_pipeline.data.splitting import holdout_bucket, split_examples
+    from ft_pipeline_tests.test_splitting import ND, question, sides
+    from ft_pipeline_tests.test_splitting import rec as split_rec
+
+    base = [split_rec("demo.jsonl", i, question(i)) for i in range(300)]
+    traffic = [split_rec(f"{DAY}-reviewed_traffic.jsonl", i, question(10_000 + i)) for i in range(400)]
+    before = sides(split_examples({"demo.jsonl": base}, 0.1, seed=0, near_dup=ND))
+    after = sides(split_examples({"demo.jsonl": base, f"{DAY}-reviewed_traffic.jsonl": traffic}, 0.1, 0, ND))
+    assert all(after[k] == v for k, v in before.items())
+    held = [r for r in traffic if after[r["id"]] == "holdout"]
+    assert 25 <= len(held) <= 60  # 10% of 400, give or take
+    assert all((after[r["id"]] == "holdout") == (holdout_bucket(r["near_key"], 0) < 0.1) for r in traffic)
+    renamed = [{**r, "drop": "other.jsonl"} for r in traffic]
+    assert sides(split_examples({"demo.jsonl": base, "other.jsonl": renamed}, 0.1, 0, ND)) == after
