@@ -192,6 +192,12 @@ class CompletionStore:
                                     "reviewed_at < ? ORDER BY reviewed_at, rowid", (since, until)).fetchall()
         return [self._row(r) for r in rows]
 
+    def created_between(self, since: int, until: int) -> list[dict]:
+        """Completions created in [since, until) (unix seconds), in order of storing."""
+        rows = self._conn().execute("SELECT * FROM completions WHERE created >= ? AND created < ? "
+                                    "ORDER BY created, rowid", (since, until)).fetchall()
+        return [self._row(r) for r in rows]
+
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM completions").fetchone()[0]
 
