@@ -103,3 +103,7 @@ def test_the_asset_shows_the_drift_and_warns(tmp_path, demo_split):
     quiet = dg.materialize([traffic_drift], partition_key="2026-05-22", resources={"home": home})
     (check,) = quiet.get_asset_check_evaluations()
     assert check.passed and "not judged" in check.description
+    (split / "train.jsonl").unlink()  # a home that serves before it trains: measured, not judged, no failure
+    bare = dg.materialize([traffic_drift], partition_key=DAY, resources={"home": home})
+    (check,) = bare.get_asset_check_evaluations()
+    assert bare.success and check.passed and check.description == "no train set yet, not judged"

@@ -117,11 +117,9 @@ def traffic_drift(context: dg.AssetExecutionContext, config: DriftConfig, home: 
         finally:
             store.close()
     manifest_path, train_path = home.split_dir / "manifest.json", home.split_dir / "train.jsonl"
-    if not train_path.exists():
-        raise dg.Failure(f"{train_path} is missing: materialize train_set first")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     params = NearDupParams(**(manifest.get("near_dup") or NearDupParams().to_json()))
-    train = [drift.input_of(r["messages"]) for r in read_jsonl(train_path)]
+    train = [drift.input_of(r["messages"]) for r in read_jsonl(train_path)] if train_path.exists() else []
     report_path = home.reports_dir / "evaluation.json"
     ref, ref_of = drift.reference_logprob(json.loads(report_path.read_text()) if report_path.exists() else None)
     report = drift.measure(completions, train, params, th, ref)
@@ -132,8 +130,7 @@ def traffic_drift(context: dg.AssetExecutionContext, config: DriftConfig, home: 
     check = dg.AssetCheckResult(
         check_name="traffic_within_drift_thresholds", passed=not flagged, severity=dg.AssetCheckSeverity.WARN,
         description="; ".join(flagged) if flagged else (
-            f"within the thresholds ({report['prompts']} prompts)" if report["prompts"] >= th.min_prompts
-            else f"{report['prompts']} prompt(s): fewer than min_prompts {th.min_prompts}, not judged"),
+            drift.not_judged(report, th) or f"within the thresholds ({report['prompts']} prompts)"),
         metadata={"flags": dg.MetadataValue.json(flagged), "thresholds": dg.MetadataValue.json(dataclasses.asdict(th))})
     return dg.MaterializeResult(
         check_results=[check],

@@ -121,10 +121,19 @@ def measure(completions: list[dict], train_inputs: list[list[dict]], params: Nea
     }
 
 
+def not_judged(report: dict, th: Thresholds) -> str | None:
+    """Why a day is measured but not judged: too few prompts, or no train set to compare with."""
+    if report["prompts"] < th.min_prompts:
+        return f"{report['prompts']} prompt(s): fewer than min_prompts {th.min_prompts}, not judged"
+    if not report["train_examples"]:
+        return "no train set yet, not judged"
+    return None
+
+
 def flags(report: dict, th: Thresholds) -> list[str]:
-    """What is past its threshold, one line each (nothing for a day with fewer than min_prompts prompts)."""
+    """What is past its threshold, one line each (nothing for a day that is not judged)."""
     r, out = report, []
-    if not r["prompts"] or r["prompts"] < th.min_prompts:
+    if not_judged(r, th):
         return out
     if r["unseen_share"] > th.max_unseen_share:
         out.append(f"{r['unseen_share']:.0%} of prompts have no near neighbour in train (> {th.max_unseen_share:.0%})")
