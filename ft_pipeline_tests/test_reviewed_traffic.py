@@ -124,3 +124,14 @@ def test_reviewed_rows_grow_the_holdout_by_the_same_stable_hash():
     assert all((after[r["id"]] == "holdout") == (holdout_bucket(r["near_key"], 0) < 0.1) for r in traffic)
     renamed = [{**r, "drop": "other.jsonl"} for r in traffic]
     assert sides(split_examples({"demo.jsonl": base, "other.jsonl": renamed}, 0.1, 0, ND)) == after
+
+
+def test_the_asset_reads_a_moved_store(tmp_path, monkeypatch):
+    home = reviewed_home(tmp_path, {0: ("accepted", None)})
+    moved = tmp_path / "elsewhere.db"
+    db_path(home.root).rename(moved)
+    for suffix in ("-wal", "-shm"):
+        if (p := db_path(home.root).with_name(f"completions.db{suffix}")).exists():
+            p.rename(moved.with_name(f"elsewhere.db{suffix}"))
+    monkeypatch.setenv("FT_PIPELINE_STORE_PATH", str(moved))
+    assert materialize(home)["accepted"] == 1

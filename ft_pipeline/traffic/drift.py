@@ -163,8 +163,9 @@ def histogram_png(train_words: np.ndarray, day_words: np.ndarray) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3))
     top = max(float(np.max(train_words, initial=1)), float(np.max(day_words, initial=1)))
     bins = np.linspace(0, top, 30)
-    ax.hist(train_words, bins=bins, density=True, alpha=0.5, label=f"train ({len(train_words)})")
-    ax.hist(day_words, bins=bins, density=True, alpha=0.5, label=f"this day ({len(day_words)})")
+    for words, label in ((train_words, "train"), (day_words, "this day")):
+        if len(words):  # an empty side has no density
+            ax.hist(words, bins=bins, density=True, alpha=0.5, label=f"{label} ({len(words)})")
     ax.set_xlabel("words in the prompt")
     ax.legend()
     fig.tight_layout()

@@ -19,6 +19,7 @@ the log checkpointed, so a deleted completion's text does not linger in the file
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -66,8 +67,10 @@ class NotFound(LookupError):
 
 
 def db_path(home: Path | str) -> Path:
-    """The database of a pipeline home."""
-    return Path(home) / "traffic" / "completions.db"
+    """The database of a pipeline home: `$FT_PIPELINE_STORE_PATH` where it is set (as the server and `review`
+    read it), else `<home>/traffic/completions.db`."""
+    moved = os.environ.get("FT_PIPELINE_STORE_PATH")
+    return Path(moved) if moved else Path(home) / "traffic" / "completions.db"
 
 
 def default_path() -> Path:
