@@ -59,7 +59,7 @@ def test_jobs_and_sensors_resolve_and_run_by_default():
     assert defs.resolve_job_def("train_and_register")
     assert (defs.resolve_job_def("ingest_preferences").asset_layer.selected_asset_keys
             == {dg.AssetKey("preference_pairs")})
-    for name in ("raw_drops_sensor", "ft_pipeline_automation"):
+    for name in ("raw_drops_sensor", "ft_pipeline_automation", "drift_reevaluation_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
 
 

@@ -107,3 +107,27 @@ def test_the_asset_shows_the_drift_and_warns(tmp_path, demo_split):
     bare = dg.materialize([traffic_drift], partition_key=DAY, resources={"home": home})
     (check,) = bare.get_asset_check_evaluations()
     assert bare.success and check.passed and check.description == "no train set yet, not judged"
+
+
+def test_a_drifted_day_asks_for_a_re_evaluation_once():
+    from ft_pipeline.defs.traffic import drift_reevaluation_sensor
+
+    def tick(inst, cursor=None):
+        return drift_reevaluation_sensor(dg.build_sensor_context(instance=inst, cursor=cursor))
+
+    def drifted(inst, day, value):
+        inst.report_runless_asset_event(dg.AssetMaterialization("traffic_drift", partition=day,
+                                                                metadata={"drifted": value}))
+
+    with dg.instance_for_test() as inst:
+        drifted(inst, "2026-05-20", False)
+        quiet = tick(inst)
+        assert not quiet.run_requests and "none drifted" in quiet.skip_reason.skip_message
+        drifted(inst, "2026-05-21", True)
+        assert "nothing was evaluated yet" in tick(inst, quiet.cursor).skip_reason.skip_message
+        inst.report_runless_asset_event(dg.AssetMaterialization("evaluation_report"))
+        drifted(inst, "2026-05-22", True)
+        first = tick(inst, quiet.cursor)
+        (req,) = first.run_requests
+        assert req.tags["ft_pipeline/drifted_days"] == "2026-05-21,2026-05-22"
+        assert not tick(inst, first.cursor).run_requests  # asked once

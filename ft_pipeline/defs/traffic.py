@@ -147,3 +147,31 @@ traffic_daily_job = dg.define_asset_job(
 traffic_daily_schedule = dg.build_schedule_from_partitioned_job(
     traffic_daily_job, hour_of_day=0, minute_of_hour=15, default_status=dg.DefaultScheduleStatus.RUNNING,
     description="At 00:15 UTC, yesterday's partition of the traffic assets.")
+
+reevaluate_job = dg.define_asset_job(
+    "reevaluate_on_traffic", selection=dg.AssetSelection.assets("train_set", "holdout_set", "evaluation_report"),
+    description="Re-split (the reviewed traffic's share joins the holdout) and evaluate the adapter and the champion "
+                "on it: what the drift sensor asks for.",
+    tags={"ft_pipeline/gpu": "true"})
+
+
+@dg.sensor(job=reevaluate_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="When a day of traffic_drift is past its thresholds, asks for a re-evaluation of the champion "
+                       "on a holdout grown with the reviewed traffic (once per drifted day).")
+def drift_reevaluation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("traffic_drift"), after_storage_id=after), limit=100,
+        ascending=True).records
+    if not records:
+        return dg.SensorResult(skip_reason="no new traffic_drift materialization", cursor=context.cursor)
+    cursor = str(max(r.storage_id for r in records))
+    drifted = sorted({r.partition_key for r in records if (m := r.asset_materialization.metadata.get("drifted"))
+                      and m.value})
+    if not drifted:
+        return dg.SensorResult(skip_reason=f"{len(records)} day(s) measured, none drifted", cursor=cursor)
+    if context.instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")) is None:
+        return dg.SensorResult(skip_reason=f"drift on {', '.join(drifted)}, but nothing was evaluated yet",
+                               cursor=cursor)
+    return dg.SensorResult(cursor=cursor, run_requests=[dg.RunRequest(
+        run_key=f"drift:{','.join(drifted)}", tags={"ft_pipeline/drifted_days": ",".join(drifted)})])
