@@ -20,12 +20,15 @@ GRAPH = {
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter", "preference_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
+    "reviewed_traffic": ("traffic", []),
+    "traffic_drift": ("traffic", ["evaluation_report", "train_set"]),
 }
 CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion"),
           ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split"),
           ("preference_pairs", "pairs_accounted_for"), ("cleaned_examples", "no_label_conflicts"),
-          ("train_set", "no_label_conflicts")}
-WARNINGS = {"no_label_conflicts"}  # checks that warn and block nothing: a label conflict is reported, not fatal
+          ("train_set", "no_label_conflicts"), ("traffic_drift", "traffic_within_drift_thresholds")}
+# checks that warn and block nothing: a label conflict is reported, not fatal; so is drift
+WARNINGS = {"no_label_conflicts", "traffic_within_drift_thresholds"}
 
 
 def test_asset_graph_snapshot():
@@ -56,7 +59,7 @@ def test_jobs_and_sensors_resolve_and_run_by_default():
     assert defs.resolve_job_def("train_and_register")
     assert (defs.resolve_job_def("ingest_preferences").asset_layer.selected_asset_keys
             == {dg.AssetKey("preference_pairs")})
-    for name in ("raw_drops_sensor", "ft_pipeline_automation"):
+    for name in ("raw_drops_sensor", "ft_pipeline_automation", "drift_reevaluation_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
 
 
@@ -64,7 +67,9 @@ def test_automation_policy():
     graph = defs.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     # Ingestion (of drops and of preference drops) is the raw-drop sensor's job; everything after it follows.
-    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs"}
+    # The traffic assets are the daily schedule's (traffic_daily_schedule).
+    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs", "reviewed_traffic",
+                                      "traffic_drift"}
     assert "on 0 3 * * 1" in graph.get(dg.AssetKey("lora_adapter")).automation_condition.get_label()
 
 

@@ -19,7 +19,7 @@ from ft_pipeline.model.training import TrainOptions
 from ft_pipeline.settings import REPO_ROOT
 from ft_pipeline_tests._env import isolated_env
 
-JOBS = [defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register")]
+JOBS = [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register", "traffic_daily")]  # as `run` checks
 
 
 def _lines(tmp_path, text: str) -> list[str]:

@@ -15,7 +15,10 @@ def add_parser(sub) -> None:
     fg.add_argument("--drop", help="the drop: its file name or its partition key (with --line)")
     fg.add_argument("--line", type=int, help="the line (or row) in that file")
     fg.add_argument("--raw-sha256", help="or the raw row's hash (a prefix will do), as in the cleaned files")
-    fg.add_argument("--text", help="or every row whose user or assistant text contains this (listed first)")
+    fg.add_argument("--text", help="or every row whose user or assistant text contains this (listed first), and "
+                                   "every stored completion whose conversation, answer or correction does")
+    fg.add_argument("--completion-id", help="or a stored completion (chatcmpl-...): deleted from the store, with "
+                                            "every row a reviewed_traffic drop made from it")
     fg.add_argument("--reason", help="why, recorded with the request (never the erased text)")
     fg.add_argument("--yes", action="store_true", help="do not ask before erasing the rows --text found")
     fg.add_argument("--redact-source", action="store_true",
@@ -69,27 +72,65 @@ def _status(args) -> int:
     return 0
 
 
+def _find(args) -> tuple[list[dict], list[str]]:
+    """The raw rows and the stored completions the request names (each completion a found row was made from
+    included)."""
+    from ft_pipeline.erasure import completions
+    from ft_pipeline.erasure import requests as erasure
+
+    home, unreadable = settings.home(), []
+    stored = (completions.existing(home, {args.completion_id}) if args.completion_id
+              else completions.matching(home, args.text) if args.text else [])
+    try:
+        rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable,
+                                 args.completion_id)
+    except erasure.ErasureError:
+        if not stored or args.drop is not None or args.raw_sha256 is not None:
+            raise
+        rows = []  # only stored completions match
+    for msg in unreadable:
+        print(f"  not searched (the pipeline cannot read it either): {msg}", file=sys.stderr)
+    if args.completion_id and not rows and not stored:
+        raise erasure.ErasureError(f"no stored completion {args.completion_id} and no raw row made from it")
+    # everything made from the same stored completions: the SFT row and the preference pair of a correction
+    ids = set(stored) | {r["completion_id"] for r in rows if r.get("completion_id")}
+    seen = {(r["drop"], r["line"]) for r in rows}
+    for c in sorted(ids - {args.completion_id}):
+        more = erasure.find_rows(settings.raw_dir(), completion_id=c)
+        rows += [r for r in more if (r["drop"], r["line"]) not in seen]
+        seen |= {(r["drop"], r["line"]) for r in rows}
+    return rows, completions.existing(home, ids)
+
+
 def _forget(args) -> int:
+    from ft_pipeline.erasure import completions
     from ft_pipeline.erasure import registry as erasure_registry
     from ft_pipeline.erasure import requests as erasure
 
-    unreadable: list[str] = []
-    rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable)
-    for msg in unreadable:
-        print(f"  not searched (the pipeline cannot read it either): {msg}", file=sys.stderr)
+    rows, stored = _find(args)
     for r in rows:
         print(f"  {r['file']} line {r['line']}  {r['raw_sha256'][:16]}  {r['preview']}")
+    for c in stored:
+        print(f"  stored completion {c}")
     if args.text is not None and not args.yes:
-        answer = input(f"erase these {len(rows)} row(s)? [y/N] ") if sys.stdin.isatty() else sys.stdin.readline()
+        what = f"{len(rows)} row(s)" + (f" and {len(stored)} stored completion(s)" if stored else "")
+        answer = input(f"erase these {what}? [y/N] ") if sys.stdin.isatty() else sys.stdin.readline()
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing erased", file=sys.stderr)
             return 1
     home = settings.home()
-    request = erasure.new_request(rows, args.reason, args.redact_source)
-    if args.redact_source:
-        for path in erasure.redact_source(settings.raw_dir(), rows, request):
+    request = erasure.new_request(rows, args.reason, args.redact_source, stored)
+    # The reviewed_traffic drops are the pipeline's own files: their erased lines are always rewritten.
+    redact = rows if args.redact_source else [r for r in rows if completions.is_reviewed_drop(r)]
+    if redact:
+        for path in erasure.redact_source(settings.raw_dir(), redact, request):
             print(f"rewrote the erased line(s) of {path}")
+    deleted = completions.delete(home, set(stored))
     erasure.append_request(home, request)
+    if not rows:  # stored completions only: nothing was trained on them, nothing else holds them
+        print(f"erasure request {request['id']}: deleted {deleted} stored completion(s); no raw row was made "
+              f"from them")
+        return 0
     exp_id = _experiment()
     run_id = erasure_registry.record_request(request)
     erased = erasure.erased_hashes(home)
@@ -101,8 +142,9 @@ def _forget(args) -> int:
     print(f"erasure request {request['id']}: {len(rows)} row(s), recorded in {erasure.requests_path(home)} and "
           f"MLflow run {run_id}\nremoved {counts['data_lines']} line(s) of derived data files, "
           f"{counts['cache_entries']} evaluation cache entries; scrubbed {counts['reports']} report(s) and "
-          f"{len(replaced)} MLflow artifact(s)\nversions trained on it: {', '.join(pending) or 'none'} "
-          f"(tagged {erasure_registry.PENDING}); `ft-pipeline run` re-ingests and retrains without it")
+          f"{len(replaced)} MLflow artifact(s); deleted {deleted} stored completion(s)\nversions trained on it: "
+          f"{', '.join(pending) or 'none'} (tagged {erasure_registry.PENDING}); `ft-pipeline run` re-ingests and "
+          "retrains without it")
     return 0
 
 

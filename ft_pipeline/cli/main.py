@@ -64,8 +64,8 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
     from ft_pipeline.runs import console
     from ft_pipeline.runs import control as runs
 
-    preset = presets.load(preset_path, [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register")]
-                          ) if preset_path else {}
+    jobs = [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register", "traffic_daily")]
+    preset = presets.load(preset_path, jobs) if preset_path else {}
     runs.sigterm_as_interrupt()
     console.stage_lines_only()
     with runs.home_lock(settings.home()):

@@ -99,19 +99,23 @@ def _names(drop: str, file: str) -> set[str]:
 
 
 def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, raw_sha256: str | None = None,
-              text: str | None = None, unreadable: list[str] | None = None) -> list[dict]:
+              text: str | None = None, unreadable: list[str] | None = None,
+              completion_id: str | None = None) -> list[dict]:
     """The raw rows a request names, in SFT or preference drops: by drop (file name or partition key; a
     preference drop also as preferences/<name>) and line, by (a prefix of) the raw
     row's hash, or every row whose user or assistant text contains `text`. A row found by drop and line or
     by hash is found in every drop that has the same raw row. Each: drop, file, line, raw_sha256 and a short
     preview of its text (for the confirmation prompt; never stored). A drop that cannot be read is left out,
-    its error appended to `unreadable`."""
+    its error appended to `unreadable`. `completion_id`: the rows made from that stored completion (reviewed
+    traffic), possibly none. A row made from a stored completion has its `completion_id`."""
     unreadable = [] if unreadable is None else unreadable
     drops = _all_drops(raw_dir)
     if drop is not None:
         named = sorted({d[0] for d in drops if drop in _names(d[0], d[1])})
         if not named:
             raise ErasureError(f"no drop {drop!r} in {raw_dir}")
+        if len(named) > 1 and drop in named:  # the exact key: X is the SFT drop, preferences/X the other
+            named = [drop]
         if len(named) > 1:
             raise ErasureError(f"{drop!r} names {' and '.join(named)}; give the one you mean")
     rows = []
@@ -123,7 +127,7 @@ def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, r
                 raise ErasureError(str(e)) from e
             unreadable.append(str(e))
     if drop is not None and line is not None:
-        hit = [r for r in rows if drop in _names(r["drop"], r["file"]) and r["line"] == line]
+        hit = [r for r in rows if r["drop"] == named[0] and r["line"] == line]
         if not hit:
             raise ErasureError(f"drop {drop} has no line {line}")
         raw_sha256 = hit[0]["raw_sha256"]
@@ -131,15 +135,24 @@ def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, r
         out = [r for r in rows if r["raw_sha256"].startswith(raw_sha256.lower())]
         if len({r["raw_sha256"] for r in out}) > 1:
             raise ErasureError(f"raw-sha256 prefix {raw_sha256} matches several rows; give more of it")
+    elif completion_id is not None:
+        return [_found(r) for r in rows if r["completion_id"] == completion_id]
     elif text is not None:
         if not text.strip():
             raise ErasureError("--text is empty")
         out = [r for r in rows if any(text in t for t in r.pop("texts"))]
     else:
-        raise ErasureError("name the row: --drop D --line L, --raw-sha256 H, or --text T")
+        raise ErasureError("name the row: --drop D --line L, --raw-sha256 H, --text T or --completion-id ID")
     if not out:
         raise ErasureError("no raw row matches " + (f"raw-sha256 {raw_sha256}" if raw_sha256 else f"text {text!r}"))
-    return [{k: r[k] for k in ("drop", "file", "line", "raw_sha256", "preview")} for r in out]
+    return [_found(r) for r in out]
+
+
+def _found(r: dict) -> dict:
+    out = {k: r[k] for k in ("drop", "file", "line", "raw_sha256", "preview")}
+    if r["completion_id"]:
+        out["completion_id"] = r["completion_id"]
+    return out
 
 
 def _canonical_rows(key: str, name: str, path: Path, is_preference: bool) -> list[dict]:
@@ -151,20 +164,25 @@ def _canonical_rows(key: str, name: str, path: Path, is_preference: bool) -> lis
         records = canonical_pairs(parsed, detect_format(parsed.rows, path))
     else:
         records = cleaning.iter_canonical(parsed, formats.detect_format(parsed.rows, path))
+    lineage = {r.line: r.data.get("completion_id") for r in parsed.rows if isinstance(r.data, dict)}
     out = []
     for rec in records:
         texts = _texts(rec)
         out.append({"drop": key, "file": name, "line": rec["line"], "raw_sha256": rec["raw_sha256"],
-                    "texts": texts, "preview": " | ".join(texts)[:100]})
+                    "texts": texts, "preview": " | ".join(texts)[:100], "completion_id": lineage.get(rec["line"])})
     return out
 
 
-def new_request(rows: list[dict], reason: str | None = None, redacted_source: bool = False) -> dict:
-    """The request as stored: when, which rows (by hash), why; never their text."""
+def new_request(rows: list[dict], reason: str | None = None, redacted_source: bool = False,
+                completions: list[str] | None = None) -> dict:
+    """The request as stored: when, which rows (by hash) and stored completions (by id), why; never their text."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"id": f"erase-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", "created": now.isoformat(timespec="seconds"),
-            "reason": reason, "redacted_source": redacted_source,
-            "rows": [{k: r[k] for k in ("drop", "file", "line", "raw_sha256")} for r in rows]}
+    out = {"id": f"erase-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", "created": now.isoformat(timespec="seconds"),
+           "reason": reason, "redacted_source": redacted_source,
+           "rows": [{k: r[k] for k in ("drop", "file", "line", "raw_sha256")} for r in rows]}
+    if completions:
+        out["completions"] = sorted(completions)
+    return out
 
 
 def append_request(home: Path, request: dict) -> Path:

@@ -12,6 +12,7 @@ keeps the rest on the raw line, so a training row's (drop, line) leads back to i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -71,3 +72,13 @@ def write_drop(completions: list[dict], day: str, raw_dir: Path) -> dict:
         elif path.exists():
             path.unlink()
     return out
+
+
+def drop_version(out: dict) -> str:
+    """A data version of what `write_drop` wrote: the files' contents (or "empty")."""
+    if not out["files"]:
+        return "empty"
+    h = hashlib.sha256()
+    for f in out["files"]:
+        h.update(f"{Path(f).parent.name}/{Path(f).name}".encode() + b"\0" + Path(f).read_bytes())
+    return h.hexdigest()[:16]

@@ -19,6 +19,7 @@ the log checkpointed, so a deleted completion's text does not linger in the file
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -65,8 +66,15 @@ class NotFound(LookupError):
     """No stored completion has this id (HTTP 404)."""
 
 
+def db_path(home: Path | str) -> Path:
+    """The database of a pipeline home: `$FT_PIPELINE_STORE_PATH` where it is set (as the server and `review`
+    read it), else `<home>/traffic/completions.db`."""
+    moved = os.environ.get("FT_PIPELINE_STORE_PATH")
+    return Path(moved) if moved else Path(home) / "traffic" / "completions.db"
+
+
 def default_path() -> Path:
-    return settings.home() / "traffic" / "completions.db"
+    return db_path(settings.home())
 
 
 class CompletionStore:
@@ -185,6 +193,12 @@ class CompletionStore:
         """Completions whose verdict was given in [since, until) (unix seconds), oldest verdict first."""
         rows = self._conn().execute("SELECT * FROM completions WHERE review IS NOT NULL AND reviewed_at >= ? AND "
                                     "reviewed_at < ? ORDER BY reviewed_at, rowid", (since, until)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def created_between(self, since: int, until: int) -> list[dict]:
+        """Completions created in [since, until) (unix seconds), in order of storing."""
+        rows = self._conn().execute("SELECT * FROM completions WHERE created >= ? AND created < ? "
+                                    "ORDER BY created, rowid", (since, until)).fetchall()
         return [self._row(r) for r in rows]
 
     def count(self) -> int:
