@@ -161,6 +161,24 @@ def test_export_and_rollback_through_the_cli(pipeline):
     assert "ft-pipeline-adapter version 1" in hits.stderr  # the alias now resolves to version 1
 
 
+def test_gguf_export_through_the_cli(pipeline):
+    """The merged model as Q8_0 GGUF + Modelfile; the adapter form is refused in one line (builtin:tiny trains
+    embed_tokens/lm_head as modules_to_save), and so is an --out that already holds files."""
+    tmp, env, _ = pipeline
+    out = run_cli(env, "export", "--format", "gguf", "--version", "1", "--out", str(tmp / "g1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {p.name for p in (tmp / "g1").iterdir()} == {"model.gguf", "Modelfile", "export.json"}
+    meta = json.loads((tmp / "g1" / "export.json").read_text())
+    assert meta["version"] == "1" and meta["type"] == "q8_0" and meta["gguf"]["tokenizer"] == "built"
+    assert (tmp / "g1" / "Modelfile").read_text().startswith("FROM ./model.gguf\nTEMPLATE")
+    again = run_cli(env, "export", "--format", "gguf", "--version", "1", "--out", str(tmp / "g1"))
+    assert again.returncode == 2 and again.stderr.strip().endswith("add --force to replace them")
+    assert len(again.stderr.strip().splitlines()) == 1
+    lora = run_cli(env, "export", "--format", "gguf-adapter", "--version", "1", "--out", str(tmp / "a1"))
+    assert lora.returncode == 2 and "modules_to_save" in lora.stderr and len(lora.stderr.strip().splitlines()) == 1
+    assert not (tmp / "a1").exists()
+
+
 def test_a_warm_start_continues_the_champion(pipeline):
     import mlflow
 

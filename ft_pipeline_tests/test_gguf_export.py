@@ -284,3 +284,17 @@ def test_an_adapter_modelfile_names_the_base_and_the_adapter_and_an_unknown_temp
               "\n\n{% endif %}")
     with pytest.raises(M.ModelfileError, match="neither ChatML nor the builtin format"):
         M.modelfile(llama3, "./model.gguf")
+
+
+def test_the_cli_refuses_an_out_folder_that_holds_files_in_one_line_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
+    r = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "export", "--format", "gguf", "--version", "1",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"export: {tmp_path / 'out'} already holds files; choose an empty folder or add --force to replace them"]
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
