@@ -162,6 +162,40 @@ def test_qwen2_with_tied_embeddings_loads_back_with_the_same_logits_and_the_righ
             assert diff < 1e-2
 
 
+def tiny_gqa_llama(out_dir):
+    """A Llama with grouped-query attention (4 query heads, 2 KV heads, as SmolLM2's 9 and 3), tied embeddings
+    and a non-default rope theta: the k rows are permuted per KV head, not per query head."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=None,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def test_a_grouped_query_llama_loads_back_with_the_same_logits(tmp_path):
+    from safetensors.numpy import load_file
+
+    src = tiny_gqa_llama(tmp_path / "gqa")
+    out = tmp_path / "gqa.gguf"
+    G.write_model(src, out, "f32")
+    ref, tok = load_model_and_tokenizer(src)
+    model, _ = load_gguf(out)
+    assert model.config.num_key_value_heads == 2
+    ids = torch.tensor(chat_prompt_ids(tok, conversations(1)))
+    with torch.inference_mode():
+        assert (model(ids).logits - ref(ids).logits).abs().max().item() < 1e-5
+    k = read_tensors(out)["blk.1.attn_k.weight"]
+    hf = load_file(str(src / "model.safetensors"))["model.layers.1.self_attn.k_proj.weight"]
+    assert k.shape == (64, 128)
+    np.testing.assert_array_equal(G.unpermute(k, 2), hf)
+
+
 def test_q8_0_quantizes_what_splits_into_blocks_and_keeps_norms_in_f32(merged_dir, tmp_path):
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFReader
