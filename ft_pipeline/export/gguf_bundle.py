@@ -25,12 +25,14 @@ def version_dirs(name: str, version: str, dst: Path) -> tuple[dict, Path, Path]:
     mv = client.get_model_version(name, version) if version.isdigit() else \
         client.get_model_version_by_alias(name, version)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst)))
-    conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"].get("model_config", {})
-    base = local / "artifacts" / "base_model"
+    pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    # MLflow saves each artifact under artifacts/<its source folder's name>; the MLmodel maps names to paths
+    arts = {k: local / v["path"] for k, v in (pyfunc.get("artifacts") or {}).items()}
+    base = arts.get("base_model") or Path(pyfunc.get("model_config", {}).get("base_model", ""))  # a Hub id
     tags = mv.tags or {}
     prov = {"registered_model": name, "version": str(mv.version), "requested": version, "source": mv.source,
             "training_run_id": tags.get("training_run_id"), "base_model": tags.get("base_model")}
-    return prov, base if base.is_dir() else Path(conf.get("base_model", "")), local / "artifacts" / "adapter"
+    return prov, base, arts["adapter"]
 
 
 def _candidates(prov: dict) -> list[Path]:
