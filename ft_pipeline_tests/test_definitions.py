@@ -20,6 +20,7 @@ GRAPH = {
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter", "preference_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
+    "gguf_model": ("registry", ["registered_model"]),
 }
 CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "beats_base_and_champion"),
           ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split"),

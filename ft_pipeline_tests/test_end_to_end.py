@@ -72,7 +72,7 @@ inst = dg.DagsterInstance.get()
 runs = inst.get_runs()
 print(sorted({r.job_name for r in runs}), len(runs))
 for key in ["raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
-            "evaluation_report", "registered_model", "merged_model"]:
+            "evaluation_report", "registered_model", "merged_model", "gguf_model"]:
     assert inst.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
 ev = inst.get_latest_materialization_event(dg.AssetKey("lora_adapter")).asset_materialization
 print(ev.metadata["mlflow_run"].value)
@@ -83,6 +83,27 @@ print(ev.metadata["mlflow_run"].value)
     # 4 drops, then the split on its own (an unchanged split would retrain nothing), then training to registration
     assert "['ingest_drop', 'train_and_register'] 6" in out.stdout
     assert "http://127.0.0.1:5000/#/experiments/" in out.stdout
+
+
+def test_the_champion_is_exported_as_gguf(pipeline):
+    """gguf_model: the champion (builtin:tiny, merged) as Q8_0 GGUF + Modelfile in models/gguf, logged with its
+    training run and tagged on the version."""
+    import mlflow
+
+    from ft_pipeline.data.formats import sha256_file
+
+    tmp, _, _ = pipeline
+    out = tmp / "home" / "models" / "gguf"
+    assert {p.name for p in out.iterdir()} == {"model.gguf", "Modelfile", "export.json"}
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["version"] == "1" and meta["type"] == "q8_0" and meta["format"] == "gguf"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
+    tags = client.get_model_version("ft-pipeline-adapter", "1").tags
+    run_id = meta["training_run_id"]
+    assert tags["gguf_type"] == "q8_0" and tags["gguf_sha256"] == sha256_file(out / "model.gguf")
+    assert tags["gguf_file"] == f"runs:/{run_id}/gguf/model.gguf"
+    assert {a.path for a in client.list_artifacts(run_id, "gguf")} == {"gguf/model.gguf", "gguf/Modelfile",
+                                                                       "gguf/export.json"}
 
 
 def test_mlflow_records_lineage_and_the_champion_predicts_in_a_fresh_process(pipeline):

@@ -332,3 +332,26 @@ def test_the_cli_refuses_an_out_folder_that_holds_files_in_one_line_with_exit_2(
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"export: {tmp_path / 'out'} already holds files; choose an empty folder or add --force to replace them"]
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_the_gguf_asset_records_a_model_gguf_cannot_hold_as_skipped(tmp_path, monkeypatch):
+    """gguf_model does not fail the run for a champion GGUF cannot hold: it materializes with the reason and
+    leaves no GGUF of an earlier champion behind (the exported path runs in test_end_to_end)."""
+    import dagster as dg
+
+    from ft_pipeline.defs import registry
+    from ft_pipeline.export import gguf_bundle
+    from ft_pipeline.resources import MlflowTracking, PipelineHome
+
+    def refuse(*args, **kwargs):
+        raise G.GgufExportError("GGUF export supports LlamaForCausalLM; this model is GPTNeoXForCausalLM")
+
+    monkeypatch.setattr(gguf_bundle, "export_gguf", refuse)
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
+    (home.gguf_dir).mkdir(parents=True)
+    (home.gguf_dir / "model.gguf").write_bytes(b"an earlier champion's")
+    res = dg.materialize([registry.gguf_model], resources={"home": home, "mlflow_tracking": MlflowTracking(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"))})
+    assert res.success and not home.gguf_dir.exists()
+    md = res.asset_materializations_for_node("gguf_model")[0].metadata
+    assert md["exported"].value is False and "GPTNeoXForCausalLM" in md["reason"].value
