@@ -19,8 +19,8 @@ defs = dg.Definitions(
     assets=automation.with_automation(
         [data.raw_examples, data.cleaned_examples, data.train_holdout_split, model.base_model, model.lora_adapter,
          preference.preference_pairs, preference.preference_adapter,
-         evaluation.evaluation_report, registry.registered_model, registry.merged_model, traffic.reviewed_traffic,
-         traffic.traffic_drift]),
+         evaluation.evaluation_report, registry.registered_model, registry.merged_model, registry.gguf_model,
+         traffic.reviewed_traffic, traffic.traffic_drift]),
     asset_checks=[evaluation.beats_base_and_champion, data.no_near_duplicate_across_split],
     jobs=[jobs.ingest_drop_job, jobs.ingest_preferences_job, jobs.train_and_register_job, traffic.traffic_daily_job,
           traffic.reevaluate_job],

@@ -72,6 +72,11 @@ class PipelineHome(dg.ConfigurableResource):
         return self.models_dir / "base_model.json"
 
     @property
+    def gguf_dir(self) -> Path:
+        """The champion as GGUF (`gguf_model`): model.gguf, Modelfile, export.json."""
+        return self.models_dir / "gguf"
+
+    @property
     def adapter_dir(self) -> Path:
         return self.models_dir / "adapter"
 

@@ -20,6 +20,7 @@ GRAPH = {
     "evaluation_report": ("evaluation", ["holdout_set", "lora_adapter", "preference_adapter"]),
     "registered_model": ("registry", ["evaluation_report"]),
     "merged_model": ("registry", ["registered_model"]),
+    "gguf_model": ("registry", ["registered_model"]),
     "reviewed_traffic": ("traffic", []),
     "traffic_drift": ("traffic", ["evaluation_report", "train_set"]),
 }

@@ -78,7 +78,7 @@ inst = dg.DagsterInstance.get()
 runs = inst.get_runs()
 print(sorted({r.job_name for r in runs}), len(runs))
 for key in ["raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
-            "evaluation_report", "registered_model", "merged_model"]:
+            "evaluation_report", "registered_model", "merged_model", "gguf_model"]:
     assert inst.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
 ev = inst.get_latest_materialization_event(dg.AssetKey("lora_adapter")).asset_materialization
 print(ev.metadata["mlflow_run"].value)
@@ -89,6 +89,27 @@ print(ev.metadata["mlflow_run"].value)
     # 4 drops, then the split on its own (an unchanged split would retrain nothing), then training to registration
     assert "['ingest_drop', 'train_and_register'] 6" in out.stdout
     assert "http://127.0.0.1:5000/#/experiments/" in out.stdout
+
+
+def test_the_champion_is_exported_as_gguf(pipeline):
+    """gguf_model: the champion (builtin:tiny, merged) as Q8_0 GGUF + Modelfile in models/gguf, logged with its
+    training run and tagged on the version."""
+    import mlflow
+
+    from ft_pipeline.data.formats import sha256_file
+
+    tmp, _, _ = pipeline
+    out = tmp / "home" / "models" / "gguf"
+    assert {p.name for p in out.iterdir()} == {"model.gguf", "Modelfile", "export.json"}
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["version"] == "1" and meta["type"] == "q8_0" and meta["format"] == "gguf"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'home' / 'mlflow' / 'mlflow.db'}")
+    tags = client.get_model_version("ft-pipeline-adapter", "1").tags
+    run_id = meta["training_run_id"]
+    assert tags["gguf_type"] == "q8_0" and tags["gguf_sha256"] == sha256_file(out / "model.gguf")
+    assert tags["gguf_file"] == f"runs:/{run_id}/gguf/model.gguf"
+    assert {a.path for a in client.list_artifacts(run_id, "gguf")} == {"gguf/model.gguf", "gguf/Modelfile",
+                                                                       "gguf/export.json"}
 
 
 def test_mlflow_records_lineage_and_the_champion_predicts_in_a_fresh_process(pipeline):
@@ -169,6 +190,24 @@ def test_export_and_rollback_through_the_cli(pipeline):
     assert back.returncode == 0 and back.stdout.strip() == "ft-pipeline-adapter: champion 2 -> 1", back.stderr[-3000:]
     hits = run_cli(env, "lineage", "--version", "champion")
     assert "ft-pipeline-adapter version 1" in hits.stderr  # the alias now resolves to version 1
+
+
+def test_gguf_export_through_the_cli(pipeline):
+    """The merged model as Q8_0 GGUF + Modelfile; the adapter form is refused in one line (builtin:tiny trains
+    embed_tokens/lm_head as modules_to_save), and so is an --out that already holds files."""
+    tmp, env, _ = pipeline
+    out = run_cli(env, "export", "--format", "gguf", "--version", "1", "--out", str(tmp / "g1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {p.name for p in (tmp / "g1").iterdir()} == {"model.gguf", "Modelfile", "export.json"}
+    meta = json.loads((tmp / "g1" / "export.json").read_text())
+    assert meta["version"] == "1" and meta["type"] == "q8_0" and meta["gguf"]["tokenizer"] == "built"
+    assert (tmp / "g1" / "Modelfile").read_text().startswith("FROM ./model.gguf\nTEMPLATE")
+    again = run_cli(env, "export", "--format", "gguf", "--version", "1", "--out", str(tmp / "g1"))
+    assert again.returncode == 2 and again.stderr.strip().endswith("add --force to replace them")
+    assert len(again.stderr.strip().splitlines()) == 1
+    lora = run_cli(env, "export", "--format", "gguf-adapter", "--version", "1", "--out", str(tmp / "a1"))
+    assert lora.returncode == 2 and "modules_to_save" in lora.stderr and len(lora.stderr.strip().splitlines()) == 1
+    assert not (tmp / "a1").exists()
 
 
 def test_a_warm_start_continues_the_champion(pipeline):

@@ -81,3 +81,58 @@ def test_conversion_is_a_plain_model_dir_with_the_same_hash_every_time(tmp_path,
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_smollm2_exports_to_q8_0_gguf_with_its_own_tokenizer(tmp_path, smollm2_gguf, smollm2_converted):
+    """The GGUF export of SmolLM2 (no adapter: the base is the merged model) copies every `tokenizer.*` key of
+    the packaged file, leaves the tied head out, renders the training prompt ids with its stored template
+    (the default system prompt included)."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from ft_pipeline.evaluation.scoring import chat_prompt_ids
+    from ft_pipeline.export import gguf as export_gguf
+    from ft_pipeline.model.base_models import load_tokenizer
+    from ft_pipeline_tests.test_gguf_export import conversations
+
+    path = smollm2_converted.path
+    source = export_gguf.source_gguf(path)
+    assert source == smollm2_gguf.resolve()
+    out = tmp_path / "smollm2.gguf"
+    info = export_gguf.write_model(path, out, "q8_0", source=source)
+    assert info["tied_embeddings"] and info["tokenizer"] == f"copied from {smollm2_gguf.name}"
+    src, got = GGUFReader(str(smollm2_gguf)), GGUFReader(str(out))
+    keys = sorted(k for k in src.fields if k.startswith("tokenizer."))
+    assert keys == sorted(k for k in got.fields if k.startswith("tokenizer.")) and len(keys) >= 9
+    for k in keys:
+        assert got.fields[k].contents() == src.fields[k].contents(), k
+    assert "output.weight" not in {t.name for t in got.tensors}
+    gtok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=out.name)
+    tok = load_tokenizer(path)
+    convs = conversations(20)
+    assert chat_prompt_ids(gtok, convs) == chat_prompt_ids(tok, convs)
+    assert "You are a helpful AI assistant named SmolLM" in gtok.apply_chat_template(convs[1], tokenize=False)
+
+
+@pytest.mark.slow
+def test_smollm2_f32_gguf_gives_the_logits_of_the_model(tmp_path, smollm2_converted):
+    """SmolLM2 has grouped-query attention (9 query heads, 3 KV heads): its F32 export loads back with the same
+    logits (measured: max |diff| 0.0); Q8_0's drift on it is rounding, not layout."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ft_pipeline.evaluation.scoring import chat_prompt_ids
+    from ft_pipeline.export import gguf as export_gguf
+    from ft_pipeline.model.base_models import load_model_and_tokenizer
+    from ft_pipeline_tests.test_gguf_export import conversations
+
+    path = smollm2_converted.path
+    export_gguf.write_model(path, tmp_path / "smollm2-f32.gguf", "f32", source=export_gguf.source_gguf(path))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="smollm2-f32.gguf",
+                                                 dtype=torch.float32).eval()
+    ref, tok = load_model_and_tokenizer(path)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
+    with torch.inference_mode():
+        for ids in chat_prompt_ids(tok, conversations(3)):
+            x = torch.tensor([ids])
+            assert (model(x).logits - ref(x).logits).abs().max().item() < 1e-5

@@ -80,7 +80,7 @@ def test_a_code_version_bump_makes_the_stage_and_its_downstream_stale(world):
 
     todo = train_selection(inst, bumped, "train_and_register", yaml.safe_load(SMOKE.read_text())["ops"])
     assert "code version" in todo["evaluation_report"]
-    assert set(todo) == {"evaluation_report", "registered_model", "merged_model"}
+    assert set(todo) == {"evaluation_report", "registered_model", "merged_model", "gguf_model"}
 
 
 def test_same_content_retrains_nothing_and_changed_config_retrains(world):
@@ -127,5 +127,5 @@ def test_automation_resplits_on_new_content_and_retrains_only_on_the_cron_tick(w
     assert _requested(result) == []  # the train set changed, but the retrain cron has not ticked yet
     result = dg.evaluate_automation_conditions(defs, inst, evaluation_time=MONDAY_NOON + dt.timedelta(days=14),
                                                cursor=result.cursor)
-    assert _requested(result) == ["evaluation_report", "lora_adapter", "merged_model", "preference_adapter",
-                                  "registered_model"]
+    assert _requested(result) == ["evaluation_report", "gguf_model", "lora_adapter", "merged_model",
+                                  "preference_adapter", "registered_model"]

@@ -217,9 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--drop", required=True, help="the drop: its file name or its partition key")
     who.add_argument("--line", type=int, help="the line (or row) in that file")
     who.add_argument("--raw-sha256", help="or a prefix of the row's hash, as in the quarantine and cleaned files")
-    exp = sub.add_parser("export", help="merge a registered version's adapter into its base: one safetensors model dir")
+    exp = sub.add_parser("export", help="merge a registered version's adapter into its base: one safetensors model "
+                                        "dir, or GGUF files for llama.cpp, Ollama and LM Studio (--format gguf)")
     exp.add_argument("--version", default="champion", help="a version number or an alias (default: champion)")
-    exp.add_argument("--out", required=True, help="the directory to write (replaced if it exists)")
+    exp.add_argument("--out", required=True, help="the directory to write (merged: replaced if it exists)")
+    exp.add_argument("--format", default="merged", choices=("merged", "gguf", "gguf-adapter"),
+                     help="merged (safetensors, default), gguf (the merged model as model.gguf + Modelfile) or "
+                          "gguf-adapter (the LoRA as adapter.gguf for the base's GGUF + Modelfile)")
+    exp.add_argument("--type", default="q8_0", choices=("f32", "f16", "q8_0"), help="GGUF tensor type (default q8_0)")
+    exp.add_argument("--force", action="store_true", help="GGUF: replace what --out already holds")
     pro = sub.add_parser("promote", help="point the champion alias at a registered version (this is how to roll back)")
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
@@ -289,6 +295,23 @@ def registry_main(args) -> int:
     if args.cmd == "promote":
         previous = registry.promote(args.model, args.version)
         print(f"{args.model}: champion {previous or 'none'} -> {args.version}")
+        return 0
+    if args.format != "merged":
+        from ft_pipeline.export.gguf import GgufExportError
+        from ft_pipeline.export.gguf_bundle import export_gguf
+
+        out = Path(args.out).resolve()
+        try:
+            meta = export_gguf(args.model, args.version, out, args.type, args.format, args.force)
+        except GgufExportError as e:
+            print(f"export: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.model} version {meta['version']} as GGUF ({args.type}) in {out}:")
+        for file, f in meta["files"].items():
+            print(f"  {file}  {f['size']:,} bytes  sha256 {f['sha256'][:16]}")
+        if "modelfile" in meta:
+            print(f"  no Modelfile: {meta['modelfile']}")
+        print(f"ollama create {args.model} -f {out / 'Modelfile'} && ollama run {args.model}")
         return 0
     out, prov = export.export_registered(args.model, args.version, Path(args.out).resolve())
     print(f"{args.model} version {prov['version']} merged into {out}")

@@ -71,6 +71,7 @@ def conditions() -> dict[str, dg.AutomationCondition]:
         "evaluation_report": follows("preference_adapter"),
         "registered_model": follows("evaluation_report") & AC.all_deps_blocking_checks_passed(),
         "merged_model": follows("registered_model"),
+        "gguf_model": follows("registered_model"),
     }
 
 

@@ -14,7 +14,7 @@ train_and_register_job = dg.define_asset_job(
     "train_and_register",
     selection=dg.AssetSelection.assets("train_set", "holdout_set", "base_model", "lora_adapter",
                                        "preference_pairs", "preference_adapter", "evaluation_report",
-                                       "registered_model", "merged_model"),
+                                       "registered_model", "merged_model", "gguf_model"),
     description="Split all cleaned drops, train the adapter (then DPO on preference pairs, if any), evaluate it and "
                 "register it if it passes the gate.",
     tags={"ft_pipeline/gpu": "true"})

@@ -2,6 +2,7 @@
 
 
 import json
+import shutil
 
 import dagster as dg
 
@@ -118,3 +119,37 @@ def merged_model(context: dg.AssetExecutionContext, home: PipelineHome,
         "path": dg.MetadataValue.path(str(out)), "registered_model": name, "version": int(prov["version"]),
         "content_sha256": sha, "size_mb": round(size_mb, 2),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))})
+
+
+@dg.asset(deps=[registered_model], group_name="registry", code_version="gguf-v1", kinds={"gguf", "mlflow"},
+          owners=["team:ml-platform"])
+def gguf_model(context: dg.AssetExecutionContext, home: PipelineHome,
+               mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The champion merged into one Q8_0 GGUF file with an Ollama Modelfile (`models/gguf/`, for llama.cpp,
+    Ollama and LM Studio), logged with the version's training run and tagged on the version. A model GGUF cannot
+    hold (another architecture, rope scaling) is recorded as skipped with the reason, not a failure."""
+    import mlflow
+
+    from ft_pipeline.export.gguf import GgufExportError
+    from ft_pipeline.export.gguf_bundle import export_gguf
+
+    name = mlflow_tracking.registered_model_name
+    mlflow_tracking.setup()
+    try:
+        meta = export_gguf(name, "champion", home.gguf_dir, "q8_0", "gguf", force=True)
+    except GgufExportError as e:
+        shutil.rmtree(home.gguf_dir, ignore_errors=True)  # the folder holds the champion's GGUF or nothing
+        context.log.warning("no GGUF for the champion of %s: %s", name, e)
+        return dg.MaterializeResult(metadata={"registered_model": name, "exported": False, "reason": str(e)})
+    client, run_id, version = mlflow.MlflowClient(), meta["training_run_id"], meta["version"]
+    client.log_artifacts(run_id, str(home.gguf_dir), "gguf")
+    gguf = meta["files"]["model.gguf"]
+    for key, value in {"gguf_file": f"runs:/{run_id}/gguf/model.gguf", "gguf_type": meta["type"],
+                       "gguf_sha256": gguf["sha256"]}.items():
+        client.set_model_version_tag(name, version, key, value)
+    context.log.info("GGUF (%s) of %s version %s: %s (%.1f MB)", meta["type"], name, version,
+                     home.gguf_dir / "model.gguf", gguf["size"] / 2**20)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(home.gguf_dir / "model.gguf")), "registered_model": name,
+        "version": int(version), "exported": True, "type": meta["type"],
+        "size_mb": round(gguf["size"] / 2**20, 2), "sha256": gguf["sha256"]})
