@@ -1,0 +1,112 @@
+"""Prompting baselines (evaluation/baselines.py): the instruction, the fixed and dynamic few-shot selection, the
+prompts, the seeded subset; the cost table and the gate's must_beat_prompting (evaluation/cost.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ft_pipeline.evaluation import baselines as bl
+from ft_pipeline.evaluation.cache import example_key
+
+PRODUCTS = ["Nimbus 5 laptop", "Zephyr air purifier", "Lumen 4K webcam", "Aurora X2 headphones", "Nova e-reader"]
+INTENTS = ["refund_request", "damaged_item", "account_access", "cancel_order"]
+
+
+def _row(i: int, text: str | None = None, system: str | None = None) -> dict:
+    product, intent = PRODUCTS[i % len(PRODUCTS)], INTENTS[i % len(INTENTS)]
+    answer = {"intent": intent, "product": product, "order_id": f"ORD-{100000 + i}" if i % 3 else None,
+              "urgency": ["low", "medium", "high"][i % 3]}
+    user = text or f"Hello, about my {product}: {intent.replace('_', ' ')} please, ticket {i}, order ORD-{100000 + i}"
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": json.dumps(answer)}]
+    return {"id": f"train-{i}", "messages": msgs}
+
+
+TRAIN = [_row(i) for i in range(60)]
+HOLDOUT = [_row(1000 + i) | {"id": f"holdout-{i}"} for i in range(12)]
+
+
+def test_dynamic_shots_are_the_k_most_similar_training_examples_and_never_a_holdout_example():
+    k = 5
+    # a holdout record that near-duplicates another holdout record: only training rows may be picked
+    queries = HOLDOUT + [{"id": "q", "messages": [{"role": "user", "content": user_text}, HOLDOUT[0]["messages"][-1]]}
+                         for user_text in [bl.user_text(HOLDOUT[0]) + " thanks"]]
+    picked = bl.dynamic_shots(TRAIN, queries, k)
+    train_sig, query_sig = bl.user_signatures(TRAIN), bl.user_signatures(queries)
+    sim = bl.similarity(query_sig, train_sig)
+    holdout_keys = {example_key(r) for r in HOLDOUT}
+    for q, shots in enumerate(picked):
+        assert len(shots) == k and len(set(shots)) == k
+        assert all(0 <= i < len(TRAIN) for i in shots)
+        assert not {example_key(TRAIN[i]) for i in shots} & holdout_keys
+        # the definition: no training example left out is more similar than one picked; ties to the earlier row
+        expected = sorted(range(len(TRAIN)), key=lambda i: (-sim[q, i], i))[:k]
+        assert shots == expected
+        assert min(sim[q, shots]) >= max(np.delete(sim[q], shots))
+    # the similarity is the MinHash estimate of the Jaccard similarity of the user messages' word bigrams
+    assert sim[-1].argmax() == sim[0].argmax()
+
+
+def test_dynamic_shots_skip_multi_turn_training_rows_and_tie_to_the_earlier_row():
+    dup = _row(7)
+    multi = {"id": "m", "messages": dup["messages"] + dup["messages"][-2:]}  # the same text, but two turns
+    train = [multi, _row(3), dup, _row(7)]
+    [shots] = bl.dynamic_shots(train, [dup], 2)
+    assert shots == [2, 3]  # the two identical single-turn rows, the earlier first; never the multi-turn one
+
+
+def test_fixed_shots_are_deterministic_distinct_and_from_the_training_set():
+    a, b = bl.fixed_shots(TRAIN, 5), bl.fixed_shots(list(TRAIN), 5)
+    assert a == b and len(set(a)) == 5
+    assert len({TRAIN[i]["messages"][-1]["content"] for i in a}) == 5
+    assert bl.fixed_shots(TRAIN, 5, seed=1) != a
+
+
+def test_prompt_puts_the_instruction_first_and_the_shots_as_prior_turns():
+    rec = _row(1, system="old system prompt")
+    [r] = bl.records_for(bl.Baseline("few_shot", 2), "INSTRUCTION", TRAIN, [rec])
+    msgs = r["messages"]
+    assert msgs[0] == {"role": "system", "content": "INSTRUCTION"}
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert msgs[-1] == rec["messages"][-1] and msgs[-2] == rec["messages"][-2]
+    shots = [TRAIN[i] for i in r["shot_ids"]]
+    assert msgs[1:5] == [m for s in shots for m in s["messages"]]
+    [d] = bl.records_for(bl.Baseline("dynamic", 3), "I", TRAIN, [rec])
+    near = bl.dynamic_shots(TRAIN, [rec], 3)[0]
+    assert d["shot_ids"] == near[::-1]  # the nearest example closest to the request
+
+
+def test_default_instruction_is_the_commonest_system_prompt_or_derived_from_the_answers():
+    assert bl.default_instruction([_row(0, system="A"), _row(1, system="B"), _row(2, system="B")]) == "B"
+    derived = bl.default_instruction(TRAIN)
+    assert "intent, product, order_id, urgency" in derived
+    assert '"low"' in derived and '"cancel_order"' in derived and "null" in derived
+    assert "ORD-100001" not in derived  # too many distinct values to list
+
+
+def test_subset_is_seeded_stable_and_in_order():
+    idx = bl.subset(TRAIN, 10)
+    assert idx == sorted(idx) and len(set(idx)) == 10
+    assert bl.subset(TRAIN, 10) == idx and bl.subset(TRAIN, 0) == list(range(60))
+    # growing the set keeps the picked examples that still rank first
+    grown = TRAIN + [_row(500 + i) for i in range(5)]
+    kept = {example_key(TRAIN[i]) for i in idx} & {example_key(grown[i]) for i in bl.subset(grown, 10)}
+    assert len(kept) >= 5
+
+
+def test_definitions_and_names():
+    names = [b.name for b in bl.definitions(bl.KINDS, 5, schema=True)]
+    assert names == ["zero_shot", "few_shot_5", "dynamic_5", "zero_shot+schema", "few_shot_5+schema",
+                     "dynamic_5+schema"]
+    assert [b.name for b in bl.definitions(bl.KINDS, 0, schema=False)] == ["zero_shot"]
+    keys = {bl.definition_key(b, "I", "S") for b in bl.definitions(bl.KINDS, 5, schema=True)}
+    assert len(keys) == 6
+    assert bl.definition_key(bl.Baseline("dynamic", 5), "I") != bl.definition_key(bl.Baseline("dynamic", 5), "J")
+
+
+@pytest.mark.parametrize("kind", bl.KINDS)
+def test_records_keep_the_reference_answer_last(kind):
+    recs = bl.records_for(bl.Baseline(kind, 0 if kind == "zero_shot" else 3), "I", TRAIN, HOLDOUT)
+    assert [r["messages"][-1] for r in recs] == [h["messages"][-1] for h in HOLDOUT]
+    assert [r["id"] for r in recs] == [h["id"] for h in HOLDOUT]
