@@ -97,8 +97,8 @@ def test_subset_is_seeded_stable_and_in_order():
 
 def test_definitions_and_names():
     names = [b.name for b in bl.definitions(bl.KINDS, 5, schema=True)]
-    assert names == ["zero_shot", "few_shot_5", "dynamic_5", "zero_shot+schema", "few_shot_5+schema",
-                     "dynamic_5+schema"]
+    assert names == ["zero_shot", "few_shot_5", "dynamic_5", "zero_shot_schema", "few_shot_5_schema",
+                     "dynamic_5_schema"]
     assert [b.name for b in bl.definitions(bl.KINDS, 0, schema=False)] == ["zero_shot"]
     keys = {bl.definition_key(b, "I", "S") for b in bl.definitions(bl.KINDS, 5, schema=True)}
     assert len(keys) == 6
@@ -110,3 +110,80 @@ def test_records_keep_the_reference_answer_last(kind):
     recs = bl.records_for(bl.Baseline(kind, 0 if kind == "zero_shot" else 3), "I", TRAIN, HOLDOUT)
     assert [r["messages"][-1] for r in recs] == [h["messages"][-1] for h in HOLDOUT]
     assert [r["id"] for r in recs] == [h["id"] for h in HOLDOUT]
+
+
+# --- the cost table, the intervals and the gate's must_beat_prompting (evaluation/cost.py) ---
+
+def _rows(fa: list[float], seconds: float, tokens: int) -> list[dict]:
+    return [{"json_valid": True, "field_accuracy": f, "exact_match": f == 1.0, "seconds": seconds,
+             "prompt_tokens": tokens} for f in fa]
+
+
+def _report(tuned_fa: list[float], few_fa: list[float]) -> dict:
+    from ft_pipeline.evaluation import cost
+
+    n = len(tuned_fa)
+    run = {"instruction": "I", "k": 5, "schema_note": "no schema", "subsets": {"holdout": list(range(n))},
+           "sets": {"holdout": {"zero_shot": {"per_example": _rows([0.0] * n, 0.5, 120)},
+                                "few_shot_5": {"per_example": _rows(few_fa, 1.5, 600)}}}}
+    results = {"base": {"per_example": _rows([0.0] * n, 0.6, 40)},
+               "tuned": {"per_example": _rows(tuned_fa, 0.5, 40)}}
+    return cost.baselines_report(run, results, {}, "field_accuracy", train_seconds=400.0)
+
+
+def test_cost_table_is_the_arithmetic_of_its_inputs():
+    from ft_pipeline.evaluation import cost
+
+    b = _report([1.0, 1.0, 0.5, 1.0], [1.0, 0.5, 0.5, 0.5])
+    assert b["best"] == "few_shot_5"
+    c = b["cost"]
+    assert c["baseline_prompt_tokens"] == 600 and c["tuned_prompt_tokens"] == 40
+    assert c["saved_prompt_tokens_per_request"] == 560
+    assert c["saved_seconds_per_request"] == pytest.approx(1.0)
+    assert c["payback_requests"] == 400  # 400 s of training / 1.0 s saved per request
+    md = "\n".join(cost.markdown(b))
+    assert "**400 requests**" in md and "few_shot_5" in md and "[" in md
+    never = cost.cost_table("x", {"prompt_tokens": 40, "seconds_per_request": 0.4},
+                            {"prompt_tokens": 40, "seconds_per_request": 0.5}, 100.0)
+    assert never["payback_requests"] is None and "never" in "\n".join(cost.cost_lines(never))
+    m = cost.mlflow_metrics(b)
+    assert m["baseline/few_shot_5/field_accuracy"] == pytest.approx(0.625) and m["cost/payback_requests"] == 400
+
+
+def test_wilson_and_normal_intervals():
+    from ft_pipeline.evaluation import cost
+
+    lo, hi = cost.wilson(16, 32)
+    assert lo == pytest.approx(0.3364, abs=1e-3) and hi == pytest.approx(0.6636, abs=1e-3)
+    assert cost.wilson(0, 10)[0] == 0.0 and cost.wilson(10, 10)[1] == 1.0
+    lo, hi = cost.mean_ci([0.5, 1.0, 0.75, 0.25])
+    assert lo < 0.625 < hi
+
+
+def test_must_beat_prompting_refuses_a_model_that_does_not_beat_the_best_baseline():
+    from ft_pipeline.evaluation import cost
+
+    assert cost.prompting_failure(_report([1.0, 1.0, 0.5, 1.0], [1.0, 0.5, 0.5, 0.5]), "tuned",
+                                  "field_accuracy") is None
+    why = cost.prompting_failure(_report([0.5, 0.5, 0.5, 0.5], [1.0, 0.5, 0.5, 0.5]), "tuned", "field_accuracy")
+    assert why == ("field accuracy 0.500 does not beat the best prompting baseline, few_shot_5 (the base model "
+                   "prompted, 0.625 on the same 4 holdout examples)")
+    assert "no prompting baselines" in cost.prompting_failure(None, "tuned", "field_accuracy")
+
+
+@pytest.mark.parametrize("must, tuned_fa, passed", [(True, 0.9, True), (True, 0.5, False), (False, 0.5, True)])
+def test_the_gate_check_applies_must_beat_prompting(tmp_path, must, tuned_fa, passed):
+    from ft_pipeline.defs.evaluation import GateConfig, beats_base_and_champion
+    from ft_pipeline.resources import PipelineHome
+
+    m = lambda fa: dict(json_valid=1.0, field_accuracy=fa, exact_match=fa, chrf=50.0, rouge_l=fa)  # noqa: E731
+    report = {"metrics": {"base": m(0.1), "tuned": m(tuned_fa)}, "champion_version": None, "retention_kl": None,
+              "baselines": _report([tuned_fa] * 4, [1.0, 0.5, 0.5, 0.5])}
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluation.json").write_text(json.dumps(report))
+    config = GateConfig(must_beat_prompting=must, min_gain_over_base=0.05, min_json_valid=0.9, max_retention_kl=None)
+    res = beats_base_and_champion(config=config, home=PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path)))
+    assert res.passed is passed
+    if not passed:
+        assert "does not beat the best prompting baseline, few_shot_5" in res.description
+        assert "0.500" in res.description and "0.625" in res.description

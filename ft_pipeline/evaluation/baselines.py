@@ -6,7 +6,7 @@ Every baseline is the base model with a task instruction as the system message:
   few_shot    k training examples, the same for every request, as prior user/assistant turns;
   dynamic     each request's k nearest training examples, as prior turns, the nearest last;
 
-and each of those again under the output schema (`+schema`: constrained decoding, structured/) when one is
+and each of those again under the output schema (`_schema`: constrained decoding, structured/) when one is
 given. The instruction is the preset's `baseline_instruction`, else the system prompt most common in the
 training data, else one derived from the training answers (their JSON keys and, for a key with few distinct
 values, those values).
@@ -46,7 +46,7 @@ class Baseline:
     @property
     def name(self) -> str:
         base = self.kind if self.kind == "zero_shot" else f"{self.kind}_{self.k}"
-        return base + ("+schema" if self.constrained else "")
+        return base + ("_schema" if self.constrained else "")
 
 
 def definitions(kinds: list[str] | tuple[str, ...], k: int, schema: bool) -> list[Baseline]:
