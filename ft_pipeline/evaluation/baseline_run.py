@@ -62,8 +62,9 @@ def run_baselines(model, tok, spec: BaselineSpec, sets: dict[str, list[dict]], b
                   max_new_tokens: int, batch_size: int, log: Callable[[str, int], None] = lambda what, n: None,
                   progress: Callable[[str, int, int], None] = lambda what, done, total: None) -> dict:
     """{"sets": {set: {baseline: result}}, "subsets": {set: indices}, "instruction", "k", "schema_note",
-    "keys": {baseline: cache key}}: every baseline on the same seeded subset of each set. `model` is the base
-    model (or a loader returning (model, tokenizer))."""
+    "keys": {baseline: cache key}, "skipped": {baseline: why}}: every baseline on the same seeded subset of each
+    set. `model` is the base model (or a loader returning (model, tokenizer)). A baseline whose longest prompt
+    and answer would not fit the model's context (`tok.model_max_length`, when known) is skipped."""
     fmt = response_format(spec.schema)
     grammars_ = []
 
@@ -76,7 +77,8 @@ def run_baselines(model, tok, spec: BaselineSpec, sets: dict[str, list[dict]], b
 
     subsets = {name: bl.subset(records, spec.examples, spec.seed) for name, records in sets.items()}
     out = {"sets": {name: {} for name in sets}, "subsets": subsets, "instruction": spec.instruction, "k": spec.k,
-           "schema_note": spec.schema_note, "keys": {}}
+           "schema_note": spec.schema_note, "keys": {},
+           "skipped": {}}
     for b in spec.definitions:
         key = out["keys"][b.name] = eval_cache.model_key(
             base_sha256, "baseline", bl.definition_key(b, spec.instruction, fmt.key if fmt else ""))
@@ -87,9 +89,23 @@ def run_baselines(model, tok, spec: BaselineSpec, sets: dict[str, list[dict]], b
                 continue
             what = f"{b.name} ({name})"
             asked = bl.records_for(b, spec.instruction, spec.train, chosen, spec.seed)
+            if (why := _too_long(tok, asked, max_new_tokens)) is not None:
+                out["skipped"][b.name] = why
+                log(f"{what}: skipped, {why}", 0)
+                break
             res = scoring.evaluate(model, tok, asked, max_new_tokens, batch_size, cache=cache,
                                    progress=lambda done, total, what=what: progress(what, done, total),
                                    response_format=fmt if b.constrained else None, grammars=grammars)
             log(what, res["generated"])
             out["sets"][name][b.name] = res
     return out
+
+
+def _too_long(tok, asked: list[dict], max_new_tokens: int) -> str | None:
+    limit = getattr(tok, "model_max_length", None)
+    if tok is None or not limit or limit > 1_000_000:  # transformers' "no limit" is a huge number
+        return None
+    longest = max(len(p) for p in scoring.chat_prompt_ids(tok, [scoring.prompt_messages(r) for r in asked]))
+    if longest + max_new_tokens <= limit:
+        return None
+    return f"its longest prompt ({longest} tokens) and answer ({max_new_tokens}) exceed the model's {limit}"

@@ -101,7 +101,8 @@ def baselines_report(run: dict, results: dict[str, dict], fixed: dict[str, dict]
                      train_seconds: float | None, candidate: str = "tuned") -> dict:
     """The report's `baselines` entry: per set, n and the rows (base, each baseline, the tuned models and the
     champion, all on the baselines' subset), the best baseline on the holdout, and the cost table."""
-    out = {"instruction": run["instruction"], "k": run["k"], "schema_note": run["schema_note"], "metric": metric}
+    out = {"instruction": run["instruction"], "k": run["k"], "schema_note": run["schema_note"], "metric": metric,
+           "skipped": run.get("skipped") or {}}
     for set_name, models in (("holdout", results), ("fixed", fixed)):
         idx, done = run["subsets"].get(set_name, []), run["sets"].get(set_name, {})
         if not done:
@@ -178,6 +179,7 @@ def markdown(b: dict | None) -> list[str]:
     lines += ["", f"Instruction (system message): {b['instruction'][:600]}",
               f"few_shot_{b['k']}: the same {b['k']} training examples for every request; dynamic_{b['k']}: each "
               "request's nearest training examples by MinHash Jaccard of the user message, nearest last."]
+    lines += [f"{name}: skipped, {why}." for name, why in (b.get("skipped") or {}).items()]
     if b.get("schema_note"):
         lines.append(b["schema_note"][0].upper() + b["schema_note"][1:] + ".")
     return lines
