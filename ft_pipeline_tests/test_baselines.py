@@ -146,6 +146,8 @@ def test_cost_table_is_the_arithmetic_of_its_inputs():
     never = cost.cost_table("x", {"prompt_tokens": 40, "seconds_per_request": 0.4},
                             {"prompt_tokens": 40, "seconds_per_request": 0.5}, 100.0)
     assert never["payback_requests"] is None and "never" in "\n".join(cost.cost_lines(never))
+    console = "\n".join(cost.console_lines(b))
+    assert "few_shot_5" in console and "paid back after 400 requests" in console
     m = cost.mlflow_metrics(b)
     assert m["baseline/few_shot_5/field_accuracy"] == pytest.approx(0.625) and m["cost/payback_requests"] == 400
 

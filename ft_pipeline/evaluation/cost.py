@@ -200,3 +200,24 @@ def mlflow_metrics(b: dict | None) -> dict[str, float]:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"cost/{k}"] = float(v)
     return out
+
+
+def console_lines(b: dict | None) -> list[str]:
+    """The baselines and the cost line for `make run`'s summary."""
+    if not b or "holdout" not in b:
+        return []
+    h, metric = b["holdout"], b["metric"]
+    lines = [f"prompting baselines ({metric}, {h['n']} of {h['of']} holdout examples, 95% interval):"]
+    for name, row in h["rows"].items():
+        lo, hi = row["ci"][metric]
+        tokens, secs = _fmt(row["prompt_tokens"], 0), _fmt(row["seconds_per_request"])
+        lines.append(f"  {name:28s}{row[metric]:9.3f}  [{lo:.2f}, {hi:.2f}]  {tokens:>5s} prompt tokens  "
+                     f"{secs} s/request")
+    c = b.get("cost")
+    if c and c["saved_seconds_per_request"] is not None and c["train_seconds"] is not None:
+        payback = (f"paid back after {c['payback_requests']:,} requests" if c["payback_requests"] is not None
+                   else "never pays back on this machine")
+        lines.append(f"cost: tuning saves {c['saved_seconds_per_request']:.3f} s and "
+                     f"{_fmt(c['saved_prompt_tokens_per_request'], 0)} prompt tokens per request against "
+                     f"{c['baseline']}; training took {c['train_seconds']:.0f} s: {payback}")
+    return lines
