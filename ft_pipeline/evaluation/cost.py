@@ -176,9 +176,13 @@ def markdown(b: dict | None) -> list[str]:
     lines += cost_lines(b.get("cost"))
     if "fixed" in b:
         lines += ["", f"On {b['fixed']['n']} of {b['fixed']['of']} hand-written examples:", ""] + table(b["fixed"])
-    lines += ["", f"Instruction (system message): {b['instruction'][:600]}",
-              f"few_shot_{b['k']}: the same {b['k']} training examples for every request; dynamic_{b['k']}: each "
-              "request's nearest training examples by MinHash Jaccard of the user message, nearest last."]
+    lines += ["", f"Instruction (system message): {b['instruction'][:600]}"]
+    ran = h["baselines"]
+    if f"few_shot_{b['k']}" in ran:
+        lines.append(f"few_shot_{b['k']}: the same {b['k']} training examples for every request.")
+    if f"dynamic_{b['k']}" in ran:
+        lines.append(f"dynamic_{b['k']}: each request's {b['k']} nearest training examples by MinHash Jaccard of "
+                     "the user message, nearest last.")
     lines += [f"{name}: skipped, {why}." for name, why in (b.get("skipped") or {}).items()]
     if b.get("schema_note"):
         lines.append(b["schema_note"][0].upper() + b["schema_note"][1:] + ".")
