@@ -44,6 +44,7 @@ def test_the_evaluated_line_says_how_many_answers_were_generated_and_how_many_re
     assert said(6) == "2 answers generated, 4 from cache"
     assert said(7) == "1 answer generated, 6 from cache"
     assert answer_counts(1, 1) == "1 answer generated" and answer_counts(0, 1) == "1 answer from cache"
+    assert answer_counts(0, 0) == "no answers"  # a baseline skipped before answering
 
 
 @pytest.mark.parametrize("finished, n_new, stored_budget, budget, reused", [

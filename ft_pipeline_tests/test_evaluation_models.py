@@ -151,3 +151,45 @@ def test_a_full_fine_tune_is_loaded_and_exported_as_it_is(tiny_base, tmp_path):
     results = evaluate_all(base_info(tiny_base), tiny_base, holdout()[:2], [], tmp_path / "cache",
                            max_new_tokens=8)["holdout"]
     assert results["base"] == results["tuned"]  # the "fine-tune" is the base itself, loaded twice
+
+
+def test_prompting_baselines_run_with_the_base_model_on_a_seeded_subset_and_come_from_the_cache_after(
+        tiny_base, adapter, tmp_path):
+    from ft_pipeline.evaluation.baseline_run import BaselineSpec
+
+    schema = {"type": "object", "properties": {"intent": {"type": "string"}, "order_id": {"type": "string"}},
+              "required": ["intent", "order_id"], "additionalProperties": False}
+    spec = BaselineSpec(records(), k=2, examples=4, schema=schema)
+    fixed = [{"messages": [{"role": "user", "content": f"cancel ORD-{300000 + i} now"},
+                           {"role": "assistant", "content": f'{{"intent": "cancel", "order_id": "ORD-{300000 + i}"}}'}]}
+             for i in range(3)]
+    logged = {}
+    log = lambda what, n: logged.__setitem__(what, n)  # noqa: E731
+    out = evaluate_all(base_info(tiny_base), adapter, holdout(), fixed, tmp_path, max_new_tokens=16,
+                       retention_prompts=0, baselines=spec, log=log)
+    b = out["baselines"]
+    assert list(b["sets"]["holdout"]) == ["zero_shot", "few_shot_2", "dynamic_2", "zero_shot_schema",
+                                          "few_shot_2_schema", "dynamic_2_schema"]
+    assert len(b["subsets"]["holdout"]) == 4 and b["subsets"]["fixed"] == [0, 1, 2]
+    for name, res in b["sets"]["holdout"].items():
+        rows = res["per_example"]
+        assert len(rows) == 4 and all(r["seconds"] > 0 and r["prompt_tokens"] > 0 for r in rows)
+        if name.endswith("_schema"):  # constrained to the schema: every answer parses (or ran out of budget)
+            assert all(r["json_valid"] or len(r["prediction"]) > 10 for r in rows)
+    shots = b["sets"]["holdout"]["few_shot_2"]["per_example"][0]["prompt_tokens"]
+    assert shots > b["sets"]["holdout"]["zero_shot"]["per_example"][0]["prompt_tokens"]
+    assert logged["dynamic_2 (holdout)"] == 4 and logged["few_shot_2 (fixed)"] == 3
+    # the base and tuned figures are what they are without baselines
+    plain = evaluate_all(base_info(tiny_base), adapter, holdout(), fixed, tmp_path / "plain",
+                         max_new_tokens=16, retention_prompts=0)
+    for model in ("base", "tuned"):
+        assert plain["holdout"][model]["metrics"] == out["holdout"][model]["metrics"]
+    logged.clear()
+    again = evaluate_all(base_info(tiny_base), adapter, holdout(), fixed, tmp_path, max_new_tokens=16,
+                         retention_prompts=0, baselines=BaselineSpec(records(), k=2, examples=4, schema=schema),
+                         log=log)
+    assert all(n == 0 for what, n in logged.items() if what.split(" ")[0] in again["baselines"]["sets"]["holdout"])
+    for set_name, done in b["sets"].items():
+        for name, res in done.items():
+            cached = again["baselines"]["sets"][set_name][name]
+            assert cached["per_example"] == res["per_example"] and cached["generated"] == 0

@@ -32,9 +32,9 @@ def run(tmp_path_factory, smollm2_converted):
     fixed.write_text("".join((REPO_ROOT / "data" / "eval" / "support_handwritten.jsonl").read_text()
                              .splitlines(keepends=True)[:6]))
     preset["ops"]["evaluation_report"]["config"].update(max_examples=8, fixed_eval_path=str(fixed),
-                                                       retention_prompts=10)
+                                                       retention_prompts=10, baseline_examples=4)
     preset["ops"]["evaluation_report_beats_base_and_champion"]["config"].update(
-        min_json_valid=0.0, min_gain_over_base=-1.0)  # 4 steps cannot pass the real gate
+        min_json_valid=0.0, min_gain_over_base=-1.0, must_beat_prompting=False)  # 4 steps cannot pass the real gate
     path = tmp / "preset.yaml"
     path.write_text(yaml.safe_dump(preset))
     env = isolated_env(tmp)
@@ -55,6 +55,7 @@ def test_registers_a_smollm2_champion(run):
     md = (tmp / "home" / "reports" / "evaluation.md").read_text()
     assert "Retention: did it forget?" in md and "support_handwritten.jsonl" in md
     assert "greedy answers to 10 general prompts" in md  # retention_prompts: 10 of the 50
+    assert "Was fine-tuning worth it?" in md and "dynamic_3" in md and report["baselines"]["holdout"]["n"] == 4
 
 
 def test_pyfunc_in_a_fresh_process_and_the_export_use_the_models_own_template(run):

@@ -153,6 +153,9 @@ def _run_all(instance, preset: dict, force: bool) -> int:
                                                          for n in metrics))
         if cand := report.get("candidate"):
             print(f"to the gate: {cand['stage'].upper()} ({cand['why']})")
+        from ft_pipeline.evaluation.cost import console_lines
+
+        print("\n".join(console_lines(report.get("baselines"))))
         print(f"report: {home / 'reports' / 'evaluation.md'}")
     if res.success:
         mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization

@@ -29,6 +29,19 @@ class EvaluationConfig(CheckedConfig):
     """A fixed evaluation set scored beside the holdout (relative to the checkout, or absolute; empty: none)."""
     retention_prompts: int = _EVAL.get("retention_prompts", len(PROMPTS))
     """The retention check's general prompts to use: the first N of its 50 (0 = no retention check)."""
+    baseline_kinds: list[str] = _EVAL.get("baseline_kinds", ["zero_shot", "few_shot", "dynamic"])
+    """The prompting baselines (the base model with an instruction: zero_shot; with few_shot_k fixed training
+    examples: few_shot; with each request's few_shot_k nearest training examples: dynamic). [] = none."""
+    few_shot_k: int = _EVAL.get("few_shot_k", 5)
+    """Training examples shown by the few-shot baselines (0 = zero-shot only)."""
+    baseline_examples: int = _EVAL.get("baseline_examples", 0)
+    """The baselines run on a fixed, seeded subset of this many holdout (and hand-written) examples (0 = all);
+    the report compares every model on that subset, with 95% intervals."""
+    baseline_instruction: str = _EVAL.get("baseline_instruction", "")
+    """The baselines' system message; empty: the training data's most common system prompt, or one derived from
+    the training answers (their JSON keys and the values of the keys with few)."""
+    output_schema: str = _EVAL.get("output_schema", "")
+    """A JSON Schema file (relative to the checkout, or absolute): the baselines also run constrained to it."""
 
 
 def gate_metric(context) -> str:
@@ -53,7 +66,35 @@ def _dpo(home: PipelineHome, adapter: dict, context) -> dict | None:
     return pref
 
 
-@dg.asset(deps=["lora_adapter", "preference_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v4",
+def _baseline_spec(config: EvaluationConfig, home: PipelineHome):
+    """The prompting baselines this run evaluates (None: none), on the training set the adapter was trained on."""
+    from ft_pipeline import settings
+    from ft_pipeline.evaluation.baseline_run import BaselineSpec, load_schema
+
+    if not config.baseline_kinds:
+        return None
+    schema_path = None
+    if config.output_schema:
+        schema_path = settings.REPO_ROOT / config.output_schema
+    schema, note = load_schema(schema_path)
+    return BaselineSpec(read_jsonl(home.split_dir / "train.jsonl"), tuple(config.baseline_kinds), config.few_shot_k,
+                        config.baseline_examples, config.baseline_instruction, schema, note)
+
+
+def _train_seconds(adapter: dict) -> float | None:
+    """How long the adapter's training took: adapter.json's record, or (an adapter trained before it was
+    recorded there) the training run's `train_runtime_s` metric in MLflow."""
+    if adapter.get("train_runtime_s") is not None:
+        return float(adapter["train_runtime_s"])
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_run(adapter["training_run_id"]).data.metrics.get("train_runtime_s")
+    except Exception:  # noqa: BLE001 - a figure for the report, not a reason to fail the evaluation
+        return None
+
+
+@dg.asset(deps=["lora_adapter", "preference_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v5",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, home: PipelineHome,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -63,7 +104,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     import mlflow
 
     from ft_pipeline import settings
-    from ft_pipeline.evaluation import plots
+    from ft_pipeline.evaluation import cost, plots
     from ft_pipeline.evaluation import report as rep
     from ft_pipeline.evaluation import scoring as evaluation
     from ft_pipeline.registry import versions as registry
@@ -87,7 +128,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                                                             eval_run.answer_counts(generated, total)),
         progress=lambda what, done, total: context.log.info("evaluating %s: %d/%d answers", what, done, total),
         more={"dpo": dpo["adapter_dir"]} if dpo else None,
-        pairs=read_jsonl(pairs_file) if pairs_file.exists() else None, retention_prompts=config.retention_prompts)
+        pairs=read_jsonl(pairs_file) if pairs_file.exists() else None, retention_prompts=config.retention_prompts,
+        baselines=_baseline_spec(config, home))
     results = out["holdout"]
     erased = (champ.tags or {}).get("erasure.pending") if champ else None
     pick, why = evaluation.pick_candidate({n: r["metrics"] for n, r in results.items()}, gate_metric(context),
@@ -100,10 +142,12 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     diff = evaluation.champion_diff(holdout, results[pick]["per_example"],
                                     results["champion"]["per_example"]) if champ else None
     samples = rep.samples(holdout, results)
+    prompting = cost.baselines_report(out["baselines"], results, out["fixed"], gate_metric(context),
+                                      _train_seconds(adapter), pick) if out["baselines"] else None
     report_md = rep.markdown_report(results, len(holdout), samples, diff, str(champ.version) if champ else None,
                                     fixed=out["fixed"], fixed_name=fixed_path.name if fixed_path else "",
                                     retention=out["retention"], pair_accuracy=out["pair_accuracy"],
-                                    candidate=candidate)
+                                    candidate=candidate, baselines=prompting)
     metrics = {n: r["metrics"] for n, r in results.items()}
     report = {"training_run_id": adapter["training_run_id"], "model_uri": adapter["model_uri"],
               "model_id": adapter["model_id"], "holdout_examples": len(holdout),
@@ -113,7 +157,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
               "tuned_cache_key": out["tuned_key"], "candidate": candidate, "pair_accuracy": out["pair_accuracy"],
               # a champion trained on an erased row does not hold the gate back (erasure/registry.py)
               "champion_erasure_pending": erased,
-              "vs_champion": diff["counts"] if diff else None}
+              "vs_champion": diff["counts"] if diff else None, "baselines": prompting}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
     figures, plots_md = plots.evaluation_figures(mlflow.MlflowClient(), adapter["training_run_id"], metrics)
@@ -125,9 +169,16 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         rep.log_to_mlflow(results, report_md, samples, diff, figures, candidate["model_id"], out["fixed"],
                           out["retention"], candidate=pick)
         mlflow.log_metrics({f"pair_accuracy.{n}": v for n, v in out["pair_accuracy"].items()})
+        mlflow.log_metrics(cost.mlflow_metrics(prompting))
+        if prompting:
+            mlflow.log_dict(prompting, "baselines.json")
     kl = report["retention_kl"] or {}
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(report_md), "plots": dg.MetadataValue.md(plots_md),
+        **({"was_tuning_worth_it": dg.MetadataValue.md("\n".join(cost.markdown(prompting)))} if prompting else {}),
+        **({"best_baseline": prompting["best"]} if prompting and prompting["best"] else {}),
+        **{f"cost_{k}": float(v) for k, v in ((prompting or {}).get("cost") or {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)},
         "holdout_examples": len(holdout), **{f"tuned_{k}": float(v) for k, v in metrics["tuned"].items()},
         **{f"base_{k}": float(metrics["base"][k]) for k in evaluation.GATE_METRICS + ("json_valid",)},
         **{f"fixed_tuned_{k}": float(v) for k, v in report["fixed_metrics"].get("tuned", {}).items()},
@@ -152,6 +203,9 @@ class GateConfig(CheckedConfig):
     """If set, the tuned model's retention KL (its divergence from the base on general prompts) must not exceed
     this: it may learn the task, but not forget how to answer everything else. 2.0 in the SmolLM2 presets; off
     (null) for builtin:tiny, whose base is random."""
+    must_beat_prompting: bool = _GATE.get("must_beat_prompting", False)
+    """If true, the candidate must beat the best prompting baseline (the base model with an instruction and
+    few-shot examples, evaluation_report's baselines) on the gate metric, on the same holdout examples."""
     metric: str = _GATE.get("metric", "field_accuracy")
     """What must beat the base and hold against the champion: field_accuracy (structured output, the default),
     exact_match, chrf (0-100: set the margins in chrF points) or rouge_l, for free-text tasks."""
@@ -176,6 +230,12 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
     reasons = gate_failures(gated, config.min_json_valid, config.min_gain_over_base, config.max_loss_vs_champion,
                             config.metric, retention_kl=(report.get("retention_kl") or {}).get(pick),
                             max_retention_kl=config.max_retention_kl)
+    if config.must_beat_prompting:
+        from ft_pipeline.evaluation.cost import prompting_failure
+
+        if (why := prompting_failure(report.get("baselines"), pick, config.metric)) is not None:
+            reasons.append(why)
+    prompting = (report.get("baselines") or {}).get("holdout") or {}
     return dg.AssetCheckResult(
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate" + (
@@ -184,6 +244,7 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
                   "max_retention_kl": config.max_retention_kl or -1.0,
                   "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0,
                   "champion_version": report["champion_version"] or "none",
-                  "tuned_json_valid": m["tuned"]["json_valid"],
+                  "tuned_json_valid": m["tuned"]["json_valid"], "must_beat_prompting": config.must_beat_prompting,
+                  **({"best_baseline": report["baselines"]["best"]} if prompting.get("baselines") else {}),
                   **{f"{who}_{k}": m[who][k] if who in m else -1.0
                      for who in ("tuned", "dpo", "base", "champion") for k in GATE_METRICS}})

@@ -213,6 +213,7 @@ def _lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: 
                "model_id": info.model_id, "adapter_dir": str(home.adapter_dir), "base": base,
                "train_sha256": manifest["train_sha256"], "data_versions": manifest["drops"],
                "global_step": result["global_step"], "train_loss": result["train_loss"], "finetune": opts.finetune,
+               "train_runtime_s": result["train_runtime_s"],
                "warm_start_from": warm.version if warm else None}
     home.adapter_info.write_text(json.dumps(adapter, indent=2))
     return dg.MaterializeResult(metadata={

@@ -2,7 +2,8 @@
 
 A model is named by a content hash (the base model's, or the base's and the adapter's together), an example by
 the hash of its messages. An entry holds the greedy answer, whether generation stopped at the end-of-turn token
-(and after how many tokens), and the example's summed reference NLL and token count. After a retrain, the base
+(and after how many tokens), the example's summed reference NLL and token count, and what the answer cost: the
+prompt's length in tokens and the measured seconds (its share of the batch's wall time). After a retrain, the base
 and the champion only generate for holdout examples they have not seen (none, when the holdout did not change):
 only the new adapter generates for all of them.
 
@@ -49,9 +50,13 @@ class EvalCache:
         return None
 
     def put(self, record: dict, prediction: str, n_new: int, finished: bool, max_new_tokens: int,
-            nll_sum: float, n_tokens: int) -> None:
+            nll_sum: float, n_tokens: int, seconds: float | None = None, prompt_tokens: int | None = None) -> None:
         e = {"key": example_key(record), "prediction": prediction, "n_new": n_new, "finished": finished,
              "max_new_tokens": max_new_tokens, "nll_sum": nll_sum, "n_tokens": n_tokens}
+        if seconds is not None:
+            e["seconds"] = seconds
+        if prompt_tokens is not None:
+            e["prompt_tokens"] = prompt_tokens
         self.entries[e["key"]] = e
         self._new.append(e)
 

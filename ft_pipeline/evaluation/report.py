@@ -3,6 +3,7 @@ markdown for the Dagster UI and as MLflow metrics, tables and figures."""
 
 from __future__ import annotations
 
+from ft_pipeline.evaluation import cost
 from ft_pipeline.evaluation.scoring import prompt_messages, reference
 
 
@@ -102,7 +103,8 @@ def preference_markdown(pair_accuracy: dict[str, float] | None, candidate: dict 
 def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dict], diff: dict | None = None,
                     champion_version: str | None = None, fixed: dict[str, dict] | None = None,
                     fixed_name: str = "Fixed set", retention: dict | None = None,
-                    pair_accuracy: dict[str, float] | None = None, candidate: dict | None = None) -> str:
+                    pair_accuracy: dict[str, float] | None = None, candidate: dict | None = None,
+                    baselines: dict | None = None) -> str:
     """A report a person reads in the Dagster UI: metrics side by side, a few holdout samples, and what got
     better and worse than the champion."""
     names = list(results)
@@ -114,6 +116,7 @@ def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dic
     lines.append("chrf is sentence chrF2 on a 0-100 scale; rouge_l is ROUGE-L F1 on 0-1; both are means over examples."
                  + (" tuned is the SFT adapter; dpo is it after preference tuning." if "dpo" in results else ""))
     lines += preference_markdown(pair_accuracy, candidate)
+    lines += cost.markdown(baselines)
     lines += ["", "### Samples", "", "| prompt | reference | " + " | ".join(names) + " |",
               "|---|---|" + "---|" * len(names)]
     for s in samples:

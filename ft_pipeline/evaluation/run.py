@@ -18,7 +18,7 @@ KNOBS = {
     "max_new_tokens": knobs.POSITIVE, "batch_size": knobs.POSITIVE, "max_examples": knobs.NON_NEGATIVE,
     "retention_prompts": knobs.Knob(ge=0, le=len(retention.PROMPTS)),
     "min_json_valid": knobs.FRACTION, "metric": knobs.Knob(choices=evaluation.GATE_METRICS),
-    "max_retention_kl": knobs.NON_NEGATIVE,
+    "max_retention_kl": knobs.NON_NEGATIVE, "few_shot_k": knobs.NON_NEGATIVE, "baseline_examples": knobs.NON_NEGATIVE,
 }
 
 
@@ -34,6 +34,8 @@ def answer_counts(generated: int, total: int) -> str:
     """Where a model's `total` answers on a set came from, for the line logged once it is evaluated: generated
     now, read from the evaluation cache, or both."""
     answers = lambda n: f"{n} answer{'' if n == 1 else 's'}"  # noqa: E731
+    if total == 0:
+        return "no answers"
     if generated == total:
         return f"{answers(total)} generated"
     if generated == 0:
@@ -48,7 +50,7 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                  more: dict[str, Path] | None = None,
                  pairs: list[dict] | None = None,
                  progress: Callable[[str, int, int], None] = lambda what, done, total: None,
-                 retention_prompts: int = len(retention.PROMPTS)) -> dict:
+                 retention_prompts: int = len(retention.PROMPTS), baselines=None) -> dict:
     """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
     "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
@@ -57,7 +59,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     follows each model evaluated on each set: of its `total` answers, `generated` were not in the evaluation
     cache (answer_counts words it). `progress(what, done, total)` follows each model's generation on each set, a
     batch at a time. The retention check uses the first `retention_prompts` of its prompts (0: no retention
-    check)."""
+    check). `baselines` (a baseline_run.BaselineSpec) are the prompting baselines, run with the base model: their
+    results are under "baselines"."""
     from ft_pipeline.model.base_models import load_model_and_tokenizer
     from ft_pipeline.model.cpu_speed import keep_freed_memory
 
@@ -66,7 +69,15 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     sets = {"holdout": holdout, "fixed": fixed}
     tok = evaluation.load_tokenizer(adapter_dir)
     budget = evaluation.answer_budget(tok, holdout + fixed, max_new_tokens)
-    out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget, "keys": {}, "pair_accuracy": {}}
+    out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget, "keys": {}, "pair_accuracy": {},
+           "baselines": None}
+
+    def prompted(model, tok_):
+        if baselines is not None and baselines.definitions:
+            from ft_pipeline.evaluation.baseline_run import run_baselines
+
+            out["baselines"] = run_baselines(model, tok_, baselines, sets, base["content_sha256"],
+                                             cache_dir / "eval", budget, batch_size, log=log, progress=progress)
 
     def score_pairs(name: str, model, tok_):
         if pairs:
@@ -91,12 +102,16 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     base_key = eval_cache.model_key(base["content_sha256"])
     answers, kl_cache = None, lambda k: cache_dir / "retention" / f"kl-{k}.json" if k else None  # noqa: E731
     if full:  # a full fine-tune has no base inside it: the base is loaded on its own, first, then dropped
-        run("base", lambda: load_model_and_tokenizer(base["path"]), None, base_key)
+        base_loader = run("base", lambda: load_model_and_tokenizer(base["path"]), None, base_key)
+        prompted(base_loader, None)
+        del base_loader  # dropped before the tuned model loads
         model, tok = evaluation.load_tuned(base["path"], adapter_dir)
     else:
         model, tok = evaluation.load_tuned(base["path"], adapter_dir)
         with model.disable_adapter():
-            run("base", model, evaluation.load_tokenizer(base["path"]), base_key)
+            base_tok = evaluation.load_tokenizer(base["path"])
+            run("base", model, base_tok, base_key)
+            prompted(model, base_tok)
             score_pairs("base", model, tok)
             if retention_prompts:
                 answers = retention.base_answers(model, tok, cache_dir / "retention" / f"{base_key}.json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,7 @@ def reference_ids(tok, record: dict, prompt_ids: list[int]) -> list[int]:
 
 
 def answer_and_score(model, tok, records: list[dict], max_new_tokens: int = 128, batch_size: int = 64,
-                     progress: Callable[[int, int], None] | None = None):
+                     progress: Callable[[int, int], None] | None = None, response_format=None, grammars=None):
     """For each record: its greedy answer, (new tokens, stopped by itself) as `generate` gives them, and (summed
     NLL, token count) of its reference answer given the prompt.
 
@@ -125,7 +126,8 @@ def answer_and_score(model, tok, records: list[dict], max_new_tokens: int = 128,
     is read at the reference positions, and the key/value cache, cropped back to the prompts but their last
     token, starts generation, which then runs only that token before decoding. Scoring the references in a pass
     of their own ran every prompt through the model twice: on the demo holdout with SmolLM2 a prompt is ~65
-    tokens and a reference ~42, so that pass cost more than half again of the prefill."""
+    tokens and a reference ~42, so that pass cost more than half again of the prefill. A constrained
+    `response_format` (with `grammars`) masks every generated token, as in `generate`."""
     import torch
 
     prompts = chat_prompt_ids(tok, [prompt_messages(r) for r in records])
@@ -156,7 +158,12 @@ def answer_and_score(model, tok, records: list[dict], max_new_tokens: int = 128,
             cache = out.past_key_values
             del out, logp, nll  # the logits (batch x answer width x vocabulary) are not needed while generating
             cache.crop(-(answer_width + 1))  # keep the prompts but their last token: generation runs that one
-            generated = _greedy(model, tok, ids, mask, max_new_tokens, cache)
+            processors = None
+            if response_format is not None and response_format.constrained:
+                from ft_pipeline.structured.grammar import GrammarMask
+
+                processors = [GrammarMask([grammars.matcher(response_format) for _ in idx], tok.eos_token_id)]
+            generated = _greedy(model, tok, ids, mask, max_new_tokens, cache, processors=processors)
         _read_answers(tok, generated, width, idx, outputs, info)
         if progress is not None:
             progress(start + len(idx), len(order))
@@ -214,10 +221,17 @@ def score(predictions: list[str], references: list[str]) -> Scores:
 
 
 def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_size: int = 64,
-             cache=None, progress: Callable[[int, int], None] | None = None) -> dict:
+             cache=None, progress: Callable[[int, int], None] | None = None, response_format=None,
+             grammars: Callable | None = None) -> dict:
     """All metrics of one model on `records`, plus its predictions. `model` may be a callable returning
     (model, tokenizer): it is only called when some record is not in `cache` (an EvalCache). `progress(done,
-    total)` follows the answers generated (those not in the cache)."""
+    total)` follows the answers generated (those not in the cache). A constrained `response_format` needs
+    `grammars(model, tok)`, returning the structured.grammar.Grammars to decode under.
+
+    Each answer is stored with its prompt's length in tokens and its share of the measured generation time
+    (the wall time of all answers generated in this call over their number), so a cached answer keeps the cost
+    it had: the per-example rows carry `prompt_tokens` and `seconds` (None for an answer cached before they
+    were recorded)."""
     from ft_pipeline.evaluation.cache import EvalCache
 
     cache = cache if cache is not None else EvalCache(None, None)
@@ -225,12 +239,20 @@ def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_s
     if todo:
         if callable(model) and not hasattr(model, "generate"):
             model, tok = model()
-        preds, info, losses = answer_and_score(model, tok, todo, max_new_tokens, batch_size, progress=progress)
-        for r, p, (n_new, finished), (nll, n) in zip(todo, preds, info, losses, strict=True):
-            cache.put(r, p, n_new, finished, max_new_tokens, nll, n)
+        lengths = [len(p) for p in chat_prompt_ids(tok, [prompt_messages(r) for r in todo])]
+        constrained = response_format is not None and response_format.constrained
+        t0 = time.perf_counter()
+        preds, info, losses = answer_and_score(model, tok, todo, max_new_tokens, batch_size, progress=progress,
+                                               response_format=response_format,
+                                               grammars=grammars(model, tok) if constrained else None)
+        each = (time.perf_counter() - t0) / len(todo)
+        for r, p, (n_new, finished), (nll, n), length in zip(todo, preds, info, losses, lengths, strict=True):
+            cache.put(r, p, n_new, finished, max_new_tokens, nll, n, seconds=each, prompt_tokens=length)
         cache.flush()
     entries = [cache.get(r, max_new_tokens) for r in records]
     s = score([e["prediction"] for e in entries], [reference(r) for r in records])
+    for row, e in zip(s.per_example, entries, strict=True):
+        row["prompt_tokens"], row["seconds"] = e.get("prompt_tokens"), e.get("seconds")
     loss = sum(e["nll_sum"] for e in entries) / max(sum(e["n_tokens"] for e in entries), 1)
     return {"metrics": {**s.metrics(), "holdout_loss": loss, "perplexity": math.exp(min(loss, 50))},
             "per_example": s.per_example, "generated": len(todo)}
