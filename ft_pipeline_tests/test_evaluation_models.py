@@ -42,12 +42,18 @@ def base_info(path) -> dict:
     return {"path": str(path), "content_sha256": content_hash(path)}
 
 
+def untimed(result: dict) -> dict:
+    """An evaluation result without the wall-clock seconds its answers took (measured, so never the same twice)."""
+    return {**result, "per_example": [{k: v for k, v in row.items() if k != "seconds"}
+                                      for row in result["per_example"]]}
+
+
 def test_base_under_disable_adapter_equals_a_separately_loaded_base(tiny_base, adapter, tmp_path):
     out = evaluate_all(base_info(tiny_base), adapter, holdout(), [], tmp_path, max_new_tokens=24)
     results = out["holdout"]
     base, tok = load_model_and_tokenizer(tiny_base)
     alone = evaluate(base, tok, holdout(), max_new_tokens=out["max_new_tokens"])
-    assert results["base"] == alone  # every metric and every prediction, exactly
+    assert untimed(results["base"]) == untimed(alone)  # every metric and every prediction, exactly
     # Not vacuous: the adapter (LoRA and the trained embed_tokens / lm_head copies) does change the model.
     assert results["tuned"]["metrics"]["holdout_loss"] != alone["metrics"]["holdout_loss"]
 
@@ -150,7 +156,7 @@ def test_a_full_fine_tune_is_loaded_and_exported_as_it_is(tiny_base, tmp_path):
     assert torch.equal(greedy_ids(merged, mtok, conv), greedy_ids(model, tok, conv))
     results = evaluate_all(base_info(tiny_base), tiny_base, holdout()[:2], [], tmp_path / "cache",
                            max_new_tokens=8)["holdout"]
-    assert results["base"] == results["tuned"]  # the "fine-tune" is the base itself, loaded twice
+    assert untimed(results["base"]) == untimed(results["tuned"])  # the "fine-tune" is the base itself, loaded twice
 
 
 def test_prompting_baselines_run_with_the_base_model_on_a_seeded_subset_and_come_from_the_cache_after(
@@ -164,7 +170,7 @@ def test_prompting_baselines_run_with_the_base_model_on_a_seeded_subset_and_come
                            {"role": "assistant", "content": f'{{"intent": "cancel", "order_id": "ORD-{300000 + i}"}}'}]}
              for i in range(3)]
     logged = {}
-    log = lambda what, n: logged.__setitem__(what, n)  # noqa: E731
+    log = lambda what, generated, total: logged.__setitem__(what, generated)  # noqa: E731
     out = evaluate_all(base_info(tiny_base), adapter, holdout(), fixed, tmp_path, max_new_tokens=16,
                        retention_prompts=0, baselines=spec, log=log)
     b = out["baselines"]
