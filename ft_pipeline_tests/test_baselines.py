@@ -189,3 +189,29 @@ def test_the_gate_check_applies_must_beat_prompting(tmp_path, must, tuned_fa, pa
     if not passed:
         assert "does not beat the best prompting baseline, few_shot_5" in res.description
         assert "0.500" in res.description and "0.625" in res.description
+
+
+@pytest.mark.parametrize("knob, expected", [
+    ("", "split"),  # the default: the schema the split wrote, the one registered with the model
+    ("off", None),
+    ("given.json", "given"),
+])
+def test_the_baselines_run_under_the_split_schema_unless_told_otherwise(tmp_path, monkeypatch, knob, expected):
+    from ft_pipeline import settings
+    from ft_pipeline.defs.evaluation import EvaluationConfig, _baseline_spec
+    from ft_pipeline.resources import PipelineHome
+
+    home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path))
+    home.split_dir.mkdir(parents=True, exist_ok=True)  # the property makes it
+    (home.split_dir / "train.jsonl").write_text(json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": '{"a": "x"}'}]}) + "\n")
+    schemas = {"split": {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+                         "additionalProperties": False},
+               "given": {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"],
+                         "additionalProperties": False}}
+    (home.split_dir / "output_schema.json").write_text(json.dumps(schemas["split"]))
+    monkeypatch.setattr(settings, "REPO_ROOT", tmp_path)
+    (tmp_path / "given.json").write_text(json.dumps(schemas["given"]))
+    spec = _baseline_spec(EvaluationConfig(baseline_kinds=["zero_shot"], output_schema=knob), home)
+    assert spec.schema == (schemas[expected] if expected else None)
+    assert [d.name for d in spec.definitions] == ["zero_shot"] + (["zero_shot_schema"] if expected else [])

@@ -41,7 +41,8 @@ class EvaluationConfig(CheckedConfig):
     """The baselines' system message; empty: the training data's most common system prompt, or one derived from
     the training answers (their JSON keys and the values of the keys with few)."""
     output_schema: str = _EVAL.get("output_schema", "")
-    """A JSON Schema file (relative to the checkout, or absolute): the baselines also run constrained to it."""
+    """The baselines also run constrained to a JSON Schema: "" the split's (data/split/output_schema.json, the one
+    registered with the model), "off" none, or a file (relative to the checkout, or absolute)."""
 
 
 def gate_metric(context) -> str:
@@ -73,9 +74,13 @@ def _baseline_spec(config: EvaluationConfig, home: PipelineHome):
 
     if not config.baseline_kinds:
         return None
-    schema_path = None
-    if config.output_schema:
+    if config.output_schema == "off":
+        schema_path = None
+    elif config.output_schema:
         schema_path = settings.REPO_ROOT / config.output_schema
+    else:  # the schema the split inferred from the train answers (or was given), registered with the model
+        split_schema = home.split_dir / "output_schema.json"
+        schema_path = split_schema if split_schema.exists() else None
     schema, note = load_schema(schema_path)
     return BaselineSpec(read_jsonl(home.split_dir / "train.jsonl"), tuple(config.baseline_kinds), config.few_shot_k,
                         config.baseline_examples, config.baseline_instruction, schema, note)

@@ -42,8 +42,8 @@ def load_schema(path: Path | None) -> tuple[dict | None, str]:
     """(the JSON Schema in `path`, or None; a line for the report saying where it came from or why there is none).
     The file holds a JSON Schema, or an OpenAI response_format object of type json_schema."""
     if path is None:
-        return None, ("no output schema is registered or configured (`output_schema`), so the baselines are not "
-                      "also run under one (constrained decoding)")
+        return None, ("the split wrote no output schema and none is configured (`output_schema`), so the "
+                      "baselines are not also run under one (constrained decoding)")
     raw = json.loads(Path(path).read_text())
     if isinstance(raw, dict) and raw.get("type") == "json_schema":
         raw = raw["json_schema"]["schema"]
