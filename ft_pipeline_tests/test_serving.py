@@ -181,7 +181,7 @@ def _cases():
         ("no key", "POST", chat, js(), {}, 401),
         ("wrong key", "POST", chat, js(), {"authorization": "Bearer wrong"}, 401),
         ("unknown route", "GET", "/v1/engines", None, AUTH, 404),
-        ("wrong method", "GET", chat, None, AUTH, 405),
+        ("wrong method", "PUT", chat, None, AUTH, 405),  # GET lists stored completions (OpenAI's)
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 PIP_REQUIREMENTS = ["torch", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0", "safetensors",
@@ -29,7 +30,10 @@ class AdapterModel(PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 128))
         self.system_prompt = context.model_config.get("system_prompt") or None
 
-    def predict(self, model_input, params: dict | None = None) -> list[str]:
+    # A DataFrame hint, not list[str]: MLflow then validates the input against the logged signature, which declares
+    # the params (a signature inferred from a list[str] hint has none, and MLflow drops every param); with no hint at
+    # all MLflow warns on every load, into the one-line output of `forget` and `export`.
+    def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from ft_pipeline.evaluation.scoring import generate
 
         if hasattr(model_input, "iloc"):  # through MLflow's schema enforcement: a one-column DataFrame
