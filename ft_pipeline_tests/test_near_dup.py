@@ -124,22 +124,30 @@ def _greedy_reference(sig, p, groups=None):
     return dup_of
 
 
+def _edited_copies(rng, copy_share: float, edits) -> list[str]:
+    """300 texts over a 60-word vocabulary: with probability `copy_share` an earlier text with `edits()` words
+    replaced (chains of copies of copies), else a new random text of 8-29 words."""
+    vocab = [f"w{i}" for i in range(60)]
+    texts = []
+    for _ in range(300):
+        if texts and rng.random() < copy_share:
+            words = texts[rng.integers(len(texts))].split()
+            for _ in range(edits()):
+                words[rng.integers(len(words))] = vocab[rng.integers(len(vocab))]
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choice(vocab, rng.integers(8, 30))))
+    return texts
+
+
 @pytest.mark.parametrize("threshold,num_perm", [(0.5, 32), (0.8, 64), (0.9, 128)])
 def test_dedup_vectorized_and_loop_agree_with_the_greedy_definition(threshold, num_perm, monkeypatch):
     """Clusters of edited copies, some of them chained (a copy of a copy), among unrelated examples: the array
     path (whole, and with its pairs listed a few groups at a time), its loop fallback (forced with max_pairs=0)
     and the pair-by-pair definition give the same answer."""
     rng = np.random.default_rng(3)
-    vocab = [f"w{i}" for i in range(60)]
-    texts = []
-    for _ in range(300):
-        if texts and rng.random() < 0.4:
-            words = texts[rng.integers(len(texts))].split()
-            for _ in range(rng.integers(0, 3)):  # a few edits: a near-duplicate, or drifted past the threshold
-                words[rng.integers(len(words))] = vocab[rng.integers(len(vocab))]
-            texts.append(" ".join(words))
-        else:
-            texts.append(" ".join(rng.choice(vocab, rng.integers(8, 30))))
+    # a few edits: a near-duplicate, or drifted past the threshold
+    texts = _edited_copies(rng, copy_share=0.4, edits=lambda: rng.integers(0, 3))
     p = NearDupParams(threshold=threshold, num_perm=num_perm)
     sig = near_dup.signatures([conv(t) for t in texts], p)
     vec, vec_sim = lsh.dedup(sig, p)
@@ -172,15 +180,7 @@ def test_dedup_with_groups_pairs_only_examples_of_one_group():
     """Groups (the pipeline's answer keys) keep near-duplicates of different groups apart: the array path, the
     loop and the definition agree, and cross_pairs skips pairs of two groups."""
     rng = np.random.default_rng(5)
-    vocab = [f"w{i}" for i in range(60)]
-    texts = []
-    for _ in range(300):
-        if texts and rng.random() < 0.5:
-            words = texts[rng.integers(len(texts))].split()
-            words[rng.integers(len(words))] = vocab[rng.integers(len(vocab))]
-            texts.append(" ".join(words))
-        else:
-            texts.append(" ".join(rng.choice(vocab, rng.integers(8, 30))))
+    texts = _edited_copies(rng, copy_share=0.5, edits=lambda: 1)
     p = NearDupParams()
     sig = near_dup.signatures([conv(t) for t in texts], p)
     groups = rng.integers(0, 3, len(texts)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)

@@ -76,7 +76,11 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
     config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=None, tie_word_embeddings=False, **TINY_ARCH)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    return _save_builtin(LlamaForCausalLM(config), tok, out_dir)
+
+
+def _save_builtin(model, tok, out_dir: Path) -> Path:
+    """Save a builtin model (generating with its tokenizer's pad and end tokens) and its tokenizer to `out_dir`."""
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     out_dir = Path(out_dir)
@@ -144,14 +148,7 @@ def build_smollm2_shape(out_dir: Path, seed: int = 0) -> Path:
     config = LlamaConfig(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
                          **SMOLLM2_ARCH)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    return _save_builtin(LlamaForCausalLM(config).to(torch.bfloat16), tok, out_dir)
 
 
 def content_hash(model_dir: Path) -> str:

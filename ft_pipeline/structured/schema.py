@@ -30,21 +30,16 @@ ENUM_MIN_SEEN = 20
 _ORDER = ("string", "integer", "number", "boolean", "object", "array")
 
 
+# JSON Schema's name of each Python type json.loads makes; bool before int, since True is an int too
+_KINDS = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (dict, "object"), (list, "array"))
+
+
 def _kind(v: Any) -> str:
     if v is None:
         return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, dict):
-        return "object"
-    if isinstance(v, list):
-        return "array"
+    for python_type, name in _KINDS:
+        if isinstance(v, python_type):
+            return name
     raise TypeError(f"not a JSON value: {type(v).__name__}")
 
 
