@@ -62,6 +62,9 @@ def _lines(tmp_path, text: str) -> list[str]:
     ("ops: {raw_examples: {config: {format: jsonl}}}", "format: must be one of auto, openai_chat"),
     ("ops: {evaluation_report: {config: {batch_size: 0}}}", "evaluation_report.config.batch_size: must be >= 1"),
     ("ops: {evaluation_report_beats_base_and_champion: {config: {metric: bleu}}}", "metric: must be one of"),
+    ("ops: {evaluation_report_beats_base_and_champion: {config: {gate_on: schema}}}",
+     "config.gate_on: must be one of free, constrained (got 'schema')"),
+    ("ops: {evaluation_report: {config: {constrained_examples: -1}}}", "constrained_examples: must be >= 0"),
     # Dagster's own way to take a knob from the environment
     ("ops: {lora_adapter: {config: {lora_r: {env: FT_TEST_UNSET_VAR}}}}",
      "lora_r: environment variable FT_TEST_UNSET_VAR is not set"),
@@ -98,6 +101,7 @@ def test_a_missing_local_model_dir_and_a_dir_without_weights_are_one_line(tmp_pa
     (SplitConfig, dict(holdout_fraction=0.0), "must be > 0 and < 1"),
     (EvaluationConfig, dict(max_new_tokens=0), "must be >= 1"),
     (GateConfig, dict(min_json_valid=2.0), "must be >= 0 and <= 1"),
+    (GateConfig, dict(gate_on="Constrained"), "must be one of free, constrained"),
 ])
 def test_the_config_classes_refuse_the_same_values_in_the_launchpad(cls, bad, message):
     # Dagster builds the config class from the Launchpad's run config when the step starts.

@@ -6,13 +6,14 @@ the checkout, or absolute) that must be in OpenAI's strict subset."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from ft_pipeline.structured import schema as output_schemas
 from ft_pipeline.structured.schema import SchemaCollector, SchemaFileError
 
 OUTPUT_SCHEMA_FILE = "output_schema.json"
-__all__ = ["OUTPUT_SCHEMA_FILE", "SchemaFileError", "check_output_schema", "write_output_schema"]
+__all__ = ["OUTPUT_SCHEMA_FILE", "SchemaFileError", "check_output_schema", "split_schema", "write_output_schema"]
 
 
 def check_output_schema(value: str, root: Path | None = None) -> dict | None:
@@ -48,3 +49,22 @@ def write_output_schema(out_dir: Path, value: str, collected: SchemaCollector | 
     text = output_schemas.dumps(schema)
     path.write_text(text)
     return {**info, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+SPLIT_CHANGED = "the split changed since training"
+
+
+def split_schema(split_dir: Path, train_sha256: str) -> tuple[dict | None, str]:
+    """(the split's output_schema.json, "") when the split on disk is the one a model trained on (`train_sha256`,
+    its adapter's record), else (None, a line saying why there is none): the schema the registered version
+    carries, and the one its evaluation decodes under."""
+    manifest_path = Path(split_dir) / "manifest.json"
+    if not manifest_path.exists():
+        return None, "no split manifest"
+    manifest = json.loads(manifest_path.read_text())
+    info = manifest.get("output_schema") or {}
+    if manifest.get("train_sha256", "")[:16] != train_sha256[:16]:
+        return None, SPLIT_CHANGED
+    if not info.get("sha256"):
+        return None, f"the split has no output schema ({info.get('why_none') or 'a split written before it had one'})"
+    return json.loads((Path(split_dir) / OUTPUT_SCHEMA_FILE).read_text()), ""

@@ -43,13 +43,42 @@ class EvaluationConfig(CheckedConfig):
     output_schema: str = _EVAL.get("output_schema", "")
     """The baselines also run constrained to a JSON Schema: "" the split's (data/split/output_schema.json, the one
     registered with the model), "off" none, or a file (relative to the checkout, or absolute)."""
+    constrained_examples: int = _EVAL.get("constrained_examples", 0)
+    """Every model also answers under the split's output schema (the registered one), on a seeded subset of this
+    many holdout (and hand-written) examples, the baselines' subset at the same size (0 = all)."""
 
 
 def gate_metric(context) -> str:
     """The gate's metric as this run configures it (the check's config, read from the run config, so the model
     picked for the gate is picked on the metric the gate then judges: one knob, not two)."""
+    return _gate_config(context).get("metric") or GateConfig().metric
+
+
+def gate_on(context) -> str:
+    """Which answers the gate judges, free or constrained (the check's `gate_on`, read as gate_metric is)."""
+    return _gate_config(context).get("gate_on") or GateConfig().gate_on
+
+
+def _gate_config(context) -> dict:
     ops = (context.run.run_config or {}).get("ops") or {}
-    return ((ops.get(GATE_CHECK) or {}).get("config") or {}).get("metric") or GateConfig().metric
+    return (ops.get(GATE_CHECK) or {}).get("config") or {}
+
+
+def _constrained_spec(config: EvaluationConfig, home: PipelineHome, adapter: dict, judged: str):
+    """The constrained side's spec: the schema the registered version will carry (the split's, when the model
+    trained on the split on disk), or none and why. Judging constrained answers without a schema is an error."""
+    from ft_pipeline.data.output_schema import split_schema
+    from ft_pipeline.evaluation.constrained import ConstrainedSpec
+
+    schema, why = split_schema(home.split_dir, adapter["train_sha256"])
+    if schema is None and judged == "constrained":
+        raise dg.Failure(f"gate_on: constrained, but there is nothing to constrain the answers to: {why}")
+    if schema is None:
+        return ConstrainedSpec(None, why)
+    info = json.loads((home.split_dir / "manifest.json").read_text())["output_schema"]
+    on = f"{config.constrained_examples} examples of each set" if config.constrained_examples else "every example"
+    return ConstrainedSpec(schema, f"Schema: the split's output_schema.json ({info['source']}, sha256 "
+                                   f"{info['sha256'][:12]}), on {on}", config.constrained_examples)
 
 
 def _dpo(home: PipelineHome, adapter: dict, context) -> dict | None:
@@ -100,7 +129,7 @@ def _train_seconds(adapter: dict) -> float | None:
         return None
 
 
-@dg.asset(deps=["lora_adapter", "preference_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v5",
+@dg.asset(deps=["lora_adapter", "preference_adapter", "holdout_set"], group_name="evaluation", code_version="eval-v6",
           kinds={"pytorch", "mlflow"}, owners=OWNERS)
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, home: PipelineHome,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -110,6 +139,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     import mlflow
 
     from ft_pipeline import settings
+    from ft_pipeline.evaluation import constrained as cons
     from ft_pipeline.evaluation import cost, plots
     from ft_pipeline.evaluation import report as rep
     from ft_pipeline.evaluation import scoring as evaluation
@@ -120,6 +150,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     holdout = read_jsonl(home.split_dir / "holdout.jsonl")[: config.max_examples or None]
     fixed_path = settings.REPO_ROOT / config.fixed_eval_path if config.fixed_eval_path else None
     fixed = read_jsonl(fixed_path) if fixed_path else []
+    constrained_spec = _constrained_spec(config, home, adapter, gate_on(context))
     mlflow_tracking.setup()
     name = mlflow_tracking.registered_model_name
     champ = registry.champion(name)
@@ -135,11 +166,13 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         progress=lambda what, done, total: context.log.info("evaluating %s: %d/%d answers", what, done, total),
         more={"dpo": dpo["adapter_dir"]} if dpo else None,
         pairs=read_jsonl(pairs_file) if pairs_file.exists() else None, retention_prompts=config.retention_prompts,
-        baselines=_baseline_spec(config, home))
+        baselines=_baseline_spec(config, home), constrained=constrained_spec)
     results = out["holdout"]
+    constrained_entry = cons.report(out, holdout, fixed, constrained_spec)
+    judged = cons.gate_metrics({"metrics": {n: r["metrics"] for n, r in results.items()},
+                                "constrained": constrained_entry}, gate_on(context))
     erased = (champ.tags or {}).get("erasure.pending") if champ else None
-    pick, why = evaluation.pick_candidate({n: r["metrics"] for n, r in results.items()}, gate_metric(context),
-                                          compare_champion=not erased)
+    pick, why = evaluation.pick_candidate(judged, gate_metric(context), compare_champion=not erased)
     context.log.info("gate candidate: %s (%s)", "DPO" if pick == "dpo" else "SFT", why)
     source = dpo if pick == "dpo" else adapter
     candidate = {"name": pick, "stage": "dpo" if pick == "dpo" else "sft", "why": why,
@@ -153,7 +186,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     report_md = rep.markdown_report(results, len(holdout), samples, diff, str(champ.version) if champ else None,
                                     fixed=out["fixed"], fixed_name=fixed_path.name if fixed_path else "",
                                     retention=out["retention"], pair_accuracy=out["pair_accuracy"],
-                                    candidate=candidate, baselines=prompting)
+                                    candidate=candidate, baselines=prompting, constrained=constrained_entry)
     metrics = {n: r["metrics"] for n, r in results.items()}
     report = {"training_run_id": adapter["training_run_id"], "model_uri": adapter["model_uri"],
               "model_id": adapter["model_id"], "holdout_examples": len(holdout),
@@ -163,7 +196,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
               "tuned_cache_key": out["tuned_key"], "candidate": candidate, "pair_accuracy": out["pair_accuracy"],
               # a champion trained on an erased row does not hold the gate back (erasure/registry.py)
               "champion_erasure_pending": erased,
-              "vs_champion": diff["counts"] if diff else None, "baselines": prompting}
+              "vs_champion": diff["counts"] if diff else None, "baselines": prompting,
+              "constrained": constrained_entry, "gate_on": gate_on(context)}
     (home.reports_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (home.reports_dir / "evaluation.md").write_text(report_md)
     figures, plots_md = plots.evaluation_figures(mlflow.MlflowClient(), adapter["training_run_id"], metrics)
@@ -176,6 +210,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                           out["retention"], candidate=pick)
         mlflow.log_metrics({f"pair_accuracy.{n}": v for n, v in out["pair_accuracy"].items()})
         mlflow.log_metrics(cost.mlflow_metrics(prompting))
+        mlflow.log_metrics(cons.flat_metrics(constrained_entry))
         if prompting:
             mlflow.log_dict(prompting, "baselines.json")
     kl = report["retention_kl"] or {}
@@ -191,6 +226,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         **{f"retention_kl_{n}": float(v) for n, v in kl.items() if v is not None},
         **({f"dpo_{k}": float(v) for k, v in metrics["dpo"].items()} if "dpo" in metrics else {}),
         **{f"pair_accuracy_{n}": float(v) for n, v in out["pair_accuracy"].items()},
+        **cons.flat_metrics(constrained_entry, sep="_"), "gate_on": gate_on(context),
         "candidate": candidate["stage"], "candidate_why": why,
         "champion_version": str(champ.version) if champ else "none",
         **({f"vs_champion_{k}": v for k, v in diff["counts"].items()} if diff else {}),
@@ -215,15 +251,27 @@ class GateConfig(CheckedConfig):
     metric: str = _GATE.get("metric", "field_accuracy")
     """What must beat the base and hold against the champion: field_accuracy (structured output, the default),
     exact_match, chrf (0-100: set the margins in chrF points) or rouge_l, for free-text tasks."""
+    gate_on: str = _GATE.get("gate_on", "free")
+    """Which holdout answers the gate judges (and picks the candidate on): free (the default), or constrained,
+    decoded under the split's output schema as a client asking for it gets them (evaluation_report's
+    constrained side, on its constrained_examples)."""
 
 
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="The tuned model beats the base model and is at least as good as the champion.")
 def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetCheckResult:
+    from ft_pipeline.evaluation.constrained import gate_metrics
     from ft_pipeline.evaluation.scoring import GATE_METRICS, gate_failures, pick_candidate
 
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
-    m = report["metrics"]
+    if (judged := report.get("gate_on", "free")) != config.gate_on:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=f"the report picked its candidate on the {judged} answers, but gate_on "
+                                               f"is {config.gate_on}: re-materialize evaluation_report with this config")
+    if (m := gate_metrics(report, config.gate_on)) is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description="gate_on: constrained, but the report has no constrained answers: "
+                                               f"{(report.get('constrained') or {}).get('note') or 'an old report'}")
     erased = report.get("champion_erasure_pending")
     # the SFT model ("tuned"), or the DPO model when it beat SFT and champion (a report of eval-v3 has no DPO)
     pick = (report.get("candidate") or {"name": "tuned"})["name"]
@@ -246,7 +294,8 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
         passed=not reasons, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(reasons) or "passes the gate" + (
             f" (the champion was trained on rows erased by {erased}: not compared)" if erased else ""),
-        metadata={"gate_metric": config.metric, "candidate": "dpo" if pick == "dpo" else "sft",
+        metadata={"gate_metric": config.metric, "gate_on": config.gate_on,
+                  "candidate": "dpo" if pick == "dpo" else "sft",
                   "max_retention_kl": config.max_retention_kl or -1.0,
                   "tuned_retention_kl": (report.get("retention_kl") or {}).get("tuned") or -1.0,
                   "champion_version": report["champion_version"] or "none",

@@ -71,17 +71,12 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
 def _output_schema(context, home: PipelineHome, train_sha256: str) -> dict | None:
     """The split's output_schema.json when the split on disk is the one the model trained on (None without one,
     or, with a warning, when the split has changed since)."""
-    manifest_path = home.split_dir / "manifest.json"
-    if not manifest_path.exists():
-        return None
-    manifest = json.loads(manifest_path.read_text())
-    info = manifest.get("output_schema") or {}
-    if manifest.get("train_sha256", "")[:16] != train_sha256[:16]:
+    from ft_pipeline.data.output_schema import SPLIT_CHANGED, split_schema
+
+    schema, why = split_schema(home.split_dir, train_sha256)
+    if why == SPLIT_CHANGED:
         context.log.warning("the split changed since training: the version is registered without an output schema")
-        return None
-    if not info.get("sha256"):
-        return None
-    return json.loads((home.split_dir / "output_schema.json").read_text())
+    return schema
 
 
 def _query_md(name: str, version) -> str:

@@ -3,6 +3,7 @@ markdown for the Dagster UI and as MLflow metrics, tables and figures."""
 
 from __future__ import annotations
 
+from ft_pipeline.evaluation import constrained as cons
 from ft_pipeline.evaluation import cost
 from ft_pipeline.evaluation.scoring import prompt_messages, reference
 
@@ -104,9 +105,10 @@ def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dic
                     champion_version: str | None = None, fixed: dict[str, dict] | None = None,
                     fixed_name: str = "Fixed set", retention: dict | None = None,
                     pair_accuracy: dict[str, float] | None = None, candidate: dict | None = None,
-                    baselines: dict | None = None) -> str:
+                    baselines: dict | None = None, constrained: dict | None = None) -> str:
     """A report a person reads in the Dagster UI: metrics side by side, a few holdout samples, and what got
-    better and worse than the champion."""
+    better and worse than the champion; with `constrained` (constrained.report), the answers under the output
+    schema beside the free ones."""
     names = list(results)
     lines = [f"## Evaluation on {n_examples} holdout examples", "",
              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -115,6 +117,7 @@ def markdown_report(results: dict[str, dict], n_examples: int, samples: list[dic
     lines.append("")
     lines.append("chrf is sentence chrF2 on a 0-100 scale; rouge_l is ROUGE-L F1 on 0-1; both are means over examples."
                  + (" tuned is the SFT adapter; dpo is it after preference tuning." if "dpo" in results else ""))
+    lines += cons.markdown(constrained, fixed_name)
     lines += preference_markdown(pair_accuracy, candidate)
     lines += cost.markdown(baselines)
     lines += ["", "### Samples", "", "| prompt | reference | " + " | ".join(names) + " |",

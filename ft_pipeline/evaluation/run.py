@@ -10,6 +10,7 @@ from typing import Callable
 
 from ft_pipeline import knobs
 from ft_pipeline.evaluation import cache as eval_cache
+from ft_pipeline.evaluation import constrained as cons
 from ft_pipeline.evaluation import retention
 from ft_pipeline.evaluation import scoring as evaluation
 
@@ -19,6 +20,7 @@ KNOBS = {
     "retention_prompts": knobs.Knob(ge=0, le=len(retention.PROMPTS)),
     "min_json_valid": knobs.FRACTION, "metric": knobs.Knob(choices=evaluation.GATE_METRICS),
     "max_retention_kl": knobs.NON_NEGATIVE, "few_shot_k": knobs.NON_NEGATIVE, "baseline_examples": knobs.NON_NEGATIVE,
+    "constrained_examples": knobs.NON_NEGATIVE, "gate_on": knobs.Knob(choices=cons.GATE_ON),
 }
 
 
@@ -50,7 +52,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                  more: dict[str, Path] | None = None,
                  pairs: list[dict] | None = None,
                  progress: Callable[[str, int, int], None] = lambda what, done, total: None,
-                 retention_prompts: int = len(retention.PROMPTS), baselines=None) -> dict:
+                 retention_prompts: int = len(retention.PROMPTS), baselines=None,
+                 constrained: cons.ConstrainedSpec | None = None) -> dict:
     """{"holdout": {model: result}, "fixed": {model: result}, "retention": {...} | None, "max_new_tokens": N,
     "tuned_key": the tuned model's cache key, "keys": {model: cache key}, "pair_accuracy": {model: share}}.
     `champion` is (a loader returning (model, tokenizer), its cache key or None); `more` is {name: adapter dir}
@@ -60,7 +63,8 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     cache (answer_counts words it). `progress(what, done, total)` follows each model's generation on each set, a
     batch at a time. The retention check uses the first `retention_prompts` of its prompts (0: no retention
     check). `baselines` (a baseline_run.BaselineSpec) are the prompting baselines, run with the base model: their
-    results are under "baselines"."""
+    results are under "baselines". With `constrained` (a schema), every model also answers each set's subset
+    under it (evaluation/constrained.py): {set: {model: result}} under "constrained"."""
     from ft_pipeline.model.base_models import load_model_and_tokenizer
     from ft_pipeline.model.cpu_speed import keep_freed_memory
 
@@ -70,7 +74,9 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
     tok = evaluation.load_tokenizer(adapter_dir)
     budget = evaluation.answer_budget(tok, holdout + fixed, max_new_tokens)
     out = {"holdout": {}, "fixed": {}, "retention": None, "max_new_tokens": budget, "keys": {}, "pair_accuracy": {},
-           "baselines": None}
+           "baselines": None, "constrained": {"holdout": {}, "fixed": {}}}
+    under = constrained if constrained is not None and constrained.schema is not None else None
+    grammars = cons.grammars_for(under) if under else None
 
     def prompted(model, tok_):
         if baselines is not None and baselines.definitions:
@@ -96,6 +102,12 @@ def evaluate_all(base: dict, adapter_dir: Path | str, holdout: list[dict], fixed
                                           progress=lambda done, total, what=what: progress(what, done, total))
                 log(what, res["generated"], len(records))
                 out[set_name][name] = res
+        if under:
+            done = cons.evaluate(under, model, tok_, sets, key, cache_dir / "eval", budget, batch_size, grammars,
+                                 progress=lambda s, d, t: progress(f"{name} ({s}, constrained)", d, t))
+            for set_name, res in done.items():
+                log(f"{name} ({set_name}, constrained)", res["generated"], len(res["per_example"]))
+                out["constrained"][set_name][name] = res
         return model
 
     full = evaluation.is_full_model(adapter_dir)

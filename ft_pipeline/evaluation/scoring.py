@@ -231,7 +231,7 @@ def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_s
     Each answer is stored with its prompt's length in tokens and its share of the measured generation time
     (the wall time of all answers generated in this call over their number), so a cached answer keeps the cost
     it had: the per-example rows carry `prompt_tokens` and `seconds` (None for an answer cached before they
-    were recorded)."""
+    were recorded), and `finished` (False when the token limit cut the answer)."""
     from ft_pipeline.evaluation.cache import EvalCache
 
     cache = cache if cache is not None else EvalCache(None, None)
@@ -253,6 +253,7 @@ def evaluate(model, tok, records: list[dict], max_new_tokens: int = 128, batch_s
     s = score([e["prediction"] for e in entries], [reference(r) for r in records])
     for row, e in zip(s.per_example, entries, strict=True):
         row["prompt_tokens"], row["seconds"] = e.get("prompt_tokens"), e.get("seconds")
+        row["finished"] = e["finished"]  # False: the token limit cut the answer
     loss = sum(e["nll_sum"] for e in entries) / max(sum(e["n_tokens"] for e in entries), 1)
     return {"metrics": {**s.metrics(), "holdout_loss": loss, "perplexity": math.exp(min(loss, 50))},
             "per_example": s.per_example, "generated": len(todo)}
