@@ -266,8 +266,9 @@ def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetC
     report = json.loads((home.reports_dir / "evaluation.json").read_text())
     if (judged := report.get("gate_on", "free")) != config.gate_on:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description=f"the report picked its candidate on the {judged} answers, but gate_on "
-                                               f"is {config.gate_on}: re-materialize evaluation_report with this config")
+                                   description=f"the report picked its candidate on the {judged} answers, but "
+                                               f"gate_on is {config.gate_on}: re-materialize evaluation_report with "
+                                               "this config")
     if (m := gate_metrics(report, config.gate_on)) is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description="gate_on: constrained, but the report has no constrained answers: "
