@@ -161,6 +161,11 @@ def test_forced_retrain_compares_with_the_champion(pipeline):
     assert report["metrics"]["tuned"] == report["metrics"]["champion"]
     assert report["vs_champion"] == {"better": 0, "worse": 0, "same": report["holdout_examples"]}
     assert "Versus champion version 1 on the same" in (tmp / "home" / "reports" / "evaluation.md").read_text()
+    # every model also answered under the split's output schema; the champion's answers are the retrained one's
+    constrained = report["constrained"]["sets"]["holdout"]["models"]
+    assert set(constrained) == {"base", "tuned", "dpo", "champion"}
+    assert constrained["tuned"] == constrained["champion"] and report["gate_on"] == "free"
+    assert "### Free and constrained" in (tmp / "home" / "reports" / "evaluation.md").read_text()
     assert "version 2 (SFT; alias champion; previous champion: 1)" in second.stdout
 
 

@@ -56,7 +56,10 @@ def gate_metric(context) -> str:
 
 def gate_on(context) -> str:
     """Which answers the gate judges, free or constrained (the check's `gate_on`, read as gate_metric is)."""
-    return _gate_config(context).get("gate_on") or GateConfig().gate_on
+    value = _gate_config(context).get("gate_on") or GateConfig().gate_on
+    if (problem := eval_run.KNOBS["gate_on"].problem(value)) is not None:  # the check's config is built later
+        raise dg.Failure(f"{GATE_CHECK}.config.gate_on: {problem}")
+    return value
 
 
 def _gate_config(context) -> dict:

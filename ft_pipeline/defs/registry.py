@@ -18,6 +18,7 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
 
     from ft_pipeline.erasure import registry as erasure_registry
     from ft_pipeline.erasure import requests as erasure
+    from ft_pipeline.evaluation.constrained import gate_metrics
     from ft_pipeline.registry import versions as registry
 
     exp_id = mlflow_tracking.setup()
@@ -35,6 +36,9 @@ def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
             **{f"eval.{k}": f"{v:.4f}" for k, v in report["metrics"][pick].items()},
             **({"eval.pair_accuracy": f"{report['pair_accuracy'][pick]:.4f}"}
                if pick in report.get("pair_accuracy", {}) else {}),
+            **{f"eval.constrained.{k}": f"{v:.4f}"
+               for k, v in (gate_metrics(report, "constrained") or {}).get(pick, {}).items()},
+            "eval.gate_on": report.get("gate_on", "free"),
             **({"sft_training_run_id": adapter["training_run_id"]} if cand["stage"] == "dpo" else {}),
             **({"eval.retention_kl": f"{report['retention_kl'][pick]:.4f}"}
                if (report.get("retention_kl") or {}).get(pick) is not None else {})}

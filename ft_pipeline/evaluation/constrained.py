@@ -42,14 +42,14 @@ class ConstrainedSpec:
 
 def grammars_for(spec: ConstrainedSpec):
     """A `grammars(model, tok)` for scoring.evaluate: one structured.grammar.Grammars per tokenizer, built once."""
-    built: dict[int, object] = {}
+    built: dict[int, tuple] = {}  # id -> (the tokenizer, kept so that its id is not reused; its Grammars)
 
     def grammars(model, tok):
         if id(tok) not in built:
             from ft_pipeline.structured.grammar import Grammars
 
-            built[id(tok)] = Grammars(tok, vocab_size=model.config.vocab_size, separators=spec.separators())
-        return built[id(tok)]
+            built[id(tok)] = (tok, Grammars(tok, vocab_size=model.config.vocab_size, separators=spec.separators()))
+        return built[id(tok)][1]
 
     return grammars
 
