@@ -35,7 +35,7 @@ class Thresholds:
     # The answers' thresholds; None turns one off (a random model's answers, builtin:tiny's, say nothing).
     max_length_cut_rate: float | None = 0.05
     min_schema_valid_rate: float | None = 0.95
-    max_logprob_drop: float | None = 0.5
+    max_logprob_drop: float | None = 0.25
     min_prompts: int = 5
 
 
