@@ -135,6 +135,7 @@ def main() -> int:
             run(url, convs[:2], 1, store=True)  # warm-up: the store is opened on first use
             stored, t_stored = run(url, convs, CLIENTS, store=True)
             plain, t_plain = run(url, convs, CLIENTS)  # again without, right after: the pair side by side
+            kept = stored_count(db)
             schema = served_schema(url, holdout)
             fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
             run(url, convs[:2], 1, fmt)  # warm-up: the grammar compiles once
@@ -159,17 +160,26 @@ def main() -> int:
     ratio = (sum(n for _, n, _ in many) / t_many) / (tokens / t_one)
     ok = bench_line("serve.batched_throughput", ratio, "x", ">=", 4)
     ok &= report_constrained(schema, many, t_many, constrained, t_con, mask0, mask1)
-    ok &= report_store(db, many + plain, t_many + t_plain, stored, t_stored)
+    ok &= report_store(kept, many + plain, t_many + t_plain, stored, t_stored)
     return 0 if ok else 1
 
 
-def report_store(db: Path, free: list, t_free: float, stored: list, t_stored: float) -> bool:
-    """store: true on every request against the same requests without it (both 16-client runs without it, one
-    before and one after, against the one with it: the machine's drift cancels)."""
+def stored_count(db: Path) -> int:
     from ft_pipeline.traffic.store import CompletionStore
 
+    if not db.exists():
+        return 0
+    store = CompletionStore(db)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def report_store(kept: int, free: list, t_free: float, stored: list, t_stored: float) -> bool:
+    """store: true on every request against the same requests without it (both 16-client runs without it, one
+    before and one after, against the one with it: the machine's drift cancels); `kept`: completions stored."""
     free_tps, stored_tps = sum(n for _, n, _ in free) / t_free, sum(n for _, n, _ in stored) / t_stored
-    kept = CompletionStore(db).count()
     same = sum(a[0] == b[0] for a, b in zip(free, stored))
     lat = [x for *_, x in stored]
     print(f"# store: true, {CLIENTS} clients: {stored_tps:.0f} completion tok/s vs {free_tps:.0f} without; latency "
