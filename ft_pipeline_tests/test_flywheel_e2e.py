@@ -123,15 +123,18 @@ def loop(smoke_home):
         proc.wait(timeout=60)
         log.close()
 
-    # A day of traffic takes a day: the demo batch becomes yesterday's (its completions' `created` moved back a
-    # day, as test_reviewed_traffic moves `reviewed_at`); the drifting batch and every verdict stay today's.
-    ns.today = time.strftime("%Y-%m-%d", time.gmtime())
-    ns.yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    # A daily partition exists once its day is over (the schedule materializes yesterday's), so the test moves the
+    # traffic back in time, as test_reviewed_traffic moves `reviewed_at`: the demo batch was sent the day before
+    # yesterday, the drifting batch and every verdict yesterday (the drift day).
+    ns.drift_day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    ns.quiet_day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
     store = _store(home)
     with store._write() as db:
-        db.executemany("UPDATE completions SET created = created - 86400 WHERE id = ?", [(i,) for i in ns.demo])
+        db.executemany("UPDATE completions SET created = created - 172800 WHERE id = ?", [(i,) for i in ns.demo])
+        db.executemany("UPDATE completions SET created = created - 86400 WHERE id = ?", [(i,) for i in ns.drift])
+        db.execute("UPDATE completions SET reviewed_at = reviewed_at - 86400 WHERE reviewed_at IS NOT NULL")
     store.close()
-    for day in (ns.yesterday, ns.today):  # what traffic_daily_schedule does at 00:15, by hand (docs/flywheel.md)
+    for day in (ns.quiet_day, ns.drift_day):  # what traffic_daily_schedule does at 00:15, by hand (docs/flywheel.md)
         _dagster(env, "asset", "materialize", "-m", "ft_pipeline.definitions", "--select",
                  "reviewed_traffic,traffic_drift", "--partition", day)
 
@@ -183,11 +186,11 @@ def test_verdicts_through_the_api_and_the_terminal(loop):
 
 def test_the_reviewed_day_becomes_a_drop_and_the_sensor_picks_it_up(loop):
     ns = loop
-    md = ns.reviewed_md[ns.today]
+    md = ns.reviewed_md[ns.drift_day]
     assert (md["accepted"], md["corrected"], md["rejected"]) == (35, 4, 10)
     assert (md["sft_rows"], md["preference_pairs"]) == (39, 4)
-    assert ns.reviewed_md[ns.yesterday]["files"] == []  # no verdict was given yesterday
-    drop = f"{ns.today}-reviewed_traffic.jsonl"
+    assert ns.reviewed_md[ns.quiet_day]["files"] == []  # no verdict was given that day
+    drop = f"{ns.drift_day}-reviewed_traffic.jsonl"
     assert (ns.raw / drop).exists() and (ns.raw / "preferences" / drop).exists()
     assert ns.sensor.dynamic_partitions_requests[0].partition_keys == [drop]
     assert [(r.job_name, r.partition_key) for r in ns.sensor.run_requests] == [("ingest_drop", drop),
@@ -196,17 +199,17 @@ def test_the_reviewed_day_becomes_a_drop_and_the_sensor_picks_it_up(loop):
 
 def test_drift_flags_the_drifted_day_and_not_the_in_distribution_one(loop):
     ns = loop
-    quiet, odd = ns.drift_md[ns.yesterday], ns.drift_md[ns.today]
+    quiet, odd = ns.drift_md[ns.quiet_day], ns.drift_md[ns.drift_day]
     assert quiet["prompts"] == 40 and odd["prompts"] == 10
     assert quiet["drifted"] is False and quiet["unseen_share"] <= 0.2, quiet
     assert odd["drifted"] is True and odd["unseen_share"] == 1.0, odd
     assert quiet["json_requests"] == 40  # every answer was under the registered schema
-    assert ns.checks[ns.yesterday].status.value == "SUCCEEDED"
-    flagged = ns.checks[ns.today].event.dagster_event.event_specific_data
+    assert ns.checks[ns.quiet_day].status.value == "SUCCEEDED"
+    flagged = ns.checks[ns.drift_day].event.dagster_event.event_specific_data
     assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
     assert "no near neighbour" in flagged.description
     (req,) = ns.drift_sensor.run_requests  # the champion is re-evaluated on the grown holdout
-    assert req.tags["ft_pipeline/drifted_days"] == ns.today
+    assert req.tags["ft_pipeline/drifted_days"] == ns.drift_day
 
 
 def test_the_retrain_registers_a_version_whose_lineage_names_the_completions(loop):
@@ -224,7 +227,7 @@ def test_the_retrain_registers_a_version_whose_lineage_names_the_completions(loo
     assert in_train | in_holdout <= reviewed and in_holdout  # and the fresh holdout holds some of it
     assert set(ns.demo[15:17]).isdisjoint(in_train | in_holdout)
     assert {r["answered_by"] for r in served} == {f"{MODEL}/1"}
-    assert all(r["file"] == f"{ns.today}-reviewed_traffic.jsonl" for r in served)
+    assert all(r["file"] == f"{ns.drift_day}-reviewed_traffic.jsonl" for r in served)
 
 
 def _files_holding(root: Path, needle: str) -> list[str]:
@@ -241,13 +244,13 @@ def test_a_forgotten_completion_leaves_no_trace(loop):
     # one whose text JSON writes as it is (one line, ASCII, no quotes), so a byte search finds every copy of it
     target, text = next((i, t) for i, t in texts.items()
                         if t.isascii() and not set(t) & set('"\\\n') and len(t) > 30)
-    assert _files_holding(ns.raw, text) == [f"{ns.today}-reviewed_traffic.jsonl"]  # in no demo drop
+    assert _files_holding(ns.raw, text) == [f"{ns.drift_day}-reviewed_traffic.jsonl"]  # in no demo drop
     assert _files_holding(ns.home, text)  # the store, the cleaned data, the split, ...
     forget = run_cli(ns.env, "forget", "--completion-id", target, "--reason", "user asked")
     assert forget.returncode == 0, forget.stderr[-3000:]
     assert "deleted 1 stored completion" in forget.stdout
     # what the raw-drop sensor and the automation run next: the rewritten drop ingested again, then the split
-    drop = f"{ns.today}-reviewed_traffic.jsonl"
+    drop = f"{ns.drift_day}-reviewed_traffic.jsonl"
     _dagster(ns.env, "asset", "materialize", "-m", "ft_pipeline.definitions", "--select",
              "raw_examples,cleaned_examples", "--partition", drop)
     _dagster(ns.env, "asset", "materialize", "-m", "ft_pipeline.definitions", "--select", "train_set,holdout_set")
@@ -260,4 +263,4 @@ def test_a_forgotten_completion_leaves_no_trace(loop):
     assert _files_holding(ns.home, text) == [] and _files_holding(ns.raw, text) == []
     for folder in (ns.raw, ns.home / "data" / "cleaned", ns.home / "data" / "split", ns.home / "traffic"):
         assert _files_holding(folder, target) == [], folder
-    assert sorted(p.name for p in ns.raw.glob("*reviewed_traffic*")) == [f"{ns.today}-reviewed_traffic.jsonl"]
+    assert sorted(p.name for p in ns.raw.glob("*reviewed_traffic*")) == [f"{ns.drift_day}-reviewed_traffic.jsonl"]
