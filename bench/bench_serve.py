@@ -18,6 +18,11 @@ BENCH_SERVE_MAX_TOKENS, which cuts most tickets (a demo answer is 31 to 44 SmolL
 a cut answer follows no schema: this check asks the same requests again, free and constrained, with
 BENCH_SERVE_SAME_MAX_TOKENS (default 96), so it compares whole answers.
 
+serve.store_overhead: completion tokens/s of the 16 clients when every request carries `store: true` ÷ the same
+requests without it (goal >= 0.95), side by side on the same server, which stores into a temporary home's
+database (FT_PIPELINE_STORE_PATH); every stored answer must equal its unstored twin and every completion be in
+the store.
+
 Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64), BENCH_SERVE_MAX_TOKENS (default 32) and
 BENCH_SERVE_SAME_MAX_TOKENS shrink it."""
 
@@ -72,18 +77,20 @@ def tracking_uri(tmp: Path) -> str:
     return register_tiny(tmp, base, None)
 
 
-def send(client, conv, fmt: dict | None = None, max_tokens: int = MAX_TOKENS) -> tuple[str, int, float]:
+def send(client, conv, fmt: dict | None = None, store: bool = False, max_tokens: int = MAX_TOKENS
+         ) -> tuple[str, int, float]:
     t0 = time.perf_counter()
     r = client.post("/v1/chat/completions", json={"model": NAME, "messages": conv, "temperature": 0,
                                                  "max_tokens": max_tokens,
-                                                 **({"response_format": fmt} if fmt else {})})
+                                                 **({"response_format": fmt} if fmt else {}),
+                                                 **({"store": True, "metadata": {"bench": "serve"}} if store else {})})
     r.raise_for_status()
     out = r.json()
     return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
-def run(url: str, convs: list, clients: int, fmt: dict | None = None, max_tokens: int = MAX_TOKENS
-        ) -> tuple[list, float]:
+def run(url: str, convs: list, clients: int, fmt: dict | None = None, store: bool = False,
+        max_tokens: int = MAX_TOKENS) -> tuple[list, float]:
     """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer.
     Returns the (text, completion tokens, latency) per conversation and the wall time."""
     import httpx
@@ -100,7 +107,7 @@ def run(url: str, convs: list, clients: int, fmt: dict | None = None, max_tokens
                     i, conv = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[i] = send(c, conv, fmt, max_tokens)
+                results[i] = send(c, conv, fmt, store, max_tokens)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -124,12 +131,18 @@ def main() -> int:
     holdout = demo_holdout()
     convs = [prompt_messages(holdout[i % len(holdout)]) for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp))}, cwd=HERE.parent,
+        db = Path(tmp) / "home" / "traffic" / "completions.db"  # stored completions go to a temporary home
+        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp)),
+                                      "FT_PIPELINE_STORE_PATH": str(db)}, cwd=HERE.parent,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             run(url, convs[:2], 1)  # warm-up
             one, t_one = run(url, convs, 1)
             many, t_many = run(url, convs, CLIENTS)
+            run(url, convs[:2], 1, store=True)  # warm-up: the store is opened on first use
+            stored, t_stored = run(url, convs, CLIENTS, store=True)
+            plain, t_plain = run(url, convs, CLIENTS)  # again without, right after: the pair side by side
+            kept = stored_count(db)
             schema = served_schema(url, holdout)
             fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
             run(url, convs[:2], 1, fmt)  # warm-up: the grammar compiles once
@@ -157,7 +170,35 @@ def main() -> int:
     ok = bench_line("serve.batched_throughput", ratio, "x", ">=", 4)
     ok &= report_constrained(schema, many, t_many, constrained, t_con, mask0, mask1)
     ok &= report_same_answers(schema, *whole)
+    ok &= report_store(kept, many + plain, t_many + t_plain, stored, t_stored)
     return 0 if ok else 1
+
+
+def stored_count(db: Path) -> int:
+    from ft_pipeline.traffic.store import CompletionStore
+
+    if not db.exists():
+        return 0
+    store = CompletionStore(db)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def report_store(kept: int, free: list, t_free: float, stored: list, t_stored: float) -> bool:
+    """store: true on every request against the same requests without it (both 16-client runs without it, one
+    before and one after, against the one with it: the machine's drift cancels); `kept`: completions stored."""
+    free_tps, stored_tps = sum(n for _, n, _ in free) / t_free, sum(n for _, n, _ in stored) / t_stored
+    same = sum(a[0] == b[0] for a, b in zip(free, stored))
+    lat = [x for *_, x in stored]
+    print(f"# store: true, {CLIENTS} clients: {stored_tps:.0f} completion tok/s vs {free_tps:.0f} without; latency "
+          f"p50 {pct(lat, 0.5):.2f}s p95 {pct(lat, 0.95):.2f}s; {kept} completions in the store (2 warm-up), "
+          f"identical answers {same}/{len(stored)}", flush=True)
+    if kept != len(stored) + 2 or same != len(stored):
+        print("# the store missed a completion or an answer changed", flush=True)
+        return False
+    return bench_line("serve.store_overhead", stored_tps / free_tps, "x", ">=", 0.95)
 
 
 def served_schema(url: str, holdout: list) -> dict:

@@ -15,7 +15,7 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0):
 
 # Under xdist each module runs whole on one worker (its module fixtures are built once), and the modules that
 # share one of these costly session fixtures all run on the same worker (it is built once a session).
-SHARED_FIXTURES = {"smoke_home": {"test_forget_e2e", "test_orchestration", "test_ui"},
+SHARED_FIXTURES = {"smoke_home": {"test_forget_e2e", "test_orchestration", "test_ui", "test_flywheel_e2e"},
                    "smollm2_converted": {"test_gguf", "test_smollm2"}}
 
 
@@ -79,10 +79,11 @@ def smollm2_converted(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_home(tmp_path_factory):
     """One run of the whole graph (configs/smoke.yaml on a copy of the demo drops, ~45 s) for the modules whose
-    fixture starts from exactly that run (test_forget_e2e, test_orchestration, test_ui). Each call puts the run's
-    folder back as it was right after the run, at the same path (the Dagster and MLflow stores and the home's
-    JSON files hold absolute paths), and returns (tmp, env, the run's CompletedProcess). Modules run one after
-    another, so a module that changes the home changes its own copy; the next one starts from the run again."""
+    fixture starts from exactly that run (test_forget_e2e, test_orchestration, test_ui, test_flywheel_e2e). Each
+    call puts the run's folder back as it was right after the run, at the same path (the Dagster and MLflow
+    stores and the home's JSON files hold absolute paths), and returns (tmp, env, the run's CompletedProcess).
+    Modules run one after another, so a module that changes the home changes its own copy; the next one starts
+    from the run again."""
     import shutil
     import subprocess
     import sys
@@ -94,7 +95,7 @@ def smoke_home(tmp_path_factory):
     env = isolated_env(tmp, demo_drops(tmp))
     out = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "run", "--preset",
                           str(REPO_ROOT / "configs" / "smoke.yaml")], env=env, capture_output=True, text=True,
-                         timeout=900)
+                         timeout=2400)  # ~45 s on a quiet laptop; 15 minutes and more on a loaded shared machine
     pristine = tmp_path_factory.mktemp("smoke-pristine") / "run"
     shutil.copytree(tmp, pristine, symlinks=True)
 

@@ -81,10 +81,13 @@ def test_the_raw_drop_sensor_requests_the_reviewed_drop(tmp_path):
                                                                          ("ingest_preferences", None)]
 
 
-def test_the_data_layer_keeps_the_lineage_on_the_raw_row(tmp_path):
-    """Cleaning reads messages only; (drop, line) of a training row leads to the raw line with its
-    completion_id and version."""
+def test_the_data_layer_keeps_the_lineage_on_the_raw_row(tmp_path, monkeypatch):
+    """(drop, line) of a training row leads to the raw line with its completion_id and version, and the
+    cleaned row carries both (completion_id, answered_by) into the split and the MLflow lineage."""
+    import mlflow
+
     from ft_pipeline.data import cleaning, formats
+    from ft_pipeline.registry import versions
 
     home = reviewed_home(tmp_path, {5: ("accepted", None)})
     materialize(home)
@@ -94,6 +97,14 @@ def test_the_data_layer_keeps_the_lineage_on_the_raw_row(tmp_path):
     raw_line = json.loads(path.read_text().splitlines()[canon["line"] - 1])
     assert (raw_line["completion_id"], raw_line["version"]) == ("chatcmpl-0005", "2")
     assert canon["messages"][-1] == {"role": "assistant", "content": "answer 5"}
+    (kept,) = cleaning.clean_records([canon]).kept
+    assert (kept["completion_id"], kept["answered_by"]) == ("chatcmpl-0005", "ft-pipeline-adapter/2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        versions.log_lineage([kept])
+    (row,) = [json.loads(x) for x in mlflow.artifacts.load_text(
+        f"runs:/{run.info.run_id}/{versions.LINEAGE_ARTIFACT}").splitlines()]
+    assert (row["completion_id"], row["answered_by"], row["line"]) == ("chatcmpl-0005", "ft-pipeline-adapter/2", 1)
 
 
 def test_the_schedule_runs_yesterday_and_run_never_selects_traffic():

@@ -126,11 +126,15 @@ def test_openai_errors_for_metadata_unknown_ids_and_bad_filters(srv):
 
 def test_personal_data_is_redacted_at_capture_and_counted(srv):
     said = [{"role": "user", "content": "I am jo@example.com, call me on +1 415 555 0100 about my refund"}]
-    out = ask(srv.client, messages=said, store=True)
+    out = ask(srv.client, messages=said, store=True, metadata={"customer": "jo@example.com"})
     got = srv.client.chat.completions.retrieve(out.id)
     stored = list(srv.client.chat.completions.messages.list(out.id))[0].content
     assert stored == "I am [EMAIL], call me on [PHONE] about my refund"
-    assert got.model_extra["ft_pipeline"]["redactions"] == {"EMAIL": 1, "PHONE": 1}
+    assert got.metadata == {"customer": "[EMAIL]"}  # a metadata value is user text too
+    assert got.model_extra["ft_pipeline"]["redactions"] == {"EMAIL": 2, "PHONE": 1}
+    up = srv.client.chat.completions.update(out.id, metadata={"correction": "Call jo on +1 415 555 0100."})
+    assert up.metadata == {"correction": "Call jo on [PHONE]."}
+    assert up.model_extra["ft_pipeline"]["redactions"] == {"EMAIL": 2, "PHONE": 2}
     assert b"jo@example.com" not in b"".join(p.read_bytes() for p in srv.tmp.glob("completions.db*"))
 
 

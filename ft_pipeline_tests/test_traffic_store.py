@@ -205,3 +205,19 @@ def test_verdicts_become_a_drop_and_preference_pairs_with_lineage(tmp_path):
     parsed = read_drop(tmp_path / "raw" / "2026-05-20-reviewed_traffic.jsonl")
     assert detect_format(parsed.rows) == "openai_chat"
     assert to_messages(parsed.rows[1].data, "openai_chat")[-1]["content"] == "better answer"
+
+
+def test_metadata_values_are_redacted_and_counted_at_capture_and_on_update(tmp_path):
+    """A metadata value is user text (a correction, a comment): redacted with the data layer's rules, as the
+    messages are, and counted with them; on an update too, where the counts add to the capture's."""
+    r = rec(1, metadata={"note": "customer jo@example.com", "correction": "Call +1 415 555 0100 instead."})
+    assert r["metadata"] == {"note": "customer [EMAIL]", "correction": "Call [PHONE] instead."}
+    assert (r["review"], r["correction"]) == ("corrected", "Call [PHONE] instead.")
+    assert r["redactions"] == {"EMAIL": 1, "PHONE": 1}
+    store = CompletionStore(tmp_path / "c.db")
+    store.insert(r)
+    got = store.update_metadata("chatcmpl-0001", {"correction": "Mail bo@example.com", "via": "bo@example.com"},
+                                verdict_from_metadata({"correction": "Mail bo@example.com"}))
+    assert got["metadata"] == {"correction": "Mail [EMAIL]", "via": "[EMAIL]"}
+    assert got["correction"] == "Mail [EMAIL]" and got["redactions"] == {"EMAIL": 3, "PHONE": 1}
+    assert b"example.com" not in b"".join(p.read_bytes() for p in tmp_path.glob("c.db*"))

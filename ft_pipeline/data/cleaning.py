@@ -152,6 +152,22 @@ def redact(text: str, counts: Counter) -> str:
     return text
 
 
+SERVED = ("completion_id", "answered_by")
+"""The provenance a row of a reviewed_traffic drop carries past cleaning and the split into the MLflow lineage:
+the stored completion it came from and NAME/VERSION of the registered model that answered it."""
+
+
+def served_provenance(data: Any) -> dict:
+    """`completion_id` and `answered_by` of a raw row written from a stored completion (traffic/reviewed.py
+    writes `completion_id`, `registered_model` and `version` on each line); {} for any other row."""
+    if not isinstance(data, dict) or not isinstance(data.get("completion_id"), str):
+        return {}
+    out = {"completion_id": data["completion_id"]}
+    if data.get("registered_model") and data.get("version") is not None:
+        out["answered_by"] = f"{data['registered_model']}/{data['version']}"
+    return out
+
+
 def iter_canonical(parsed: ParsedDrop, fmt: str, convert: Callable[[Any, str], dict] | None = None) -> Iterator[dict]:
     """One record per input row: its provenance and original text, and either chat `messages` or the reason
     (`code`, `reason`) it could not be converted. `convert(data, fmt)`, raising RowError, gives other fields in
@@ -164,6 +180,7 @@ def iter_canonical(parsed: ParsedDrop, fmt: str, convert: Callable[[Any, str], d
                 raise RowError(row.code or "unparseable", row.error)
             if convert is None:
                 rec["messages"] = to_messages(row.data, fmt)
+                rec.update(served_provenance(row.data))
             else:
                 rec.update(convert(row.data, fmt))
         except RowError as e:
@@ -375,7 +392,7 @@ def _prepare_chunk(rows: list[dict | str | bytes], opts: CleaningOptions) -> dic
             rid = example_id(messages)
             near_key, input_key, answer_key = keys[len(lines)]
             rec = {"id": rid, "near_key": near_key, "input_key": input_key, "answer_key": answer_key, **base,
-                   "format": row["format"], "messages": messages}
+                   "format": row["format"], "messages": messages, **{k: row[k] for k in SERVED if k in row}}
             refs.append((rid, base["drop"], base["line"], base["raw_sha256"]))
             lines.append(line(rec))
             if opts.conflicts == "quarantine":

@@ -80,12 +80,13 @@ class DriftConfig(CheckedConfig):
     """Warn when the prompt-length PSI against train is above this and the KS test's p-value below
     length_ks_alpha (a few prompts give a large PSI by chance: the KS test weighs the sample size)."""
     length_ks_alpha: float = _DRIFT.get("length_ks_alpha", Thresholds.length_ks_alpha)
-    max_length_cut_rate: float = _DRIFT.get("max_length_cut_rate", Thresholds.max_length_cut_rate)
+    max_length_cut_rate: float | None = _DRIFT.get("max_length_cut_rate", Thresholds.max_length_cut_rate)
     """Warn when more answers than this were cut at max_tokens (finish_reason length)."""
-    min_schema_valid_rate: float = _DRIFT.get("min_schema_valid_rate", Thresholds.min_schema_valid_rate)
+    min_schema_valid_rate: float | None = _DRIFT.get("min_schema_valid_rate", Thresholds.min_schema_valid_rate)
     """Warn when fewer JSON answers than this parse and match their schema."""
-    max_logprob_drop: float = _DRIFT.get("max_logprob_drop", Thresholds.max_logprob_drop)
-    """Warn when the answers' mean log-probability per token is this much below the holdout's."""
+    max_logprob_drop: float | None = _DRIFT.get("max_logprob_drop", Thresholds.max_logprob_drop)
+    """Warn when the answers' mean log-probability per token is this much below the holdout's. Each of the three
+    answer thresholds is off when null (a random model's answers say nothing: configs/cpu_tiny.yaml)."""
     min_prompts: int = _DRIFT.get("min_prompts", Thresholds.min_prompts)
     """A day with fewer prompts is measured and never flagged."""
 

@@ -147,13 +147,16 @@ LINEAGE_ARTIFACT = "lineage/train_rows.jsonl"
 def log_lineage(train_records: list[dict], drop_files: dict[str, str] | None = None,
                 inherited: list[dict] | None = None) -> None:
     """Record, in the active training run, the provenance of every row it trains on: its drop (partition key),
-    the original name of that drop's file (`drop_files`, the split manifest's), line, raw-row hash and id;
-    and the `inherited` rows (a warm start's: the lineage of the adapter it continued) not among them."""
+    the original name of that drop's file (`drop_files`, the split manifest's), line, raw-row hash and id, and
+    for a row of reviewed traffic the stored completion it came from (`completion_id`) and the version that
+    answered it (`answered_by`, NAME/VERSION); and the `inherited` rows (a warm start's: the lineage of the
+    adapter it continued) not among them."""
     import json
 
     files = drop_files or {}
     rows = [{"drop": r["drop"], "file": files.get(r["drop"], r["drop"]),
-             **{k: r[k] for k in ("line", "raw_sha256", "id")}} for r in train_records]
+             **{k: r[k] for k in ("line", "raw_sha256", "id")},
+             **{k: r[k] for k in ("completion_id", "answered_by") if k in r}} for r in train_records]
     seen = {(r["drop"], r["line"], r["raw_sha256"]) for r in rows}
     rows += [r for r in inherited or [] if (r["drop"], r["line"], r["raw_sha256"]) not in seen]
     mlflow.log_text("".join(json.dumps(r) + "\n" for r in rows), LINEAGE_ARTIFACT)

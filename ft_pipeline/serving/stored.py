@@ -54,7 +54,7 @@ class Stored:
                 version=served.version, messages=[m.model_dump(exclude_none=True) for m in req.messages],
                 answer=answer, finish_reason=reason, prompt_tokens=n_prompt, completion_tokens=n,
                 latency_ms=round((time.monotonic() - started) * 1000, 2), mean_logprob=mean_logprob,
-                metadata=dict(req.meta), response_format=req.response_format, requested=bool(req.store),
+                metadata=dict(req.meta), response_format=answered_format(req), requested=bool(req.store),
                 params={k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p), ("seed", req.seed),
                                           ("max_tokens", req.budget()), ("stop", req.stop)) if v is not None})
             self.store.insert(rec)
@@ -64,6 +64,20 @@ class Stored:
                 raise ApiError(500, f"The completion was generated but could not be stored: {type(e).__name__}: "
                                     f"{e}", type="server_error", code="store_failed") from None
             log.exception("storing %s (--store all) failed", head["id"])
+
+
+def answered_format(req: ChatRequest) -> dict | None:
+    """The response_format the answer was generated under, as JSON: the request's own, or the registered schema
+    `--default-response-format registered` gave a request that named none (so traffic_drift's schema-valid rate
+    counts those answers too); None for free text."""
+    if req.response_format is not None:
+        return req.response_format
+    fmt = req._format
+    if fmt is None or not fmt.constrained:
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}}
 
 
 def completion_object(row: dict) -> dict:

@@ -51,11 +51,11 @@ def verdict_from_metadata(md: dict[str, str]) -> tuple[str, str | None] | None:
     """The verdict a metadata update records: `correction: TEXT` → corrected (whatever `review` says), else
     `review: accepted|rejected`; None when the update says nothing about a review (the verdict stays).
     `review: corrected` without a correction keeps the correction recorded before (None here). The correction
-    comes back redacted (it is training text): `md["correction"]` is replaced by the redacted text too."""
+    comes back redacted (it is training text); `md` itself is left as it is (`redact_metadata` redacts every
+    value of it, and counts what it replaced, where it is stored)."""
     correction = md.get("correction")
     if correction is not None and correction.strip():
-        md["correction"] = redact_text(correction)
-        return "corrected", md["correction"]
+        return "corrected", redact_text(correction)
     review = md.get("review")
     if review is None:
         return None
@@ -65,20 +65,29 @@ def verdict_from_metadata(md: dict[str, str]) -> tuple[str, str | None] | None:
     return review, None
 
 
-def redact_completion(messages: list[dict], answer: str) -> tuple[list[dict], str, dict[str, int]]:
-    """Messages and answer with emails, IBANs, card numbers and phone numbers replaced by [KIND] (the data
-    layer's `redact`, as a drop is cleaned), and how many of each kind were replaced."""
+def redact_metadata(metadata: dict[str, str], counts: Counter) -> dict[str, str]:
+    """Metadata with every value redacted as the messages are (a value is user text: a correction, a comment,
+    an email address); what was replaced is added to `counts`. Keys are the application's names, kept."""
+    return {k: redact(v, counts) for k, v in metadata.items()}
+
+
+def redact_completion(messages: list[dict], answer: str, metadata: dict[str, str] | None = None
+                      ) -> tuple[list[dict], str, dict[str, str], dict[str, int]]:
+    """Messages, answer and metadata values with emails, IBANs, card numbers and phone numbers replaced by
+    [KIND] (the data layer's `redact`, as a drop is cleaned), and how many of each kind were replaced."""
     counts: Counter = Counter()
     out = [{**m, "content": redact(m["content"], counts)} for m in messages]
-    return out, redact(answer, counts), dict(counts)
+    answer = redact(answer, counts)
+    return out, answer, redact_metadata(metadata or {}, counts), dict(counts)
 
 
 def record(*, id: str, created: int, model: str, registered_model: str, version: str, messages: list[dict],
            answer: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, latency_ms: float,
            mean_logprob: float | None, metadata: dict[str, str], response_format: Any = None,
            params: dict | None = None, requested: bool = True) -> dict:
-    """The row `CompletionStore.insert` takes, redacted; a verdict already in the metadata is recorded too."""
-    messages, answer, counts = redact_completion(messages, answer)
+    """The row `CompletionStore.insert` takes, redacted (metadata values too); a verdict already in the metadata
+    is recorded too."""
+    messages, answer, metadata, counts = redact_completion(messages, answer, metadata)
     rec = {"id": id, "created": created, "model": model, "registered_model": registered_model, "version": version,
            "messages": messages, "answer": answer, "response_format": response_format,
            "finish_reason": finish_reason, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -32,9 +32,10 @@ class Thresholds:
     max_unseen_share: float = 0.5
     max_length_psi: float = 0.25
     length_ks_alpha: float = 0.001
-    max_length_cut_rate: float = 0.05
-    min_schema_valid_rate: float = 0.95
-    max_logprob_drop: float = 0.5
+    # The answers' thresholds; None turns one off (a random model's answers, builtin:tiny's, say nothing).
+    max_length_cut_rate: float | None = 0.05
+    min_schema_valid_rate: float | None = 0.95
+    max_logprob_drop: float | None = 0.25
     min_prompts: int = 5
 
 
@@ -141,11 +142,12 @@ def flags(report: dict, th: Thresholds) -> list[str]:
             and r["length_ks_pvalue"] < th.length_ks_alpha):
         out.append(f"prompt lengths shifted: PSI {r['length_psi']:.2f} > {th.max_length_psi}, KS p "
                    f"{r['length_ks_pvalue']:.1e} < {th.length_ks_alpha}")
-    if r["length_cut_rate"] > th.max_length_cut_rate:
+    if th.max_length_cut_rate is not None and r["length_cut_rate"] > th.max_length_cut_rate:
         out.append(f"{r['length_cut_rate']:.0%} of answers cut at max_tokens (> {th.max_length_cut_rate:.0%})")
-    if r["schema_valid_rate"] is not None and r["schema_valid_rate"] < th.min_schema_valid_rate:
+    if (th.min_schema_valid_rate is not None and r["schema_valid_rate"] is not None
+            and r["schema_valid_rate"] < th.min_schema_valid_rate):
         out.append(f"schema-valid rate {r['schema_valid_rate']:.0%} < {th.min_schema_valid_rate:.0%}")
-    if r["logprob_drop"] is not None and r["logprob_drop"] > th.max_logprob_drop:
+    if th.max_logprob_drop is not None and r["logprob_drop"] is not None and r["logprob_drop"] > th.max_logprob_drop:
         out.append(f"mean log-probability {r['mean_logprob']:.2f} is {r['logprob_drop']:.2f} below the holdout's "
                    f"{r['holdout_mean_logprob']:.2f} (> {th.max_logprob_drop})")
     return out

@@ -23,11 +23,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ft_pipeline import settings
-from ft_pipeline.traffic.capture import redact_text
+from ft_pipeline.traffic.capture import redact_metadata, redact_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -206,11 +207,17 @@ class CompletionStore:
 
     def update_metadata(self, id: str, metadata: dict[str, str], verdict: tuple[str, str | None] | None = None,
                         reviewer: str | None = None) -> dict:
-        """Replace the completion's metadata (OpenAI's update); with `verdict`, record it as `set_verdict`."""
+        """Replace the completion's metadata (OpenAI's update), its values redacted as at capture and what was
+        replaced added to the completion's `redactions`; with `verdict`, record it as `set_verdict`."""
+        counts: Counter = Counter()
+        metadata = redact_metadata(metadata, counts)
         with self._write() as db:
-            if db.execute("UPDATE completions SET metadata = ? WHERE id = ?",
-                          (json.dumps(metadata, ensure_ascii=False), id)).rowcount == 0:
+            row = db.execute("SELECT redactions FROM completions WHERE id = ?", (id,)).fetchone()
+            if row is None:
                 raise NotFound(f"No chat completion found with id '{id}'.")
+            db.execute("UPDATE completions SET metadata = ?, redactions = ? WHERE id = ?",
+                       (json.dumps(metadata, ensure_ascii=False),
+                        json.dumps(dict(Counter(json.loads(row[0])) + counts)), id))
             if verdict is not None:
                 self._verdict(db, id, *verdict, reviewer or "api")
         return self.get(id)
