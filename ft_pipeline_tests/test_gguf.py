@@ -1,5 +1,6 @@
 """GGUF base models: the packaged SmolLM2 and `gguf:/path` files become a local safetensors model directory;
-files that cannot be one fail with a message naming the file and the problem."""
+files that cannot be one fail with a message naming the file and the problem. And SmolLM2 exported back to GGUF:
+its own tokenizer, its logits at F32, and a trained SmolLM2's holdout answers at Q8_0."""
 
 import json
 from pathlib import Path
