@@ -14,7 +14,7 @@ XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscop
 # The default run fine-tunes the packaged SmolLM2-135M-Instruct; PRESET=configs/cpu_tiny.yaml is the fast plumbing run.
 PRESET ?= configs/cpu_smollm2.yaml
 
-.PHONY: run test test-fast lint bench ui serve backfill clean gpu-bundle gpu-check
+.PHONY: run test test-fast lint bench ui serve backfill clean gpu-bundle gpu-check llamacpp
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -71,6 +71,15 @@ gpu-bundle: $(VENV)/.installed  ## the wheels the GPU machine lacks (CPython 3.1
 
 gpu-check: $(if $(GPU_DRY),$(VENV)/.installed)  ## on the GPU machine; summary into $OUT (GPU_CHECK_DRY=1: here)
 	GPU_CHECK_DRY=$(GPU_CHECK_DRY) $(if $(GPU_DRY),$(PY),$(GPU_PY)) -m ft_pipeline.gpu_check
+
+# llama.cpp for the llamacpp test tier and `make bench BENCH=export` (docs/serving.md, "GGUF"): llama-cpp-python has
+# no wheel for this platform, so pip builds it from its source distribution (llama.cpp's CMake build, CPU only,
+# tuned for this machine's CPU); pip keeps the built wheel in its cache, so a second install takes seconds.
+LLAMACPP_VERSION ?= 0.3.36
+
+llamacpp: $(VENV)/.installed  ## build llama-cpp-python from source into the venv (minutes; once, then pip's cache)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet --no-binary llama-cpp-python \
+	  llama-cpp-python==$(LLAMACPP_VERSION)
 
 clean:  ## remove everything the pipeline wrote (not the venv)
 	rm -rf "$(FT_PIPELINE_HOME)"

@@ -24,21 +24,14 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench._report import bench_line  # noqa: E402
 
-DROPS = HERE.parent / "data" / "raw"
 N_PROMPTS, MAX_NEW_TOKENS = 128, 32
 MODEL = os.environ.get("BENCH_EVAL_MODEL", "smollm2-135m-instruct")
 
 
 def demo_holdout():
-    from ft_pipeline.data import cleaning, formats, splitting
+    from ft_pipeline_tests._demo import demo_split
 
-    found, _ = formats.find_drops(DROPS)
-    drops = {}
-    for name, path in sorted(found.items()):
-        parsed = formats.read_drop(path)
-        drops[name] = cleaning.clean_records(
-            cleaning.canonicalize(parsed, formats.detect_format(parsed.rows, path))).kept
-    return splitting.split_examples(drops, holdout_fraction=0.1, seed=0).holdout
+    return demo_split().holdout
 
 
 def per_example(model, tok, conversations):

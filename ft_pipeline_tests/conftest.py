@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,10 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0):
 
 # Under xdist each module runs whole on one worker (its module fixtures are built once), and the modules that
 # share one of these costly session fixtures all run on the same worker (it is built once a session).
+SMOLLM2_TUNED_STEPS = 80  # the default run's (configs/cpu_smollm2.yaml): the model users export
 SHARED_FIXTURES = {"smoke_home": {"test_forget_e2e", "test_orchestration", "test_ui", "test_flywheel_e2e"},
-                   "smollm2_converted": {"test_gguf", "test_smollm2"}}
+                   "smollm2_converted": {"test_gguf", "test_smollm2", "test_llamacpp"},
+                   "smollm2_tuned": {"test_gguf", "test_llamacpp"}}
 
 
 def _scope(module: str) -> str:
@@ -74,6 +77,22 @@ def smollm2_converted(tmp_path_factory):
     from ft_pipeline.model.base_models import resolve_base_model
 
     return resolve_base_model("smollm2-135m-instruct", tmp_path_factory.mktemp("smollm2-base"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tuned(request, tmp_path_factory):
+    """(base dir, adapter dir, merged dir): a LoRA on the converted SmolLM2 trained SMOLLM2_TUNED_STEPS steps on
+    the demo train split with the default run's options, once a session; the GGUF parity tests (test_gguf's
+    transformers parity, test_llamacpp) export it. FT_PIPELINE_TEST_TUNED_HOME=<a home where `make run` trained
+    SmolLM2> tests that run's champion instead (its models/base/gguf/*, models/adapter and models/merged)."""
+    from ft_pipeline_tests._gguf_parity import train_smollm2
+
+    if home := os.environ.get("FT_PIPELINE_TEST_TUNED_HOME"):
+        models = Path(home) / "models"
+        return next((models / "base" / "gguf").glob("*/config.json")).parent, models / "adapter", models / "merged"
+    base = request.getfixturevalue("smollm2_converted").path  # converted only when needed
+    adapter, merged = train_smollm2(base, tmp_path_factory.mktemp("smollm2-tuned"), SMOLLM2_TUNED_STEPS)
+    return base, adapter, merged
 
 
 @pytest.fixture(scope="session")
