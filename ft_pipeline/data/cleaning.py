@@ -152,14 +152,12 @@ def redact(text: str, counts: Counter) -> str:
     return text
 
 
-SERVED = ("completion_id", "answered_by")
-"""The provenance a row of a reviewed_traffic drop carries past cleaning and the split into the MLflow lineage:
-the stored completion it came from and NAME/VERSION of the registered model that answered it."""
+SERVED = ("completion_id", "answered_by")  # a reviewed_traffic row's provenance, kept into the MLflow lineage
 
 
 def served_provenance(data: Any) -> dict:
-    """`completion_id` and `answered_by` of a raw row written from a stored completion (traffic/reviewed.py
-    writes `completion_id`, `registered_model` and `version` on each line); {} for any other row."""
+    """The stored completion a raw row was written from (traffic/reviewed.py) and NAME/VERSION that answered it;
+    {} for any other row."""
     if not isinstance(data, dict) or not isinstance(data.get("completion_id"), str):
         return {}
     out = {"completion_id": data["completion_id"]}
