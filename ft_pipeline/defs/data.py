@@ -374,7 +374,8 @@ def no_near_duplicate_across_split(context: dg.AssetCheckExecutionContext, home:
     text = "; ".join(f"holdout {p['holdout']['drop']} line {p['holdout']['line']} ~ train {p['train']['drop']} "
                      f"line {p['train']['line']} ({p['similarity']:.2f})" for p in pairs[:10])
     for key in ("train_set", "holdout_set"):
-        yield dg.AssetCheckResult(asset_key=task_key(context, key), check_name="no_near_duplicate_across_split", passed=not pairs,
+        yield dg.AssetCheckResult(asset_key=task_key(context, key), check_name="no_near_duplicate_across_split",
+                                  passed=not pairs,
                                   severity=dg.AssetCheckSeverity.ERROR, metadata=meta,
                                   description=f"{len(pairs)} near-duplicate pair(s) across the split: {text}"
                                   if pairs else "no near-duplicate pair across train and holdout")

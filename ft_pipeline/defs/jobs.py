@@ -24,10 +24,12 @@ def task_jobs(task: str) -> list:
     return [
         dg.define_asset_job(
             job_name(task, "ingest_drop"), selection=keys("raw_examples", "cleaned_examples"),
-            partitions_def=drops_for(task), description=f"Parse, canonicalize and clean one raw drop (one partition){of}."),
+            partitions_def=drops_for(task),
+            description=f"Parse, canonicalize and clean one raw drop (one partition){of}."),
         dg.define_asset_job(
             job_name(task, "ingest_preferences"), selection=keys("preference_pairs"),
-            description=f"Read every preference drop (the raw folder's preferences/) into train and holdout pairs{of}."),
+            description="Read every preference drop (the raw folder's preferences/) into train and holdout "
+                        f"pairs{of}."),
         dg.define_asset_job(
             job_name(task, "train_and_register"), selection=keys(*TRAIN_ASSETS),
             description="Split all cleaned drops, train the adapter (then DPO on preference pairs, if any), evaluate "
