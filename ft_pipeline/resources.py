@@ -83,7 +83,9 @@ class PipelineHome(dg.ConfigurableResource):
 
     @property
     def models_dir(self) -> Path:
-        return self.task_root / "models"
+        d = self.task_root / "models"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     @property
     def base_models_dir(self) -> Path:
@@ -171,7 +173,7 @@ class MlflowTracking(dg.ConfigurableResource):
         exp_id = self.setup()
         code_version = None
         if isinstance(context, dg.AssetExecutionContext):
-            asset_key = task_key(context, asset_key)  # the key of this task's asset
+            asset_key = task_key(context, asset_key).to_user_string()  # the key of this task's asset
             code_version = context.assets_def.code_versions_by_key.get(dg.AssetKey.from_user_string(asset_key))
         all_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset_key,
                     "dagster.job": context.job_name, "dagster.code_version": code_version or "",
@@ -193,9 +195,9 @@ def task_of(context) -> str:
     return path[0] if len(path) > 1 else tasks.DEFAULT
 
 
-def task_key(context, name: str) -> str:
-    """The key of the asset `name` of this step's task, as a user string (`train_set`, `routing/train_set`)."""
-    return dg.AssetKey([*tasks.get(task_of(context)).key_prefix, name]).to_user_string()
+def task_key(context, name: str) -> dg.AssetKey:
+    """The key of the asset `name` of this step's task (`train_set`, `routing/train_set`)."""
+    return dg.AssetKey([*tasks.get(task_of(context)).key_prefix, name])
 
 
 def for_step(context, home: PipelineHome, mlflow_tracking: "MlflowTracking | None" = None):
