@@ -1,5 +1,7 @@
 """The one Definitions object of ft_pipeline (loaded by `dagster dev` through workspace.yaml and by `dg dev`)."""
 
+import warnings
+
 import dagster as dg
 
 from ft_pipeline.defs import automation, tasks, traffic
@@ -14,6 +16,10 @@ from ft_pipeline.runs.console import LOGGERS
 executor = dg.multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": ["ft_pipeline.definitions", "torch", "transformers",
                                                          "peft", "trl", "mlflow"]}}}, name="multiprocess")
+
+# A task's asset checks are the default task's with their keys rewritten (defs/tasks.py); Dagster turns such a copy
+# back into an AssetChecksDefinition through a parameter it marks beta, and says so on every load: noise.
+warnings.filterwarnings("ignore", message="Parameter `execution_type` of function `AssetsDefinition.__init__`")
 
 # Every task's graph (defs/tasks.py: the default task's keys as they were, the others' under `<task>/`), merged
 # with what they share: the traffic assets of the served default model, the automation sensor over every asset,
