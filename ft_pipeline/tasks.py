@@ -105,6 +105,9 @@ def _load(path: Path, mtime_ns: int) -> dict[str, Task]:
                 check_name(name)
             except TaskError as e:
                 raise TaskError(f"{path}: {e}") from None
+        elif spec.get("registered_model_name", DEFAULT_MODEL_NAME) != DEFAULT_MODEL_NAME:
+            raise TaskError(f"{path}: the default task registers {DEFAULT_MODEL_NAME} (the MlflowTracking resource's "
+                            "registered_model_name), not a name from the tasks file")
         task = Task(name, **{k: str(v) for k, v in spec.items()})
         if (other := idents.setdefault(task.ident, name)) != name:
             raise TaskError(f"{path}: tasks {other!r} and {name!r} have the same Dagster name {task.ident!r}")

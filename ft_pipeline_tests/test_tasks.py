@@ -104,6 +104,7 @@ def test_run_with_a_bad_task_name_says_so_in_one_line(tmp_path, name, says):
     ("tasks:\n  a-b: {}\n  a_b: {}\n", "the same Dagster name 'a_b'"),
     ("tasks:\n  a: {registered_model_name: ft-pipeline-adapter}\n", "register the same model name"),
     ("- a\n", "expected a mapping `tasks:`"),
+    ("tasks:\n  default: {registered_model_name: mine}\n", "the default task registers ft-pipeline-adapter"),
 ])
 def test_a_bad_tasks_file_is_one_line(tmp_path, monkeypatch, text, says):
     (tmp_path / "tasks.yaml").write_text(text)

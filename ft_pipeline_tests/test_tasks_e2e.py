@@ -1,6 +1,7 @@
 """The second demo task end to end through the real CLI, Dagster instance and MLflow registry, on builtin:tiny
-(configs/cpu_tiny_routing.yaml, a relaxed gate: plumbing, not model quality): `ft-pipeline run --task routing` ingests the task's own drops into its own
-files and registers the model under the task's own name, leaving the default task's alone."""
+(configs/cpu_tiny_routing.yaml, a relaxed gate: plumbing, not model quality): `ft-pipeline run --task routing`
+ingests the task's own drops into its own files and registers the model under the task's own name, leaving the
+default task's alone."""
 
 import json
 import subprocess
