@@ -142,7 +142,7 @@ def _run_all(instance, preset: dict, force: bool, task) -> int:
             return 1
     todo = staleness.train_selection(instance, defs, job.name, preset_ops, force, task=task.name)
     if not todo:
-        print("\nnothing to do: every asset of train_and_register is up to date with its inputs, code and config "
+        print(f"\nnothing to do: every asset of {job.name} is up to date with its inputs, code and config "
               f"(--force retrains anyway; wall time {time.monotonic() - t0:.1f}s)")
         _print_split_conflicts(task_home)
         if failed:
