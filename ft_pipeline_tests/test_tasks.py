@@ -112,3 +112,11 @@ def test_a_bad_tasks_file_is_one_line(tmp_path, monkeypatch, text, says):
     with pytest.raises(tasks.TaskError, match="") as e:
         tasks.all_tasks()
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_routing_generator_rewrites_the_committed_drop_byte_for_byte(tmp_path):
+    subprocess.run([sys.executable, "-B", str(REPO_ROOT / "data" / "generate_routing.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    committed = REPO_ROOT / "data" / "raw" / "routing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir()) == [ROUTING_DROP]
+    assert (tmp_path / ROUTING_DROP).read_bytes() == (committed / ROUTING_DROP).read_bytes()
