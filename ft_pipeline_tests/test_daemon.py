@@ -39,7 +39,7 @@ def daemon(tmp_path_factory):
     env["DAGSTER_HOME"] = str(tmp / "home" / "dagster")
     # The sensors are on by default; this module is about backfills and concurrency (test_orchestration covers
     # the automation), so runs here are only the ones the tests launch.
-    for sensor in ("raw_drops_sensor", "ft_pipeline_automation"):
+    for sensor in ("raw_drops_sensor", "routing__raw_drops_sensor", "ft_pipeline_automation"):
         subprocess.run([str(BIN / "dagster"), "sensor", "stop", sensor, "-w", "workspace.yaml"], cwd=REPO_ROOT,
                        env=env, check=True, capture_output=True)
     log = (tmp / "daemon.log").open("w")

@@ -1,5 +1,6 @@
 """The Definitions load, and the asset graph (keys, deps, groups, checks) matches this snapshot: a rename or a
-rewired dependency shows up here in review."""
+rewired dependency shows up here in review. The default task's graph is GRAPH; the second demo task of tasks.yaml,
+routing, has the same graph but the traffic assets, under the key prefix routing/ and in the group routing."""
 
 import subprocess
 import sys
@@ -28,6 +29,9 @@ CHECKS = {("cleaned_examples", "rows_accounted_for"), ("evaluation_report", "bea
           ("train_set", "no_near_duplicate_across_split"), ("holdout_set", "no_near_duplicate_across_split"),
           ("preference_pairs", "pairs_accounted_for"), ("cleaned_examples", "no_label_conflicts"),
           ("train_set", "no_label_conflicts"), ("traffic_drift", "traffic_within_drift_thresholds")}
+TASK_GRAPH = {f"routing/{k}": ("routing", [f"routing/{p}" for p in parents])
+              for k, (_, parents) in GRAPH.items() if k not in ("reviewed_traffic", "traffic_drift")}
+TASK_CHECKS = {(f"routing/{k}", name) for k, name in CHECKS if k != "traffic_drift"}
 # checks that warn and block nothing: a label conflict is reported, not fatal; so is drift
 WARNINGS = {"no_label_conflicts", "traffic_within_drift_thresholds"}
 
@@ -38,9 +42,9 @@ def test_asset_graph_snapshot():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         got[key.to_user_string()] = (node.group_name, sorted(k.to_user_string() for k in node.parent_keys))
-    assert got == GRAPH
+    assert got == GRAPH | TASK_GRAPH
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == CHECKS
+    assert checks == CHECKS | TASK_CHECKS
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description, f"{key} needs a docstring: it is what the UI shows"
@@ -49,8 +53,9 @@ def test_asset_graph_snapshot():
 
 def test_blocking_checks_and_gpu_pool():
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("lora_adapter")).pools == {"gpu"}
-    assert graph.get(dg.AssetKey("preference_adapter")).pools == {"gpu"}
+    for prefix in ([], ["routing"]):  # one pool for every task's training: one training at a time
+        assert graph.get(dg.AssetKey([*prefix, "lora_adapter"])).pools == {"gpu"}
+        assert graph.get(dg.AssetKey([*prefix, "preference_adapter"])).pools == {"gpu"}
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking == (key.name not in WARNINGS), key
 
@@ -69,9 +74,11 @@ def test_automation_policy():
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     # Ingestion (of drops and of preference drops) is the raw-drop sensor's job; everything after it follows.
     # The traffic assets are the daily schedule's (traffic_daily_schedule).
-    assert automated == set(GRAPH) - {"raw_examples", "cleaned_examples", "preference_pairs", "reviewed_traffic",
-                                      "traffic_drift"}
-    assert "on 0 3 * * 1" in graph.get(dg.AssetKey("lora_adapter")).automation_condition.get_label()
+    manual = {"raw_examples", "cleaned_examples", "preference_pairs"}
+    assert automated == (set(GRAPH) - manual - {"reviewed_traffic", "traffic_drift"}
+                         | {k for k in TASK_GRAPH if k.split("/")[1] not in manual})
+    for key in ("lora_adapter", "routing/lora_adapter"):
+        assert "on 0 3 * * 1" in graph.get(dg.AssetKey.from_user_string(key)).automation_condition.get_label()
 
 
 def test_retrain_cron_is_configurable(monkeypatch):

@@ -47,7 +47,12 @@ def _failure_message(result) -> str:
     return "; ".join(msgs) or "run failed (see the Dagster UI)"
 
 
-def run_main(preset_path: str | None, force: bool = False) -> int:
+def run_main(preset_path: str | None, force: bool = False, task: str | None = None) -> int:
+    """One task's whole graph (the default task's without `task`), with `preset_path` or else the task's preset."""
+    from ft_pipeline import tasks
+
+    t = tasks.get(task)  # a bad or unknown name: TaskError, one line
+    preset_path = preset_path or t.preset_path() or settings.REPO_ROOT / "configs" / "cpu_smollm2.yaml"
     prepare_instance_home()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -61,10 +66,12 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
 
     from ft_pipeline.cli import presets
     from ft_pipeline.definitions import defs
+    from ft_pipeline.defs.jobs import job_name
     from ft_pipeline.runs import console
     from ft_pipeline.runs import control as runs
 
-    jobs = [defs.resolve_job_def(j) for j in ("ingest_drop", "train_and_register", "traffic_daily")]
+    jobs = [defs.resolve_job_def(job_name(t.name, j)) for j in ("ingest_drop", "train_and_register")]
+    jobs += [defs.resolve_job_def("traffic_daily")] if t.is_default else []
     preset = presets.load(preset_path, jobs) if preset_path else {}
     runs.sigterm_as_interrupt()
     console.stage_lines_only()
@@ -74,31 +81,36 @@ def run_main(preset_path: str | None, force: bool = False) -> int:
         instance = dg.DagsterInstance.get()
         for line in runs.reap(instance, settings.home()):
             print(f"stale run: {line}")
-        return _run_all(instance, preset, force)
+        return _run_all(instance, preset, force, t)
 
 
-def _run_all(instance, preset: dict, force: bool) -> int:
+def _run_all(instance, preset: dict, force: bool, task) -> int:
     import dagster as dg
 
     from ft_pipeline.cli import presets, staleness
     from ft_pipeline.data import formats
     from ft_pipeline.definitions import defs
-    from ft_pipeline.defs.partitions import drops
+    from ft_pipeline.defs.jobs import job_name
+    from ft_pipeline.defs.partitions import drops_for
     from ft_pipeline.runs import control as runs
 
-    ingest, job, home = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register"), settings.home()
-    raw_dir = settings.raw_dir()
+    ingest, job = (defs.resolve_job_def(job_name(task.name, j)) for j in ("ingest_drop", "train_and_register"))
+    # the home the runs share (locks, the gpu pool's claims); the task's files are under task_home
+    home, task_home, raw_dir = settings.home(), task.home(settings.home()), task.raw_dir(settings.raw_dir())
+    drops = drops_for(task.name)
     t0 = time.monotonic()
     found, bad_names = formats.find_drops(raw_dir)
     known = set(instance.get_dynamic_partitions(drops.name))
     if new := sorted(set(found) - known):
         instance.add_dynamic_partitions(drops.name, new)
-    print(f"ft_pipeline home: {settings.home()}\nraw drops in {raw_dir}: {len(found)}")
+    print(f"ft_pipeline home: {home}" + ("" if task.is_default else f"\ntask {task.name}: {task_home}, registered "
+                                                                     f"as {task.model_name}")
+          + f"\nraw drops in {raw_dir}: {len(found)}")
     for msg in bad_names:
         print(f"  skipped: {msg}")
 
     preset_ops = preset.get("ops", {}) or {}
-    to_ingest = found if force else staleness.drops_to_ingest(instance, defs, found, preset_ops)
+    to_ingest = found if force else staleness.drops_to_ingest(instance, defs, found, preset_ops, task.name)
     if to_ingest and not force:
         print("to ingest: " + ", ".join(f"{d} ({why})" for d, why in to_ingest.items()))
     failed = {}
@@ -108,7 +120,7 @@ def _run_all(instance, preset: dict, force: bool) -> int:
             failed[drop] = _failure_message(res)
     print("\nper drop:                               rows in   kept  quarantined  duplicates  erased  conflicts")
     for drop in sorted(found):
-        stats_path = home / "data" / "cleaned" / f"{drop}.stats.json"
+        stats_path = task_home / "data" / "cleaned" / f"{drop}.stats.json"
         # The file's own name; the partition key too where it differs (that is what the UI and the data files use).
         label = found[drop].name if found[drop].name == drop else f"{found[drop].name} [{drop}]"
         if drop in failed:
@@ -117,31 +129,31 @@ def _run_all(instance, preset: dict, force: bool) -> int:
             s = json.loads(stats_path.read_text())
             print(f"  {label:36s} {s['rows_in']:7d} {s['kept']:6d} {s['quarantined']:12d} {s['duplicates']:11d}"
                   f" {s.get('erased', 0):7d} {s.get('conflicts', 0):10d}")
-            _print_conflicts(home / "data" / "conflicts" / f"{drop}.jsonl", s.get("conflict_policy", "keep"))
+            _print_conflicts(task_home / "data" / "conflicts" / f"{drop}.jsonl", s.get("conflict_policy", "keep"))
 
     # The split (and base model) first: if they come out byte-identical, training is not stale afterwards.
     if not force and (first := staleness.train_selection(instance, defs, job.name, preset_ops,
-                                                         only=staleness.FIRST_STAGE)):
+                                                         only=staleness.FIRST_STAGE, task=task.name)):
         print("\nto materialize first:\n" + "\n".join(f"  {k}: {why}" for k, why in first.items()))
-        sub = job.get_subset(asset_selection={dg.AssetKey(k) for k in first})
+        sub = job.get_subset(asset_selection={dg.AssetKey.from_user_string(k) for k in first})
         res = runs.execute(sub, instance, home, run_config=presets.run_config(preset, sub))
         if not res.success:
             print(f"not registered: {_failure_message(res)}")
             return 1
-    todo = staleness.train_selection(instance, defs, job.name, preset_ops, force)
+    todo = staleness.train_selection(instance, defs, job.name, preset_ops, force, task=task.name)
     if not todo:
-        print("\nnothing to do: every asset of train_and_register is up to date with its inputs, code and config "
+        print(f"\nnothing to do: every asset of {job.name} is up to date with its inputs, code and config "
               f"(--force retrains anyway; wall time {time.monotonic() - t0:.1f}s)")
-        _print_split_conflicts(home)
+        _print_split_conflicts(task_home)
         if failed:
             print(f"{len(failed)} drop(s) failed and were left out: {', '.join(sorted(failed))}")
         return 0
     print("\nto materialize:\n" + "\n".join(f"  {k}: {why}" for k, why in todo.items()))
-    train = job.get_subset(asset_selection={dg.AssetKey(k) for k in todo})
+    train = job.get_subset(asset_selection={dg.AssetKey.from_user_string(k) for k in todo})
     res = runs.execute(train, instance, home, run_config=presets.run_config(preset, train))
-    print(f"\ntrain_and_register run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
-    _print_split_conflicts(home)
-    report_path = home / "reports" / "evaluation.json"
+    print(f"\n{job.name} run {res.run_id}: {'SUCCESS' if res.success else 'FAILURE'}")
+    _print_split_conflicts(task_home)
+    report_path = task_home / "reports" / "evaluation.json"
     if report_path.exists():
         report = json.loads(report_path.read_text())
         metrics = report["metrics"]
@@ -156,9 +168,10 @@ def _run_all(instance, preset: dict, force: bool) -> int:
         from ft_pipeline.evaluation.cost import console_lines
 
         print("\n".join(console_lines(report.get("baselines"))))
-        print(f"report: {home / 'reports' / 'evaluation.md'}")
+        print(f"report: {task_home / 'reports' / 'evaluation.md'}")
     if res.success:
-        mat = instance.get_latest_materialization_event(dg.AssetKey("registered_model")).asset_materialization
+        mat = instance.get_latest_materialization_event(
+            dg.AssetKey([*task.key_prefix, "registered_model"])).asset_materialization
         md = {k: v.value for k, v in mat.metadata.items()}
         print(f"registered: {md['registered_model']} version {md['version']} "
               f"({md.get('training_stage', 'sft').upper()}; alias champion; "
@@ -207,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="ingest every drop, train, evaluate and register (the main job)")
-    run.add_argument("--preset", default=str(settings.REPO_ROOT / "configs" / "cpu_smollm2.yaml"),
-                     help="a YAML preset from configs/ (Dagster run config under `ops:`); default: "
-                          "configs/cpu_smollm2.yaml, LoRA on the packaged SmolLM2-135M-Instruct")
+    run.add_argument("--preset", help="a YAML preset from configs/ (Dagster run config under `ops:`); default: the "
+                                      "task's preset in tasks.yaml (the default task's: configs/cpu_smollm2.yaml, "
+                                      "LoRA on the packaged SmolLM2-135M-Instruct)")
+    run.add_argument("--task", help="the task to run (tasks.yaml; docs/tasks.md); default: the default task, the "
+                                    "drops directly in data/raw")
     run.add_argument("--force", action="store_true",
                      help="re-ingest every drop and retrain even when nothing changed")
     run.add_argument("--debug", action="store_true", help="show the traceback of a preset error")
@@ -257,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.cmd == "run":
         from ft_pipeline.cli.presets import PresetError
+        from ft_pipeline.tasks import TaskError
 
         try:
-            return run_main(args.preset, args.force)
+            return run_main(args.preset, args.force, args.task)
+        except TaskError as e:
+            print(f"ft-pipeline run: {e}", file=sys.stderr)
+            return 2
         except PresetError as e:
             if args.debug:
                 raise

@@ -29,7 +29,8 @@ def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
 
 def _latest(instance: dg.DagsterInstance, key: str, partition: str | None = None):
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string(key),
+                              asset_partitions=[partition] if partition else None),
         limit=1).records
     return records[0] if records else None
 
@@ -41,19 +42,26 @@ def _config_changed(instance: dg.DagsterInstance, record, op_name: str, preset_o
 
 
 def _why_stale(resolver, status_enum, key: str, partition: str | None = None) -> str | None:
-    status = resolver.get_status(dg.AssetKey(key), partition)
+    status = resolver.get_status(dg.AssetKey.from_user_string(key), partition)
     if status == status_enum.MISSING:
         return "never materialized"
     if status == status_enum.STALE:
-        causes = resolver.get_stale_root_causes(dg.AssetKey(key), partition) or resolver.get_stale_causes(
-            dg.AssetKey(key), partition)
+        asset_key = dg.AssetKey.from_user_string(key)
+        causes = resolver.get_stale_root_causes(asset_key, partition) or resolver.get_stale_causes(asset_key, partition)
         return "; ".join(sorted({f"{c.key.asset_key.to_user_string()}: {c.reason}" for c in causes})) or "stale"
     return None
 
 
+def _key(task: str, name: str) -> str:
+    """The user string of `task`'s asset `name` (`routing/raw_examples`; the default task's: `raw_examples`)."""
+    from ft_pipeline import tasks
+
+    return dg.AssetKey([*tasks.get(task).key_prefix, name]).to_user_string()
+
+
 def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: dict[str, Path],
-                    preset_ops: dict) -> dict[str, str]:
-    """{drop: why it must be (re-)ingested} for the drops in `found` that need it."""
+                    preset_ops: dict, task: str = "default") -> dict[str, str]:
+    """{drop: why it must be (re-)ingested} for the drops in `found` (of `task`) that need it."""
     from ft_pipeline import settings
     from ft_pipeline.erasure import requests as erasure
 
@@ -61,31 +69,33 @@ def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: d
     erased = erasure.erased_hashes(settings.home())
     out = {}
     for drop, path in sorted(found.items()):
-        raw = _latest(instance, "raw_examples", drop)
+        raw = _latest(instance, _key(task, "raw_examples"), drop)
         if raw is None:
             out[drop] = "new drop"
         elif raw.asset_materialization.tags.get("dagster/data_version") != \
                 erasure.raw_data_version(formats.sha256_file(path), erased):
             # the erasure list is part of the data version (erasure/requests.py)
             out[drop] = "file content changed or an erasure request" if erased else "file content changed"
-        elif (why := _why_stale(resolver, status, "raw_examples", drop)
-              or _why_stale(resolver, status, "cleaned_examples", drop)):
+        elif (why := _why_stale(resolver, status, _key(task, "raw_examples"), drop)
+              or _why_stale(resolver, status, _key(task, "cleaned_examples"), drop)):
             out[drop] = why
-        elif any(_config_changed(instance, _latest(instance, k, drop) or raw, k, preset_ops) for k in INGEST_ASSETS):
+        elif any(_config_changed(instance, _latest(instance, _key(task, k), drop) or raw, k, preset_ops)
+                 for k in INGEST_ASSETS):
             out[drop] = "run config changed"
     return out
 
 
-def _pairs_changed(record) -> str | None:
+def _pairs_changed(record, task: str) -> str | None:
     """preference_pairs reads a folder Dagster does not track: compare its files with what it was made from."""
-    from ft_pipeline import settings
+    from ft_pipeline import settings, tasks
     from ft_pipeline.defs.preference import PREFERENCE_FOLDER, source_version
     from ft_pipeline.erasure.requests import erased_hashes
 
     if record is None:
         return None
     made_from = record.asset_materialization.tags.get("dagster/data_version")
-    now = source_version(settings.raw_dir() / PREFERENCE_FOLDER, erased_hashes(settings.home()))
+    raw_dir = tasks.get(task).raw_dir(settings.raw_dir())
+    now = source_version(raw_dir / PREFERENCE_FOLDER, erased_hashes(settings.home()))
     return None if made_from == now else "preference drops or erasure requests changed"
 
 
@@ -95,21 +105,23 @@ FIRST_STAGE = ("train_set", "holdout_set", "base_model", "preference_pairs")
 
 
 def train_selection(instance: dg.DagsterInstance, defs: dg.Definitions, job_name: str, preset_ops: dict,
-                    force: bool = False, only: tuple[str, ...] | None = None) -> dict[str, str]:
-    """{asset key: why it runs} for the assets of `job_name` (or of `only` among them) that are missing, stale or
-    configured differently, plus everything downstream of them among those assets. Empty when nothing changed."""
+                    force: bool = False, only: tuple[str, ...] | None = None, task: str = "default") -> dict[str, str]:
+    """{asset key: why it runs} for the assets of `job_name` (or of `only` among them, by name without the task's
+    prefix) that are missing, stale or configured differently, plus everything downstream of them among those
+    assets. Empty when nothing changed."""
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def(job_name)
     keys = [k.to_user_string() for k in job.asset_layer.selected_asset_keys
-            if only is None or k.to_user_string() in only]
+            if only is None or k.path[-1] in only]
     if force:
         return {k: "forced (--force)" for k in keys}
     resolver, status = _resolver(instance, defs)
     why: dict[str, str] = {}
     for key in keys:
         record = _latest(instance, key)
-        op_name = graph.get(dg.AssetKey(key)).assets_def.op.name
-        reason = _why_stale(resolver, status, key) or (_pairs_changed(record) if key == "preference_pairs" else None)
+        op_name = graph.get(dg.AssetKey.from_user_string(key)).assets_def.op.name
+        reason = _why_stale(resolver, status, key) or (
+            _pairs_changed(record, task) if key == _key(task, "preference_pairs") else None)
         if reason is None and record is not None:
             checks = [c for c in preset_ops if c.startswith(f"{op_name}_")]  # the op's asset checks' config
             if any(_config_changed(instance, record, name, preset_ops) for name in (op_name, *checks)):
@@ -122,7 +134,8 @@ def train_selection(instance: dg.DagsterInstance, defs: dg.Definitions, job_name
     for k in sorted(k.to_user_string() for k in selected):
         if k in keys:
             why.setdefault(k, "downstream of a change")
-    if "registered_model" in why or "evaluation_report" in why:
-        for k in ("evaluation_report", "registered_model"):
+    together = (_key(task, "evaluation_report"), _key(task, "registered_model"))
+    if any(k in why for k in together):
+        for k in together:
             why.setdefault(k, "evaluated and registered together")
     return why

@@ -28,13 +28,17 @@ def _not_busy() -> dg.AutomationCondition:
     return ~AC.in_progress() & ~AC.any_deps_in_progress()
 
 
-def split_condition() -> dg.AutomationCondition:
+def _key(prefix: list[str], name: str) -> dg.AssetKey:
+    return dg.AssetKey([*prefix, name])
+
+
+def split_condition(prefix: list[str] = ()) -> dg.AutomationCondition:
     # Not eager(): eager waits while any dependency is missing, and one unparseable drop (a missing
     # cleaned_examples partition) would then hold the split back forever. The split skips such drops itself.
     # Inputs are compared by data version (content hash): re-cleaning a drop into the same bytes re-splits nothing.
     inputs_changed = AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()
     return ((inputs_changed | AC.newly_missing()).since_last_handled()
-            & ~AC.any_deps_missing().ignore(dg.AssetSelection.assets("cleaned_examples"))
+            & ~AC.any_deps_missing().ignore(dg.AssetSelection.assets(_key(prefix, "cleaned_examples")))
             & _not_busy()).with_label("split follows its inputs")
 
 
@@ -54,32 +58,33 @@ def preference_condition() -> dg.AutomationCondition:
             & _not_busy()).with_label("follows a new SFT adapter or new preference pairs")
 
 
-def follows(upstream: str) -> dg.AutomationCondition:
+def follows(upstream: str, prefix: list[str] = ()) -> dg.AutomationCondition:
     return ((AC.any_deps_updated() | AC.code_version_changed()).since_last_handled() & ~AC.any_deps_missing()
-            & _not_busy()).allow(dg.AssetSelection.assets(upstream)).with_label(f"follows {upstream}")
+            & _not_busy()).allow(dg.AssetSelection.assets(_key(prefix, upstream))).with_label(f"follows {upstream}")
 
 
-def conditions() -> dict[str, dg.AutomationCondition]:
+def conditions(prefix: list[str] = ()) -> dict[str, dg.AutomationCondition]:
+    """{asset name: its condition}; `prefix`: the task's key prefix (defs/tasks.py), none for the default task."""
     return {
-        "train_set": split_condition(), "holdout_set": split_condition(),
+        "train_set": split_condition(prefix), "holdout_set": split_condition(prefix),
         "base_model": AC.missing() & ~AC.in_progress(),
         "lora_adapter": train_condition(retrain_cron()),
         # preference_pairs is the raw-drop sensor's (like ingestion). DPO follows a new SFT adapter or new pairs;
         # evaluation follows DPO, which materializes after every SFT adapter (trained, or recording why not), so
         # a retrain is evaluated once.
         "preference_adapter": preference_condition(),
-        "evaluation_report": follows("preference_adapter"),
-        "registered_model": follows("evaluation_report") & AC.all_deps_blocking_checks_passed(),
-        "merged_model": follows("registered_model"),
-        "gguf_model": follows("registered_model"),
+        "evaluation_report": follows("preference_adapter", prefix),
+        "registered_model": follows("evaluation_report", prefix) & AC.all_deps_blocking_checks_passed(),
+        "merged_model": follows("registered_model", prefix),
+        "gguf_model": follows("registered_model", prefix),
     }
 
 
-def with_automation(assets: list) -> list:
-    """The assets with their automation conditions attached (kept here so the policy reads in one place)."""
-    conds = conditions()
-    return dg.map_asset_specs(
-        lambda spec: spec.replace_attributes(automation_condition=conds.get(spec.key.to_user_string())), assets)
+def with_automation(assets: list, prefix: list[str] = ()) -> list:
+    """The assets with their automation conditions attached (kept here so the policy reads in one place); the
+    assets of a task other than the default have its key `prefix`."""
+    conds = {_key(prefix, name): c for name, c in conditions(prefix).items()}
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=conds.get(spec.key)), assets)
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -14,12 +14,12 @@ from ft_pipeline.data.erased import mark_erased
 from ft_pipeline.data.near_dup import NearDupParams
 from ft_pipeline.data.output_schema import OUTPUT_SCHEMA_FILE, SchemaFileError, check_output_schema
 from ft_pipeline.data.token_policy import TooManyTokensError
-from ft_pipeline.defs.partitions import drops
+from ft_pipeline.defs.partitions import drops, drops_for
 from ft_pipeline.erasure import requests as erasure
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
 from ft_pipeline.model import base_models
 from ft_pipeline.model.training import TrainOptions
-from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_key, task_of
 
 OWNERS = ["team:ml-platform"]
 
@@ -94,6 +94,7 @@ _CONFLICTS_SPEC = dict(blocking=False, description="no input has two different a
 def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Every row of one raw drop as a canonical chat record with its provenance (drop, line, raw-row hash)."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     path = home.raw_file(context.partition_key)
     try:
         parsed = formats.read_drop(path, config.encoding)
@@ -152,6 +153,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
 def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
     import numpy as np
 
@@ -252,7 +254,7 @@ def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params
     import numpy as np
 
     cleaned, used, skipped, signatures, files = {}, {}, {}, {}, {}
-    for drop in sorted(context.instance.get_dynamic_partitions(drops.name)):
+    for drop in sorted(context.instance.get_dynamic_partitions(drops_for(task_of(context)).name)):
         stats_path, raw = home.data("cleaned", drop, suffix=".stats.json"), home.raw_file(drop)
         if not stats_path.exists() or not raw.exists():
             skipped[drop] = "not cleaned" if raw.exists() else "raw file removed"
@@ -292,6 +294,7 @@ _SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_nam
 )
 def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
                         mlflow_tracking: MlflowTracking):
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
     from ft_pipeline.registry.tracking import log_jsonl_dataset
@@ -340,10 +343,10 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         shared["strata"] = dg.MetadataValue.json(manifest["strata"])
     for side in ("train", "holdout"):
         yield dg.MaterializeResult(
-            asset_key=f"{side}_set", data_version=dg.DataVersion(manifest[f"{side}_sha256"][:16]),
+            asset_key=task_key(context, f"{side}_set"), data_version=dg.DataVersion(manifest[f"{side}_sha256"][:16]),
             metadata={"file": dg.MetadataValue.path(str(out / f"{side}.jsonl")), "examples": manifest[side],
                       "by_drop": dg.MetadataValue.json(manifest["by_drop"][side]), **shared})
-    yield _conflicts_check(found, config.conflicts, asset_key="train_set")
+    yield _conflicts_check(found, config.conflicts, asset_key=task_key(context, "train_set"))
 
 
 def _schema_metadata(info: dict, out) -> dict:
@@ -360,7 +363,8 @@ def _schema_metadata(info: dict, out) -> dict:
                              description="No holdout example has a near-duplicate in train (MinHash LSH recomputed "
                                          "from the written files at the split's threshold)")
            for k in ("train_set", "holdout_set")])
-def no_near_duplicate_across_split(home: PipelineHome):
+def no_near_duplicate_across_split(context: dg.AssetCheckExecutionContext, home: PipelineHome):
+    home = for_step(context, home)
     manifest = json.loads((home.split_dir / "manifest.json").read_text())
     params = NearDupParams(**(manifest["near_dup"] or NearDupParams().to_json()))
     train, holdout = (read_jsonl(home.split_dir / f"{n}.jsonl") for n in ("train", "holdout"))
@@ -370,7 +374,8 @@ def no_near_duplicate_across_split(home: PipelineHome):
     text = "; ".join(f"holdout {p['holdout']['drop']} line {p['holdout']['line']} ~ train {p['train']['drop']} "
                      f"line {p['train']['line']} ({p['similarity']:.2f})" for p in pairs[:10])
     for key in ("train_set", "holdout_set"):
-        yield dg.AssetCheckResult(asset_key=key, check_name="no_near_duplicate_across_split", passed=not pairs,
+        yield dg.AssetCheckResult(asset_key=task_key(context, key), check_name="no_near_duplicate_across_split",
+                                  passed=not pairs,
                                   severity=dg.AssetCheckSeverity.ERROR, metadata=meta,
                                   description=f"{len(pairs)} near-duplicate pair(s) across the split: {text}"
                                   if pairs else "no near-duplicate pair across train and holdout")

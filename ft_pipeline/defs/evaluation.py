@@ -9,7 +9,7 @@ from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.evaluation import run as eval_run
 from ft_pipeline.evaluation.retention import PROMPTS
 from ft_pipeline.jsonl import read_jsonl
-from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
 
 OWNERS = ["team:ml-platform"]
 
@@ -139,6 +139,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     """Holdout and fixed-set metrics of the base model, the SFT adapter ("tuned"), the DPO adapter when there is
     one, and the current champion; pair accuracy on the holdout preference pairs; the retention check; which
     model goes to the gate; a markdown report, a per-example diff against the champion and plots."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
     from ft_pipeline import settings
@@ -262,7 +263,9 @@ class GateConfig(CheckedConfig):
 
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="The tuned model beats the base model and is at least as good as the champion.")
-def beats_base_and_champion(config: GateConfig, home: PipelineHome) -> dg.AssetCheckResult:
+def beats_base_and_champion(context: dg.AssetCheckExecutionContext, config: GateConfig,
+                            home: PipelineHome) -> dg.AssetCheckResult:
+    home = for_step(context, home)
     from ft_pipeline.evaluation.constrained import gate_metrics
     from ft_pipeline.evaluation.scoring import GATE_METRICS, gate_failures, pick_candidate
 

@@ -15,7 +15,7 @@ from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.model import base_models, training
 from ft_pipeline.model.training import TrainOptions
-from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
 
 OWNERS = ["team:ml-platform"]
 _TRAIN_DEFAULTS = TrainOptions(**preset_defaults("lora_adapter"))
@@ -42,9 +42,15 @@ class BaseModelConfig(CheckedConfig):
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
                mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The base model as a local directory of safetensors weights and tokenizer, with its content hash."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
-    info = base_models.resolve_base_model(config.base_model, home.models_dir / "base", seed=config.seed)
+    from ft_pipeline.runs import control as runs
+
+    # The base models' folder is shared by every task: one task at a time writes it.
+    with runs.pool_lock(home.root, "base_models", context.asset_key.to_user_string(), context.run_id,
+                        context.log.info):
+        info = base_models.resolve_base_model(config.base_model, home.base_models_dir, seed=config.seed)
     home.base_info.write_text(json.dumps(info.to_json(), indent=2))
     cfg = json.loads((info.path / "config.json").read_text())
     with mlflow_tracking.start_run(context, "base-model", "base_model",
@@ -164,6 +170,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """A LoRA adapter (or a fully fine-tuned model) trained with TRL's SFTTrainer on the train set, loss on
     assistant tokens only; the holdout set is used for holdout loss / early stopping when configured."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     with home.pool_lock(context):
         return _lora_adapter(context, config, home, mlflow_tracking)
 

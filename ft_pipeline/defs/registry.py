@@ -6,7 +6,7 @@ import shutil
 
 import dagster as dg
 
-from ft_pipeline.resources import MlflowTracking, PipelineHome
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
 
 
 @dg.asset(deps=["evaluation_report"], group_name="registry", code_version="register-v3", kinds={"mlflow"},
@@ -14,6 +14,7 @@ from ft_pipeline.resources import MlflowTracking, PipelineHome
 def registered_model(context: dg.AssetExecutionContext, home: PipelineHome,
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The adapter as a Model Registry version; runs only when the evaluation gate passed, and moves `champion`."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
     from ft_pipeline.erasure import registry as erasure_registry
@@ -99,6 +100,7 @@ def merged_model(context: dg.AssetExecutionContext, home: PipelineHome,
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The champion with its adapter merged into the base: one safetensors model directory with tokenizer and
     chat template that loads without PEFT (`ft-pipeline export` writes the same for any version)."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
     from ft_pipeline.export import merged as export
@@ -127,6 +129,7 @@ def gguf_model(context: dg.AssetExecutionContext, home: PipelineHome,
     """The champion merged into one Q8_0 GGUF file with an Ollama Modelfile (`models/gguf/`, for llama.cpp,
     Ollama and LM Studio), logged with the version's training run and tagged on the version. A model GGUF cannot
     hold (another architecture, rope scaling) is recorded as skipped with the reason, not a failure."""
+    home, mlflow_tracking = for_step(context, home, mlflow_tracking)
     import mlflow
 
     from ft_pipeline.export.gguf import GgufExportError
