@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 log = logging.getLogger("ft_pipeline.serving")
 
-_ID = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+MODEL_ID = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 
 
 class ModelNotFound(LookupError):
@@ -40,6 +40,8 @@ class Served:
     tokenizer: Any
     max_context: int  # prompt + completion tokens the model takes
     output_schema: dict | None = None  # the JSON Schema registered with the version (registry.output_schema)
+    adapter: str | None = None  # its adapter's name in `model`, a shared base's PeftModel (None: a model of its own)
+    shared: Any = None  # adapters.SharedBase that `model` is, when `adapter` is set
     created: int = field(default_factory=lambda: int(time.time()))
     _grammars: Any = field(default=None, repr=False)
     _grammars_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -72,20 +74,10 @@ def context_limit(model, tok, fallback: int = 2048) -> int:
 
 
 def load_registered(name: str, version: str) -> Served:
-    """Load a registered version the way any MLflow client does (`models:/NAME/VERSION`): the registry's
-    AdapterModel pyfunc builds base + adapter with evaluation.scoring.load_tuned."""
-    import mlflow
+    """Load one registered version on a base of its own (a server shares bases through one adapters.Bases)."""
+    from ft_pipeline.serving.adapters import Bases
 
-    from ft_pipeline.registry.versions import output_schema
-
-    schema = output_schema(mlflow.MlflowClient().get_model_version(name, str(version)))
-    py = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    model = py.model
-    if hasattr(model, "merge_and_unload"):
-        # LoRA folded into the weights, as in `ft-pipeline export`: the same model with one matmul per layer
-        # instead of three and no PEFT wrappers, which is most of a small model's per-token cost on CPU.
-        model = model.merge_and_unload()
-    return Served(name, str(version), model.eval(), py.tokenizer, context_limit(model, py.tokenizer), schema)
+    return Bases().load(name, version)
 
 
 def registered_format(served: Served):
@@ -103,7 +95,7 @@ def registered_format(served: Served):
 def parse_model_id(model_id: str, served_name: str, default_alias: str) -> tuple[str, str | None]:
     """(alias, None) or (None, version) that `model_id` asks for; ModelNotFound when it names another model
     or is not of the form NAME, NAME@ALIAS or NAME/VERSION."""
-    m = _ID.match(model_id or "")
+    m = MODEL_ID.match(model_id or "")
     if not m or m["name"] != served_name:
         raise ModelNotFound(f"The model '{model_id}' does not exist: this server serves '{served_name}' "
                             f"(as '{served_name}', '{served_name}@ALIAS' or '{served_name}/VERSION')")
