@@ -32,9 +32,9 @@ N = 16
 
 
 def routing_records(n=24):
-    teams = ("billing", "shipping", "returns")
+    """Another task on the same prompts: plain words, not JSON (the JSON task's 4-step adapter answers quotes)."""
     return [{"messages": [{"role": "user", "content": f"refund order ORD-{100000 + i} please"},
-                          {"role": "assistant", "content": json.dumps({"team": teams[i % 3]})}]} for i in range(n)]
+                          {"role": "assistant", "content": "billing team billing team"}]} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def two(tiny_base, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two-tasks")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     train_adapter(tiny_base, records(), tmp / "ckpt-a", tmp / "a", TrainOptions(**FAST), report_to_mlflow=False)
-    train_adapter(tiny_base, routing_records(), tmp / "ckpt-b", tmp / "b", TrainOptions(**FAST, seed=7),
+    train_adapter(tiny_base, routing_records(), tmp / "ckpt-b", tmp / "b", TrainOptions(**{**FAST, "max_steps": 8}, seed=7),
                   report_to_mlflow=False)
     uri = register_tiny(tmp, tiny_base, tmp / "a")  # NAME: version 1 adapter a (champion), 2 the bare base
     assert register_adapter(ROUTING, tiny_base, tmp / "b") == "1"
