@@ -15,6 +15,8 @@ version has none) ÷ the same requests free, with the mask time per constrained 
 serve.constrained_same_answers: of the free greedy answers that already follow the schema, the share that the
 constrained run answers identically (goal 1.0; parsed-equal is printed beside it).
 
+serve.multi_adapter_throughput and serve.multi_adapter_memory: two tasks on one base (bench_serve_multi.py).
+
 Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64) and BENCH_SERVE_MAX_TOKENS (default 32) shrink it."""
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench import bench_serve_multi  # noqa: E402
 from bench._report import bench_line  # noqa: E402
 
 CLIENTS = 16
@@ -67,9 +70,9 @@ def tracking_uri(tmp: Path) -> str:
     return register_tiny(tmp, base, None)
 
 
-def send(client, conv, fmt: dict | None = None) -> tuple[str, int, float]:
+def send(client, conv, fmt: dict | None = None, model: str = NAME) -> tuple[str, int, float]:
     t0 = time.perf_counter()
-    r = client.post("/v1/chat/completions", json={"model": NAME, "messages": conv, "temperature": 0,
+    r = client.post("/v1/chat/completions", json={"model": model, "messages": conv, "temperature": 0,
                                                  "max_tokens": MAX_TOKENS,
                                                  **({"response_format": fmt} if fmt else {})})
     r.raise_for_status()
@@ -77,9 +80,10 @@ def send(client, conv, fmt: dict | None = None) -> tuple[str, int, float]:
     return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
-def run(url: str, convs: list, clients: int, fmt: dict | None = None) -> tuple[list, float]:
-    """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer.
-    Returns the (text, completion tokens, latency) per conversation and the wall time."""
+def run(url: str, convs: list, clients: int, fmt: dict | None = None, model: str | list = NAME) -> tuple[list, float]:
+    """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer, to
+    `model` (one model id, or one per conversation). Returns the (text, completion tokens, latency) per
+    conversation and the wall time."""
     import httpx
 
     todo: queue.Queue = queue.Queue()
@@ -94,7 +98,7 @@ def run(url: str, convs: list, clients: int, fmt: dict | None = None) -> tuple[l
                     i, conv = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[i] = send(c, conv, fmt)
+                results[i] = send(c, conv, fmt, model if isinstance(model, str) else model[i])
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -118,7 +122,8 @@ def main() -> int:
     holdout = demo_holdout()
     convs = [prompt_messages(holdout[i % len(holdout)]) for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp))}, cwd=HERE.parent,
+        uri = tracking_uri(Path(tmp))
+        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": uri}, "--model", NAME, cwd=HERE.parent,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             run(url, convs[:2], 1)  # warm-up
@@ -133,6 +138,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+        multi_ok = bench_serve_multi.report(Path(tmp) / "multi", uri, convs, CLIENTS, run, HERE.parent)
     tokens = sum(n for _, n, _ in one)
     for label, res, t in (("one at a time", one, t_one), (f"{CLIENTS} concurrent clients", many, t_many)):
         lat = [x for *_, x in res]
@@ -148,7 +154,7 @@ def main() -> int:
     ratio = (sum(n for _, n, _ in many) / t_many) / (tokens / t_one)
     ok = bench_line("serve.batched_throughput", ratio, "x", ">=", 4)
     ok &= report_constrained(schema, many, t_many, constrained, t_con, mask0, mask1)
-    return 0 if ok else 1
+    return 0 if ok and multi_ok else 1
 
 
 def served_schema(url: str, holdout: list) -> dict:

@@ -42,8 +42,8 @@ def two(tiny_base, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two-tasks")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     train_adapter(tiny_base, records(), tmp / "ckpt-a", tmp / "a", TrainOptions(**FAST), report_to_mlflow=False)
-    train_adapter(tiny_base, routing_records(), tmp / "ckpt-b", tmp / "b", TrainOptions(**{**FAST, "max_steps": 8}, seed=7),
-                  report_to_mlflow=False)
+    train_adapter(tiny_base, routing_records(), tmp / "ckpt-b", tmp / "b",
+                  TrainOptions(**{**FAST, "max_steps": 8}, seed=7), report_to_mlflow=False)
     uri = register_tiny(tmp, tiny_base, tmp / "a")  # NAME: version 1 adapter a (champion), 2 the bare base
     assert register_adapter(ROUTING, tiny_base, tmp / "b") == "1"
     want = {NAME: generate(*load_tuned(tiny_base, tmp / "a"), [ASK], N)[0],
