@@ -1,5 +1,6 @@
-"""Which registered model version answers a model id, loaded through the registry's own pyfunc, and the aliases
-followed as they move.
+"""Which registered model version answers a model id (loaded by serving.adapters from the registry's own pyfunc
+artifacts, on a shared base), and the aliases followed as they move. One ModelStore per registered model;
+serving.catalog holds them all.
 
 Model ids: `NAME` is NAME at the served alias (`champion`), `NAME@ALIAS` another alias, `NAME/VERSION` one
 version. A request takes the `Served` object of its version when it starts and keeps it until it ends; a move
@@ -73,13 +74,6 @@ def context_limit(model, tok, fallback: int = 2048) -> int:
     return min(limits, default=fallback)
 
 
-def load_registered(name: str, version: str) -> Served:
-    """Load one registered version on a base of its own (a server shares bases through one adapters.Bases)."""
-    from ft_pipeline.serving.adapters import Bases
-
-    return Bases().load(name, version)
-
-
 def registered_format(served: Served):
     """The response_format a request that names none gets with `--default-response-format registered`: the
     version's registered schema as a strict json_schema named after the model (None: the version has none)."""
@@ -110,10 +104,11 @@ def _not_found(e) -> bool:
 
 class ModelStore:
     """The loaded versions of one registered model, and the aliases it follows (the served alias always,
-    any other alias from the first request that names it)."""
+    any other alias from the first request that names it). `load(name, version)` loads a version
+    (adapters.Bases.load)."""
 
-    def __init__(self, name: str, alias: str = "champion", poll_s: float = 5.0, keep: int = 3,
-                 load: Callable[[str, str], Served] = load_registered, client=None):
+    def __init__(self, name: str, alias: str = "champion", poll_s: float = 5.0, keep: int = 3, *,
+                 load: Callable[[str, str], Served], client=None):
         import mlflow
 
         self.name, self.alias, self.poll_s, self.keep = name, alias, poll_s, keep
