@@ -54,16 +54,22 @@ class SharedBase:
 
     def use(self, name: str) -> None:
         """Make `name` the adapter the next generate call runs with, merged into the weights (call under lock)."""
+        import torch
+
         if self.merged == name:
             return
-        self._unmerge()
-        self.model.set_adapter(name)
-        self.model.merge_adapter()
+        with torch.no_grad():  # the delta weights need no autograd graph
+            self._unmerge()
+            self.model.set_adapter(name)
+            self.model.merge_adapter()
         self.merged = name
 
     def _unmerge(self) -> None:
+        import torch
+
         if self.merged is not None:
-            self.model.unmerge_adapter()
+            with torch.no_grad():
+                self.model.unmerge_adapter()
             self.merged = None
 
 
