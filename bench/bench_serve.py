@@ -15,7 +15,7 @@ version has none) ÷ the same requests free, with the mask time per constrained 
 serve.constrained_same_answers: of the free greedy answers that already follow the schema, the share that the
 constrained run answers identically (goal 1.0; parsed-equal is printed beside it).
 
-serve.multi_adapter_throughput and serve.multi_adapter_memory: two tasks on one base (bench_serve_multi.py).
+serve.multi_adapter_throughput and serve.multi_adapter_memory: two tasks on one base (_serve_multi.py).
 
 Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64) and BENCH_SERVE_MAX_TOKENS (default 32) shrink it."""
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench import bench_serve_multi  # noqa: E402
+from bench import _serve_multi  # noqa: E402
 from bench._report import bench_line  # noqa: E402
 
 CLIENTS = 16
@@ -123,7 +123,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         uri = tracking_uri(Path(tmp))
         ok = one_task(uri, convs, holdout)
-        ok &= bench_serve_multi.report(Path(tmp) / "multi", uri, convs, CLIENTS, run, HERE.parent)
+        ok &= _serve_multi.report(Path(tmp) / "multi", uri, convs, CLIENTS, run, HERE.parent)
     return 0 if ok else 1
 
 
