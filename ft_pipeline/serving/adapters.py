@@ -3,7 +3,7 @@ its files, or its Hub id, and the dtype), wrapped in one PeftModel, and every Lo
 of that PeftModel (`load_adapter(path, adapter_name=...)`), whatever registered model it belongs to.
 
 A batch of one adapter generates with that adapter merged into the base weights (merged until a batch needs
-another: one task served alone runs as fast as a merged model); a batch that mixes adapters splits into one
+another: one task served alone always runs merged); a batch that mixes adapters splits into one
 generate call per adapter, each merged in turn (docs/serving.md#many-tasks-on-one-server has the measurement
 against PEFT's mixed-adapter batches, which lost). A version no longer referenced (evicted, and no request
 holds it) frees its adapter; the base goes with its last adapter. A full fine-tune is a model of its own."""
