@@ -52,7 +52,7 @@ ui: $(VENV)/.installed  ## Dagster UI on :3000 and MLflow UI on :5000, on the sa
 	echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)   Dagster UI: http://$(HOST):$(DAGSTER_PORT)"; \
 	cd "$$DAGSTER_HOME" && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
 
-serve: $(VENV)/.installed  ## the champion behind the OpenAI Chat Completions API on http://$(HOST):$(PORT)/v1, following the alias
+serve: $(VENV)/.installed  ## every task's champion behind the OpenAI Chat Completions API on http://$(HOST):$(PORT)/v1 (one base in memory per base model), following each alias
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m ft_pipeline.cli serve $(ARGS)
 
 backfill: $(VENV)/.installed  ## re-ingest every drop partition as one Dagster backfill (the daemon of `make ui` runs it)

@@ -23,6 +23,8 @@ requests without it (goal >= 0.95), side by side on the same server, which store
 database (FT_PIPELINE_STORE_PATH); every stored answer must equal its unstored twin and every completion be in
 the store.
 
+serve.multi_adapter_throughput and serve.multi_adapter_memory: two tasks on one base (_serve_multi.py).
+
 Run: python -m bench serve. BENCH_SERVE_REQUESTS (default 64), BENCH_SERVE_MAX_TOKENS (default 32) and
 BENCH_SERVE_SAME_MAX_TOKENS shrink it."""
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench import _serve_multi  # noqa: E402
 from bench._report import bench_line  # noqa: E402
 
 CLIENTS = 16
@@ -77,10 +80,10 @@ def tracking_uri(tmp: Path) -> str:
     return register_tiny(tmp, base, None)
 
 
-def send(client, conv, fmt: dict | None = None, store: bool = False, max_tokens: int = MAX_TOKENS
-         ) -> tuple[str, int, float]:
+def send(client, conv, fmt: dict | None = None, store: bool = False, max_tokens: int = MAX_TOKENS,
+         model: str = NAME) -> tuple[str, int, float]:
     t0 = time.perf_counter()
-    r = client.post("/v1/chat/completions", json={"model": NAME, "messages": conv, "temperature": 0,
+    r = client.post("/v1/chat/completions", json={"model": model, "messages": conv, "temperature": 0,
                                                  "max_tokens": max_tokens,
                                                  **({"response_format": fmt} if fmt else {}),
                                                  **({"store": True, "metadata": {"bench": "serve"}} if store else {})})
@@ -90,9 +93,10 @@ def send(client, conv, fmt: dict | None = None, store: bool = False, max_tokens:
 
 
 def run(url: str, convs: list, clients: int, fmt: dict | None = None, store: bool = False,
-        max_tokens: int = MAX_TOKENS) -> tuple[list, float]:
-    """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer.
-    Returns the (text, completion tokens, latency) per conversation and the wall time."""
+        max_tokens: int = MAX_TOKENS, model: str | list = NAME) -> tuple[list, float]:
+    """Every conversation sent by `clients` threads, each sending its next one as soon as it has an answer, to
+    `model` (one model id, or one per conversation). Returns the (text, completion tokens, latency) per
+    conversation and the wall time."""
     import httpx
 
     todo: queue.Queue = queue.Queue()
@@ -107,7 +111,7 @@ def run(url: str, convs: list, clients: int, fmt: dict | None = None, store: boo
                     i, conv = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[i] = send(c, conv, fmt, store, max_tokens)
+                results[i] = send(c, conv, fmt, store, max_tokens, model if isinstance(model, str) else model[i])
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -126,34 +130,43 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     from bench.bench_eval import demo_holdout
     from ft_pipeline.evaluation.scoring import prompt_messages
-    from ft_pipeline_tests._serving import start_cli_server
 
     holdout = demo_holdout()
     convs = [prompt_messages(holdout[i % len(holdout)]) for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "home" / "traffic" / "completions.db"  # stored completions go to a temporary home
-        proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(Path(tmp)),
-                                      "FT_PIPELINE_STORE_PATH": str(db)}, cwd=HERE.parent,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            run(url, convs[:2], 1)  # warm-up
-            one, t_one = run(url, convs, 1)
-            many, t_many = run(url, convs, CLIENTS)
-            run(url, convs[:2], 1, store=True)  # warm-up: the store is opened on first use
-            stored, t_stored = run(url, convs, CLIENTS, store=True)
-            plain, t_plain = run(url, convs, CLIENTS)  # again without, right after: the pair side by side
-            kept = stored_count(db)
-            schema = served_schema(url, holdout)
-            fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-            run(url, convs[:2], 1, fmt)  # warm-up: the grammar compiles once
-            mask0 = mask_stats(url)
-            constrained, t_con = run(url, convs, CLIENTS, fmt)
-            mask1 = mask_stats(url)
-            whole = (run(url, convs, CLIENTS, max_tokens=SAME_MAX_TOKENS)[0],
-                     run(url, convs, CLIENTS, fmt, max_tokens=SAME_MAX_TOKENS)[0])
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        uri = tracking_uri(Path(tmp))
+        ok = one_task(uri, convs, holdout, Path(tmp) / "home" / "traffic" / "completions.db")
+        ok &= _serve_multi.report(Path(tmp) / "multi", uri, convs, CLIENTS, run, HERE.parent)
+    return 0 if ok else 1
+
+
+def one_task(uri: str, convs: list, holdout: list, db: Path) -> bool:
+    """serve.batched_throughput, the constrained and the store figures, on the store's champion; stored
+    completions go to `db` (a temporary home's)."""
+    from ft_pipeline_tests._serving import start_cli_server
+
+    proc, url = start_cli_server({**os.environ, "MLFLOW_TRACKING_URI": uri, "FT_PIPELINE_STORE_PATH": str(db)},
+                                 "--model", NAME, cwd=HERE.parent, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        run(url, convs[:2], 1)  # warm-up
+        one, t_one = run(url, convs, 1)
+        many, t_many = run(url, convs, CLIENTS)
+        run(url, convs[:2], 1, store=True)  # warm-up: the store is opened on first use
+        stored, t_stored = run(url, convs, CLIENTS, store=True)
+        plain, t_plain = run(url, convs, CLIENTS)  # again without, right after: the pair side by side
+        kept = stored_count(db)
+        schema = served_schema(url, holdout)
+        fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+        run(url, convs[:2], 1, fmt)  # warm-up: the grammar compiles once
+        mask0 = mask_stats(url)
+        constrained, t_con = run(url, convs, CLIENTS, fmt)
+        mask1 = mask_stats(url)
+        whole = (run(url, convs, CLIENTS, max_tokens=SAME_MAX_TOKENS)[0],
+                 run(url, convs, CLIENTS, fmt, max_tokens=SAME_MAX_TOKENS)[0])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
     tokens = sum(n for _, n, _ in one)
     for label, res, t in (("one at a time", one, t_one), (f"{CLIENTS} concurrent clients", many, t_many)):
         lat = [x for *_, x in res]
@@ -165,13 +178,12 @@ def main() -> int:
     if same != len(convs):
         first = next(i for i, (a, b) in enumerate(zip(one, many)) if a[0] != b[0])
         print(f"# answers differ, first at request {first}: alone {one[first][0]!r} vs batched {many[first][0]!r}")
-        return 1
+        return False
     ratio = (sum(n for _, n, _ in many) / t_many) / (tokens / t_one)
     ok = bench_line("serve.batched_throughput", ratio, "x", ">=", 4)
     ok &= report_constrained(schema, many, t_many, constrained, t_con, mask0, mask1)
     ok &= report_same_answers(schema, *whole)
-    ok &= report_store(kept, many + plain, t_many + t_plain, stored, t_stored)
-    return 0 if ok else 1
+    return report_store(kept, many + plain, t_many + t_plain, stored, t_stored) and ok
 
 
 def stored_count(db: Path) -> int:

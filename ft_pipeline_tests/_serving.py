@@ -36,6 +36,21 @@ def register_tiny(tmp: Path, tiny_base: Path, adapter: Path | None, output_schem
     return uri
 
 
+def register_adapter(name: str, tiny_base: Path, adapter: Path) -> str:
+    """`adapter` on the tiny base registered as version 1.. of another registered model `name` (another task),
+    in the store register_tiny made, champion on the new version; returns that version."""
+    import mlflow
+
+    from ft_pipeline.registry import versions as registry
+
+    exp = mlflow.get_experiment_by_name("serve").experiment_id
+    with mlflow.start_run(experiment_id=exp) as run:
+        info = registry.log_adapter_model(Path(adapter), {"source": "builtin", "path": str(tiny_base)})
+    mv, _ = registry.register(info.model_uri, name, run.info.run_id, {})
+    registry.set_champion(name, str(mv.version))
+    return str(mv.version)
+
+
 class ServerThread:
     """`with ServerThread(app) as base_url:` uvicorn serving `app` from a thread, on a loopback socket bound
     here (no port race), until the block ends."""

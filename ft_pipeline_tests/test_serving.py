@@ -69,10 +69,9 @@ def test_completion_is_the_champions_greedy_answer_and_says_its_version(srv):
     # the 4-step adapter does not stop by itself: it uses its whole budget
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == N
     assert out.usage.total_tokens == out.usage.prompt_tokens + N and out.usage.prompt_tokens > 10
-    # and it came from the adapter folded into the weights (no PEFT wrappers), answering like base + adapter
-    from ft_pipeline.serving.models import load_registered
-
-    assert not hasattr(load_registered(NAME, "1").model, "peft_config")
+    # and it came from the adapter merged into the shared base's weights, answering like base + adapter
+    served = srv.app.state.store.get(NAME)
+    assert served.shared.merged == served.adapter
 
 
 def test_streamed_chunks_join_to_the_same_text(srv):
@@ -132,7 +131,7 @@ def test_typed_errors_through_the_openai_client(srv):
         ask(wrong)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
-    assert httpx.get(f"{srv.url}/health").json()["version"] == "1"  # /health needs no key
+    assert httpx.get(f"{srv.url}/health").json()["models"][NAME]["version"] == "1"  # /health needs no key
 
 
 def test_a_generation_error_is_a_500_and_the_server_keeps_serving(srv):
@@ -250,7 +249,7 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
         all_started.set()
         moved = time.monotonic()
         assert registry.promote(NAME, "2") == "1"
-        while httpx.get(f"{srv.url}/health").json()["version"] != "2":
+        while httpx.get(f"{srv.url}/health").json()["models"][NAME]["version"] != "2":
             assert time.monotonic() - moved < 10, "the server did not follow the alias"
             time.sleep(0.05)
         swapped = time.monotonic()
@@ -272,9 +271,9 @@ def test_the_alias_moves_under_a_running_server_and_requests_in_flight_finish_on
         assert "".join(text for *_, text in got).strip() == srv.want["1"]  # no token of version 2 mixed in
         assert got[-1][0] > swapped  # and they were still generating when version 2 took over
     deadline = time.monotonic() + 10
-    while store.current()["champion"] != "1" and time.monotonic() < deadline:
+    while store.current()[NAME]["champion"] != "1" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert store.current()["champion"] == "1"
+    assert store.current()[NAME]["champion"] == "1"
 
 
 def test_the_cli_serves_and_follows_the_alias(srv, tmp_path):

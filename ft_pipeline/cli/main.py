@@ -248,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     pro.add_argument("--version", required=True, help="the version number to make champion")
     forget_cli.add_parser(sub)
     review_cli.add_parser(sub)
-    srv = sub.add_parser("serve", help="serve the registered model at its champion alias behind the OpenAI Chat "
-                                       "Completions API, following the alias as it moves (HOST, PORT; see "
-                                       "docs/serving.md)")
+    srv = sub.add_parser("serve", help="serve every registered model (task) at its champion alias behind the OpenAI "
+                                       "Chat Completions API, following each alias as it moves, tasks on one base "
+                                       "model sharing it (HOST, PORT; see docs/serving.md)")
+    srv.add_argument("--model", action="append", dest="models", metavar="NAME",
+                     help="serve this registered model (repeatable; default: every registered model that has the "
+                          "alias, $FT_PIPELINE_SERVE_MODELS)")
     srv.add_argument("--alias", help="the alias a bare model id answers with and that is followed (default: champion)")
     srv.add_argument("--host", help="interface to listen on (default: $HOST or 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--default-response-format", choices=("off", "registered"),
                      help="what a request without response_format gets: free text (off, the default, as OpenAI) "
                           "or the served version's registered output schema as a strict json_schema (registered)")
-    for p in (lin, who, exp, pro, srv):
+    for p in (lin, who, exp, pro):
         p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
     args = parser.parse_args(argv)
     # MLflow draws a bar for every artifact it reads or writes (forget, lineage and export read several)
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         from ft_pipeline.serving import ServeConfig, serve
 
-        return serve(ServeConfig.from_env(model=args.model, alias=args.alias, host=args.host, port=args.port,
+        return serve(ServeConfig.from_env(models=args.models, alias=args.alias, host=args.host, port=args.port,
                                           poll_s=args.poll_seconds, batch_window_ms=args.batch_window_ms,
                                           max_batch=args.max_batch, store=args.store,
                                           store_retention_days=args.store_retention_days,

@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ft_pipeline.serving.batching import MASK_STATS, Batcher, Job
+from ft_pipeline.serving.catalog import Catalog
 from ft_pipeline.serving.config import ServeConfig
-from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served, registered_format
+from ft_pipeline.serving.models import ModelNotFound, NotReady, Served, registered_format
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
 from ft_pipeline.serving.stored import Stored, add_routes
 from ft_pipeline.structured.formats import FormatError
@@ -74,9 +75,9 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=
     return job, events
 
 
-def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batcher | None = None,
+def create_app(cfg: ServeConfig, store: Catalog | None = None, batcher: Batcher | None = None,
                stored: Stored | None = None) -> FastAPI:
-    store = store or ModelStore(cfg.model, cfg.alias, cfg.poll_s, cfg.keep_versions)
+    store = store or Catalog(cfg.models, cfg.alias, cfg.poll_s, cfg.keep_versions)
     batcher = batcher or Batcher(cfg.batch_window_ms / 1000, cfg.max_batch)
     stored = stored or Stored(cfg)
 
@@ -84,9 +85,9 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
     async def lifespan(app):
         await run_in_threadpool(store.start)
         batcher.start()
-        now = store.current().get(cfg.alias)
-        log.info("serving %s@%s (%s), following it every %gs", cfg.model, cfg.alias,
-                 f"version {now}" if now else "no version yet", cfg.poll_s)
+        for name, now in store.current().items():
+            log.info("serving %s@%s (%s), following it every %gs", name, cfg.alias,
+                     f"version {now[cfg.alias]}" if cfg.alias in now else "no version yet", cfg.poll_s)
         yield
         store.stop()
         batcher.stop()
@@ -148,9 +149,12 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
     @app.get("/health")
     async def health():
         current = store.current()
-        ready = cfg.alias in current
-        return JSONResponse({"status": "ok" if ready else "no_model", "model": cfg.model, "alias": cfg.alias,
-                             "version": current.get(cfg.alias), "aliases": current, "last_error": store.last_error,
+        # ready: some model answers at the alias, and so does every model named with --model
+        ready = any(cfg.alias in c for c in current.values()) and all(cfg.alias in current.get(n, {})
+                                                                      for n in cfg.models)
+        models = {n: {"version": c.get(cfg.alias), "aliases": c} for n, c in current.items()}
+        return JSONResponse({"status": "ok" if ready else "no_model", "alias": cfg.alias, "models": models,
+                             "last_error": store.last_error,
                              "mask": {"seconds": MASK_STATS.seconds, "tokens": MASK_STATS.tokens}},
                             status_code=200 if ready else 503)
 
@@ -260,7 +264,8 @@ def serve(cfg: ServeConfig) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mlflow.set_tracking_uri(cfg.tracking_uri or settings.mlflow_tracking_uri())
-    print(f"ft-pipeline serve: {cfg.model}@{cfg.alias} from {mlflow.get_tracking_uri()}\n"
+    which = ", ".join(cfg.models) if cfg.models else "every registered model"
+    print(f"ft-pipeline serve: {which} @{cfg.alias} from {mlflow.get_tracking_uri()}\n"
           f"  OpenAI base_url: http://{cfg.host}:{cfg.port}/v1" + ("   (API key required)" if cfg.api_key else ""),
           flush=True)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level)

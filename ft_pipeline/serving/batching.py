@@ -5,13 +5,16 @@ of requests that can share a call.
 Constrained (response_format) and free requests share a call: a GrammarMask masks each constrained row with
 its own matcher, compiled in the request's thread before the job was queued.
 
-A group is one loaded version and one way of choosing tokens: every greedy request of a version together;
+A group is one loaded version and one way of choosing tokens (versions of several tasks on one shared base
+model are several groups, each generating with its own adapter merged into the shared weights: serving.adapters):
+every greedy request of a version together;
 sampled requests together when they share temperature and top_p; a request with a `seed` alone, so that its
 answer depends on its seed only and not on what it was batched with. Within a call each row has its own
 completion budget and stop strings, and streams its text as it is generated (see `_Rows`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -165,6 +168,15 @@ class _Rows(StoppingCriteria):
 
 def generate_group(jobs: list[Job]) -> None:
     """One `model.generate` call for jobs of one version and one way of choosing tokens."""
+    served = jobs[0].served
+    shared = getattr(served, "shared", None)  # adapters.SharedBase: the group's adapter is merged into its weights
+    with shared.lock if shared is not None else contextlib.nullcontext():
+        if shared is not None:
+            shared.use(served.adapter)
+        _generate(jobs)
+
+
+def _generate(jobs: list[Job]) -> None:
     served, first = jobs[0].served, jobs[0]
     tok, model = served.tokenizer, served.model
     pad = pad_id(tok)
@@ -190,6 +202,11 @@ def generate_group(jobs: list[Job]) -> None:
     rows.finish_rest()
     if any(j.matcher is not None for j in jobs):
         MASK_STATS.add(grammar.mask_s, sum(rows.n[i] for i, j in enumerate(jobs) if j.matcher is not None))
+
+
+def _merged(served) -> bool:
+    shared = getattr(served, "shared", None)
+    return shared is not None and shared.merged == served.adapter
 
 
 class Batcher:
@@ -233,7 +250,8 @@ class Batcher:
             groups: dict[tuple, list[Job]] = {}
             for job in self._collect(first):
                 groups.setdefault(job.group_key(), []).append(job)
-            for jobs in groups.values():
+            # the adapter merged now goes first: one switch fewer
+            for jobs in sorted(groups.values(), key=lambda g: not _merged(g[0].served)):
                 self.batches = (self.batches + [len(jobs)])[-1000:]
                 try:
                     self._run(jobs)

@@ -15,8 +15,10 @@ def _env(name: str, default, cast=str):
 class ServeConfig:
     host: str = "127.0.0.1"  # loopback unless asked: the API has no TLS
     port: int = 8000
-    model: str = "ft-pipeline-adapter"  # the registered model name, which is also the model id clients send
-    alias: str = "champion"  # what the bare model id answers with, followed as it moves
+    # The registered models served (each name is also the model id clients send); empty: every registered model
+    # in the tracking store that has `alias`, read again at each poll (one per task).
+    models: tuple[str, ...] = ()
+    alias: str = "champion"  # what a bare model id answers with, followed as it moves (each model its own)
     poll_s: float = 5.0  # how often the followed aliases are read from the registry
     # How long the first request of a batch waits for others to join it. 50 ms, not less: when a batch ends, its
     # clients' next requests need tens of ms to come back; a shorter window starts the requests already waiting
@@ -46,6 +48,7 @@ class ServeConfig:
         """Defaults, then the environment, then `overrides` (the CLI's flags; a None there means not given)."""
         cfg = cls(
             host=_env("HOST", cls.host), port=_env("PORT", cls.port, int),
+            models=_env("FT_PIPELINE_SERVE_MODELS", (), lambda v: tuple(n.strip() for n in v.split(",") if n.strip())),
             poll_s=_env("FT_PIPELINE_SERVE_POLL_S", cls.poll_s, float),
             batch_window_ms=_env("FT_PIPELINE_SERVE_BATCH_WINDOW_MS", cls.batch_window_ms, float),
             max_batch=_env("FT_PIPELINE_SERVE_MAX_BATCH", cls.max_batch, int),
@@ -56,8 +59,8 @@ class ServeConfig:
             store_path=_env("FT_PIPELINE_STORE_PATH", None), store_sync=_env("FT_PIPELINE_STORE_SYNC", cls.store_sync),
             default_response_format=_env("FT_PIPELINE_SERVE_DEFAULT_RESPONSE_FORMAT", cls.default_response_format))
         for k, v in overrides.items():
-            if v is not None:
-                setattr(cfg, k, v)
+            if v is not None and v != []:
+                setattr(cfg, k, tuple(v) if k == "models" else v)
         if cfg.max_batch < 1 or cfg.poll_s <= 0 or cfg.batch_window_ms < 0:
             raise ValueError("max_batch must be >= 1, poll_s > 0 and batch_window_ms >= 0")
         if cfg.store not in ("requested", "all", "none") or cfg.store_sync.lower() not in ("normal", "full"):

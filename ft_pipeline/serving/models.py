@@ -1,5 +1,6 @@
-"""Which registered model version answers a model id, loaded through the registry's own pyfunc, and the aliases
-followed as they move.
+"""Which registered model version answers a model id (loaded by serving.adapters from the registry's own pyfunc
+artifacts, on a shared base), and the aliases followed as they move. One ModelStore per registered model;
+serving.catalog holds them all.
 
 Model ids: `NAME` is NAME at the served alias (`champion`), `NAME@ALIAS` another alias, `NAME/VERSION` one
 version. A request takes the `Served` object of its version when it starts and keeps it until it ends; a move
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 log = logging.getLogger("ft_pipeline.serving")
 
-_ID = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+MODEL_ID = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 
 
 class ModelNotFound(LookupError):
@@ -40,6 +41,8 @@ class Served:
     tokenizer: Any
     max_context: int  # prompt + completion tokens the model takes
     output_schema: dict | None = None  # the JSON Schema registered with the version (registry.output_schema)
+    adapter: str | None = None  # its adapter's name in `model`, a shared base's PeftModel (None: a model of its own)
+    shared: Any = None  # adapters.SharedBase that `model` is, when `adapter` is set
     created: int = field(default_factory=lambda: int(time.time()))
     _grammars: Any = field(default=None, repr=False)
     _grammars_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -71,23 +74,6 @@ def context_limit(model, tok, fallback: int = 2048) -> int:
     return min(limits, default=fallback)
 
 
-def load_registered(name: str, version: str) -> Served:
-    """Load a registered version the way any MLflow client does (`models:/NAME/VERSION`): the registry's
-    AdapterModel pyfunc builds base + adapter with evaluation.scoring.load_tuned."""
-    import mlflow
-
-    from ft_pipeline.registry.versions import output_schema
-
-    schema = output_schema(mlflow.MlflowClient().get_model_version(name, str(version)))
-    py = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    model = py.model
-    if hasattr(model, "merge_and_unload"):
-        # LoRA folded into the weights, as in `ft-pipeline export`: the same model with one matmul per layer
-        # instead of three and no PEFT wrappers, which is most of a small model's per-token cost on CPU.
-        model = model.merge_and_unload()
-    return Served(name, str(version), model.eval(), py.tokenizer, context_limit(model, py.tokenizer), schema)
-
-
 def registered_format(served: Served):
     """The response_format a request that names none gets with `--default-response-format registered`: the
     version's registered schema as a strict json_schema named after the model (None: the version has none)."""
@@ -103,7 +89,7 @@ def registered_format(served: Served):
 def parse_model_id(model_id: str, served_name: str, default_alias: str) -> tuple[str, str | None]:
     """(alias, None) or (None, version) that `model_id` asks for; ModelNotFound when it names another model
     or is not of the form NAME, NAME@ALIAS or NAME/VERSION."""
-    m = _ID.match(model_id or "")
+    m = MODEL_ID.match(model_id or "")
     if not m or m["name"] != served_name:
         raise ModelNotFound(f"The model '{model_id}' does not exist: this server serves '{served_name}' "
                             f"(as '{served_name}', '{served_name}@ALIAS' or '{served_name}/VERSION')")
@@ -118,10 +104,11 @@ def _not_found(e) -> bool:
 
 class ModelStore:
     """The loaded versions of one registered model, and the aliases it follows (the served alias always,
-    any other alias from the first request that names it)."""
+    any other alias from the first request that names it). `load(name, version)` loads a version
+    (adapters.Bases.load)."""
 
-    def __init__(self, name: str, alias: str = "champion", poll_s: float = 5.0, keep: int = 3,
-                 load: Callable[[str, str], Served] = load_registered, client=None):
+    def __init__(self, name: str, alias: str = "champion", poll_s: float = 5.0, keep: int = 3, *,
+                 load: Callable[[str, str], Served], client=None):
         import mlflow
 
         self.name, self.alias, self.poll_s, self.keep = name, alias, poll_s, keep
