@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ft_pipeline.serving.batching import MASK_STATS, Batcher, Job
 from ft_pipeline.serving.config import ServeConfig
+from ft_pipeline.serving.finetuning_routes import FineTuning
+from ft_pipeline.serving.finetuning_routes import add_routes as add_finetuning_routes
 from ft_pipeline.serving.models import ModelNotFound, ModelStore, NotReady, Served, registered_format
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
 from ft_pipeline.serving.stored import Stored, add_routes
@@ -75,8 +77,13 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=
 
 
 def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batcher | None = None,
-               stored: Stored | None = None) -> FastAPI:
+               stored: Stored | None = None, finetuning: FineTuning | None = None) -> FastAPI:
     store = store or ModelStore(cfg.model, cfg.alias, cfg.poll_s, cfg.keep_versions)
+    finetuning = finetuning or FineTuning(max_file_bytes=cfg.max_file_bytes, keep_versions=cfg.keep_versions)
+
+    def resolve(model_id: str) -> Served:
+        """A fine-tuning job's `ft:` model, or the served registered model's id."""
+        return finetuning.served(model_id) if model_id.startswith("ft:") else store.get(model_id)
     batcher = batcher or Batcher(cfg.batch_window_ms / 1000, cfg.max_batch)
     stored = stored or Stored(cfg)
 
@@ -156,11 +163,11 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models():
-        return {"object": "list", "data": await run_in_threadpool(store.listing)}
+        return {"object": "list", "data": await run_in_threadpool(lambda: store.listing() + finetuning.listing())}
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(check_key)])
     async def model(model_id: str):
-        for row in await run_in_threadpool(store.listing):
+        for row in await run_in_threadpool(lambda: store.listing() + finetuning.listing()):
             if row["id"] == model_id:
                 return row
         raise ModelNotFound(f"The model '{model_id}' does not exist")
@@ -169,7 +176,7 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
     async def chat_completions(request: Request):
         started = time.monotonic()
         req = parse_request(await read_body(request))
-        served = await run_in_threadpool(store.get, req.model)
+        served = await run_in_threadpool(resolve, req.model)
         if cfg.default_response_format == "registered" and req.response_format is None \
                 and (fmt := registered_format(served)) is not None:
             req._format = fmt
@@ -210,6 +217,7 @@ def create_app(cfg: ServeConfig, store: ModelStore | None = None, batcher: Batch
         return JSONResponse(body, headers=headers)
 
     add_routes(app, stored, check_key)
+    add_finetuning_routes(app, finetuning, check_key)
     return app
 
 
