@@ -48,7 +48,11 @@ def check_create(body: Any, files, models=MODELS) -> dict:
         raise _bad(f"Model {model} is not available for fine-tuning or does not exist. This server fine-tunes: "
                    f"{', '.join(models)}.", "model", "model_not_available")
     method = _method(body)
-    kind = "preference" if method["type"] == "dpo" else "chat"
+    if method["type"] == "dpo":  # checked first, so a DPO request learns of its other mistakes too
+        raise _bad("Invalid 'method.type': 'dpo' jobs are not supported by this server yet; run `ft-pipeline run` "
+                   "with preference drops under data/raw/preferences/ (docs/training.md) for DPO.", "method.type",
+                   "unsupported_value")
+    kind = "chat"
     used = {}
     for key in ("training_file", "validation_file"):
         if body.get(key) is None:
