@@ -75,7 +75,8 @@ def test_a_file_is_validated_by_the_data_layer(tmp_path):
                                                          "{not json"]) + "\n")
     v = validation.parse(path)
     assert (v.rows, v.kept, v.format) == (12, 10, "openai_chat") and v.problem() is None
-    assert [q["line"] for q in v.quarantined] == [11, 12] and set(v.by_reason) == {"no_assistant_message", "malformed_json"}
+    assert [q["line"] for q in v.quarantined] == [11, 12]
+    assert set(v.by_reason) == {"no_assistant_message", "malformed_json"}
     assert "line 11:" in v.problem(minimum=11) and "10 usable example(s) of 12" in v.problem(minimum=11)
     for name, data in (("a.jsonl", b""), ("b.jsonl", b"a,b\n1,2\n"), ("c.txt", b"{}")):
         (tmp_path / name).write_bytes(data)

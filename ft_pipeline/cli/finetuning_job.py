@@ -64,7 +64,9 @@ class JobEvents(console.StageHandler):
                     pass
             self.store.add_event(self.job_id, f"Step {step}/{total}: training loss={data.get('train_loss')}",
                                  type="metrics", data=data)
-            self.last = {"step": float(step), **({"train_loss": data["train_loss"]} if "train_loss" in data else {})}
+            # the last loss logged (the trainer's closing line at the last step carries none)
+            self.last = {**self.last, "step": float(step),
+                         **({"train_loss": data["train_loss"]} if "train_loss" in data else {})}
             for n, written, metrics in progress.found(self.task_home, self.since):
                 self.store.add_checkpoint(self.job_id, n, written, metrics)
         elif msg.startswith(("evaluated ", "warm start: ", "no warm start: ")):
