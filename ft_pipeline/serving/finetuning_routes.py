@@ -125,9 +125,10 @@ class FineTuning:
             with tempfile.TemporaryDirectory(dir=self.store.root) as raw:
                 (Path(raw) / f"{row['id']}.jsonl").write_bytes(Path(row["path"]).read_bytes())
                 env = {**os.environ, "FT_PIPELINE_HOME": str(home), "FT_PIPELINE_RAW_DIR": raw}
-                done = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", "forget", "--drop",
-                                       f"{row['id']}.jsonl", "--model", task, "--reason", f"file {row['id']} deleted"],
-                                      env=env, capture_output=True, text=True, cwd=settings.REPO_ROOT)
+                forget = ["forget", "--drop", f"{row['id']}.jsonl", "--all-lines", "--model", task, "--reason",
+                          f"file {row['id']} deleted through the API"]
+                done = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *forget], env=env,
+                                      capture_output=True, text=True, cwd=settings.REPO_ROOT)
             if done.returncode != 0:
                 raise ApiError(500, f"Erasing the rows of {row['id']} from task {task} failed: "
                                     f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}", type="server_error")
