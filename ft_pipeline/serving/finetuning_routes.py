@@ -78,7 +78,7 @@ class FineTuning:
         child = self._children.get(job_id)
         if child is not None and child.poll() is not None:
             self._children.pop(job_id, None)
-        if row["status"] in ACTIVE and not pid_alive(row["pid"]):
+        if row["status"] in ACTIVE and row["pid"] is not None and not pid_alive(row["pid"]):
             row = self.store.finish(job_id, "failed", {"code": "server_error", "param": None, "message":
                                     f"the job's process (pid {row['pid']}) ended without finishing the job; see "
                                     f"{self.log_path(job_id)}"})
