@@ -107,3 +107,14 @@ def test_store_pages_newest_first_and_keeps_terminal_statuses(tmp_path):
         store.job("ftjob-9")
     store.add_checkpoint("ftjob-0", 5, 1, progress.metrics([{"step": 2, "loss": 3.0}, {"step": 6, "loss": 1.0}], 5))
     assert store.checkpoints("ftjob-0") == [{"step": 5, "created_at": 1, "metrics": {"step": 5.0, "train_loss": 3.0}}]
+
+
+def test_a_server_nobody_asks_to_fine_tune_creates_no_store(tmp_path):
+    from ft_pipeline.serving.finetuning_routes import FineTuning
+    from ft_pipeline.serving.models import ModelNotFound
+
+    ft = FineTuning(root=tmp_path / "finetuning")
+    assert ft.listing() == []  # what GET /v1/models adds
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        ft.served("ft:builtin:tiny::ftjob-x")
+    assert not (tmp_path / "finetuning").exists()

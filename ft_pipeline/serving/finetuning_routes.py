@@ -55,11 +55,15 @@ class FineTuning:
                 self._store = FineTuningStore(self.root or settings.home() / "finetuning")
             return self._store
 
+    def _used(self) -> bool:
+        """Whether this home has fine-tuning files or jobs at all (reading models never creates the store)."""
+        return self._store is not None or ((self.root or settings.home() / "finetuning") / "finetuning.db").exists()
+
     def served(self, model_id: str):
         """The loaded version a `ft:` model id names (ModelNotFound when no succeeded job made it)."""
         from ft_pipeline.serving.models import ModelNotFound, ModelStore
 
-        job = self.store.by_fine_tuned_model(model_id)
+        job = self.store.by_fine_tuned_model(model_id) if self._used() else None
         if job is None:
             raise ModelNotFound(f"The model '{model_id}' does not exist")
         with self._lock:
@@ -70,7 +74,7 @@ class FineTuning:
     def listing(self) -> list[dict]:
         return [{"id": j["fine_tuned_model"], "object": "model", "created": j["finished_at"],
                  "owned_by": "ft_pipeline", "version": j["version"], "output_schema": None}
-                for j in self.store.succeeded()]
+                for j in (self.store.succeeded() if self._used() else [])]
 
     def job(self, job_id: str) -> dict:
         """The job, marked failed if its process is gone without having finished it."""
