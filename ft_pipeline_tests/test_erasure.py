@@ -52,6 +52,10 @@ def test_find_rows_by_line_hash_and_text(pipeline_dirs):
     assert len(unreadable) == 1 and "broken.json" in unreadable[0]
     with pytest.raises(erasure.ErasureError, match="broken.json"):
         erasure.find_rows(raw, "broken.json", 1)
+    whole = erasure.find_rows(raw, "d1.jsonl", whole_drop=True)  # a deleted fine-tuning file: every row of it
+    assert [r["line"] for r in whole] == [1, 2, 3, 4] and {r["drop"] for r in whole} == {"d1.jsonl"}
+    with pytest.raises(erasure.ErasureError, match="name the row"):  # a drop alone is not every row of it
+        erasure.find_rows(raw, "d1.jsonl")
     for kwargs, msg in [({"drop": "d1.jsonl", "line": 9}, "drop d1.jsonl has no line 9"),
                         ({"drop": "nope.jsonl", "line": 1}, "no drop 'nope.jsonl'"),
                         ({"text": "toaster"}, "no raw row matches text 'toaster'"),

@@ -14,6 +14,8 @@ def add_parser(sub) -> None:
                                        "pipeline's files; the next run retrains without them (see docs/erasure.md)")
     fg.add_argument("--drop", help="the drop: its file name or its partition key (with --line)")
     fg.add_argument("--line", type=int, help="the line (or row) in that file")
+    fg.add_argument("--all-lines", action="store_true", help="every row of --drop (what deleting a fine-tuning "
+                                                             "file through the API does)")
     fg.add_argument("--raw-sha256", help="or the raw row's hash (a prefix will do), as in the cleaned files")
     fg.add_argument("--text", help="or every row whose user or assistant text contains this (listed first), and "
                                    "every stored completion whose conversation, answer or correction does")
@@ -83,7 +85,7 @@ def _find(args) -> tuple[list[dict], list[str]]:
               else completions.matching(home, args.text) if args.text else [])
     try:
         rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable,
-                                 args.completion_id)
+                                 args.completion_id, whole_drop=args.all_lines and args.line is None)
     except erasure.ErasureError:
         if not stored or args.drop is not None or args.raw_sha256 is not None:
             raise

@@ -100,14 +100,15 @@ def _names(drop: str, file: str) -> set[str]:
 
 def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, raw_sha256: str | None = None,
               text: str | None = None, unreadable: list[str] | None = None,
-              completion_id: str | None = None) -> list[dict]:
+              completion_id: str | None = None, whole_drop: bool = False) -> list[dict]:
     """The raw rows a request names, in SFT or preference drops: by drop (file name or partition key; a
     preference drop also as preferences/<name>) and line, by (a prefix of) the raw
     row's hash, or every row whose user or assistant text contains `text`. A row found by drop and line or
     by hash is found in every drop that has the same raw row. Each: drop, file, line, raw_sha256 and a short
     preview of its text (for the confirmation prompt; never stored). A drop that cannot be read is left out,
     its error appended to `unreadable`. `completion_id`: the rows made from that stored completion (reviewed
-    traffic), possibly none. A row made from a stored completion has its `completion_id`."""
+    traffic), possibly none. A row made from a stored completion has its `completion_id`. `whole_drop`: every row
+    of `drop` (a deleted fine-tuning file)."""
     unreadable = [] if unreadable is None else unreadable
     drops = _all_drops(raw_dir)
     if drop is not None:
@@ -137,6 +138,8 @@ def find_rows(raw_dir: Path, drop: str | None = None, line: int | None = None, r
             raise ErasureError(f"raw-sha256 prefix {raw_sha256} matches several rows; give more of it")
     elif completion_id is not None:
         return [_found(r) for r in rows if r["completion_id"] == completion_id]
+    elif drop is not None and whole_drop:
+        out = [r for r in rows if r["drop"] == named[0]]
     elif text is not None:
         if not text.strip():
             raise ErasureError("--text is empty")

@@ -198,15 +198,16 @@ def pool_slots(instance, home: Path, job, run_id: str, log=print):
         marker.unlink(missing_ok=True)
 
 
-def execute(job, instance, home: Path, log=print, **kwargs):
-    """job.execute_in_process on `instance`, tagged with this process, its pool slots claimed first; raises
-    KeyboardInterrupt when Ctrl-C or SIGTERM ended the run (Dagster has marked it failed by then)."""
+def execute(job, instance, home: Path, log=print, run_id: str | None = None, tags: dict | None = None, **kwargs):
+    """job.execute_in_process on `instance` (as `run_id` when given), tagged with this process and `tags`, its
+    pool slots claimed first; raises KeyboardInterrupt when Ctrl-C or SIGTERM ended the run (Dagster has marked it
+    failed by then)."""
     from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
-    run_id = str(uuid.uuid4())
+    run_id = run_id or str(uuid.uuid4())
     with pool_slots(instance, home, job, run_id, log):
-        result = job.execute_in_process(instance=instance, run_id=run_id, tags=owner_tags(), raise_on_error=False,
-                                        **kwargs)
+        result = job.execute_in_process(instance=instance, run_id=run_id, tags={**(tags or {}), **owner_tags()},
+                                        raise_on_error=False, **kwargs)
     run = instance.get_run_by_id(run_id)
     if run is not None and run.tags.get(RUN_FAILURE_REASON_TAG) == "UNEXPECTED_TERMINATION":
         raise KeyboardInterrupt(f"run {run_id} was interrupted")

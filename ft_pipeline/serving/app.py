@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ft_pipeline.serving.batching import MASK_STATS, Batcher, Job
 from ft_pipeline.serving.catalog import Catalog
 from ft_pipeline.serving.config import ServeConfig
+from ft_pipeline.serving.finetuning_routes import FineTuning
+from ft_pipeline.serving.finetuning_routes import add_routes as add_finetuning_routes
 from ft_pipeline.serving.models import ModelNotFound, NotReady, Served, registered_format
 from ft_pipeline.serving.protocol import ApiError, ChatRequest, context_error, format_error, parse_request
 from ft_pipeline.serving.stored import Stored, add_routes
@@ -76,8 +78,15 @@ def _job(served: Served, req: ChatRequest, ids: list[int], budget: int, matcher=
 
 
 def create_app(cfg: ServeConfig, store: Catalog | None = None, batcher: Batcher | None = None,
-               stored: Stored | None = None) -> FastAPI:
+               stored: Stored | None = None, finetuning: FineTuning | None = None) -> FastAPI:
     store = store or Catalog(cfg.models, cfg.alias, cfg.poll_s, cfg.keep_versions)
+    # A job's `ft:` model loads onto the catalog's bases: a base shared with the tasks served is loaded once.
+    finetuning = finetuning or FineTuning(max_file_bytes=cfg.max_file_bytes, keep_versions=cfg.keep_versions,
+                                          load=store.bases.load)
+
+    def resolve(model_id: str) -> Served:
+        """A fine-tuning job's `ft:` model, or the served registered model's id."""
+        return finetuning.served(model_id) if model_id.startswith("ft:") else store.get(model_id)
     batcher = batcher or Batcher(cfg.batch_window_ms / 1000, cfg.max_batch)
     stored = stored or Stored(cfg)
 
@@ -160,11 +169,11 @@ def create_app(cfg: ServeConfig, store: Catalog | None = None, batcher: Batcher 
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models():
-        return {"object": "list", "data": await run_in_threadpool(store.listing)}
+        return {"object": "list", "data": await run_in_threadpool(lambda: store.listing() + finetuning.listing())}
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(check_key)])
     async def model(model_id: str):
-        for row in await run_in_threadpool(store.listing):
+        for row in await run_in_threadpool(lambda: store.listing() + finetuning.listing()):
             if row["id"] == model_id:
                 return row
         raise ModelNotFound(f"The model '{model_id}' does not exist")
@@ -173,7 +182,7 @@ def create_app(cfg: ServeConfig, store: Catalog | None = None, batcher: Batcher 
     async def chat_completions(request: Request):
         started = time.monotonic()
         req = parse_request(await read_body(request))
-        served = await run_in_threadpool(store.get, req.model)
+        served = await run_in_threadpool(resolve, req.model)
         if cfg.default_response_format == "registered" and req.response_format is None \
                 and (fmt := registered_format(served)) is not None:
             req._format = fmt
@@ -214,6 +223,7 @@ def create_app(cfg: ServeConfig, store: Catalog | None = None, batcher: Batcher 
         return JSONResponse(body, headers=headers)
 
     add_routes(app, stored, check_key)
+    add_finetuning_routes(app, finetuning, check_key)
     return app
 
 

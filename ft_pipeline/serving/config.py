@@ -28,6 +28,7 @@ class ServeConfig:
     max_batch: int = 16  # the most requests generated together
     default_max_tokens: int = 256  # completion budget when a request names none (capped by the context)
     max_body_bytes: int = 1 << 20  # a larger request body is answered 413
+    max_file_bytes: int = 512 << 20  # a larger upload to POST /v1/files is answered 413
     keep_versions: int = 3  # loaded versions kept in memory (the followed ones are always kept)
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     tracking_uri: str | None = None  # MLflow; default: the pipeline's store (MLFLOW_TRACKING_URI / FT_PIPELINE_HOME)
@@ -54,6 +55,7 @@ class ServeConfig:
             max_batch=_env("FT_PIPELINE_SERVE_MAX_BATCH", cls.max_batch, int),
             default_max_tokens=_env("FT_PIPELINE_SERVE_MAX_TOKENS", cls.default_max_tokens, int),
             max_body_bytes=_env("FT_PIPELINE_SERVE_MAX_BODY_BYTES", cls.max_body_bytes, int),
+            max_file_bytes=_env("FT_PIPELINE_SERVE_MAX_FILE_BYTES", cls.max_file_bytes, int),
             api_key=_env("FT_PIPELINE_API_KEY", None), store=_env("FT_PIPELINE_STORE", cls.store),
             store_retention_days=_env("FT_PIPELINE_STORE_RETENTION_DAYS", cls.store_retention_days, float),
             store_path=_env("FT_PIPELINE_STORE_PATH", None), store_sync=_env("FT_PIPELINE_STORE_SYNC", cls.store_sync),

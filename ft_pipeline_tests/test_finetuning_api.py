@@ -1,0 +1,229 @@
+"""OpenAI's fine-tuning API on the real server (slow), driven by the official openai client: the demo chat drop
+uploaded, listed, read back; a job on it trained by a real Dagster run on the home's instance (builtin:tiny), polled
+to succeeded, its events and checkpoints read and its fine_tuned_model called on the same server; a second job of
+the same task queued behind a running one, both cancelled and their Dagster run shown cancelled; a file that
+fails validation failing its job with the quarantine's reasons; every bad input refused with OpenAI's error shape
+and nothing half-created; a deleted file erased from the task that trained on it."""
+
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import openai
+import pytest
+
+from ft_pipeline.serving.app import create_app
+from ft_pipeline.serving.config import ServeConfig
+from ft_pipeline.settings import REPO_ROOT
+from ft_pipeline_tests._serving import ServerThread
+
+pytestmark = pytest.mark.slow
+
+DEMO = REPO_ROOT / "data" / "raw" / "2026-01-support_chat.jsonl"
+FAST = REPO_ROOT / "ft_pipeline_tests" / "finetuning_fast.yaml"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finetuning")
+    home = tmp / "home"
+    (home / "mlflow").mkdir(parents=True)
+    env = {"FT_PIPELINE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+           "FT_PIPELINE_FINETUNING_PRESET": str(FAST), "DAGSTER_HOME": None, "FT_PIPELINE_RAW_DIR": None}
+    old = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    app = create_app(ServeConfig(poll_s=1, batch_window_ms=10, max_file_bytes=len(DEMO.read_bytes()) + 1000))
+    try:
+        with ServerThread(app) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+            yield SimpleNamespace(client=client, home=home, tmp=tmp, url=url)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _slice(api, name: str, n: int) -> str:
+    """A fine-tune file of the demo drop's first `n` rows, uploaded; its id."""
+    path = api.tmp / name
+    path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[:n]))
+    return api.client.files.create(file=path.open("rb"), purpose="fine-tune").id
+
+
+def _wait(client, job_id: str, until, timeout: float = 1500):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
+        time.sleep(1)
+
+
+def _dagster_status(home, run_id: str) -> str:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        return instance.get_run_by_id(run_id).status.value
+
+
+def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
+    c = api.client
+    demo = c.files.create(file=DEMO.open("rb"), purpose="fine-tune")
+    assert demo.object == "file" and demo.purpose == "fine-tune" and demo.bytes == len(DEMO.read_bytes())
+    assert demo.filename == DEMO.name and c.files.retrieve(demo.id).id == demo.id
+    assert c.files.content(demo.id).content == DEMO.read_bytes()
+    assert demo.id in [f.id for f in c.files.list(purpose="fine-tune").data]
+
+    train = _slice(api, "support_48.jsonl", 48)
+    job = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="support", seed=7,
+                                    metadata={"team": "support"},
+                                    method={"type": "supervised",
+                                            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}})
+    assert job.status == "validating_files" and job.fine_tuned_model is None and job.metadata == {"team": "support"}
+    running = _wait(c, job.id, lambda j: j.status not in ("validating_files", "queued"))
+    done = _wait(c, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    assert running.status in ("running", "succeeded")
+    assert done.fine_tuned_model == f"ft:builtin:tiny:support:{job.id}" and done.finished_at >= done.created_at
+    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 8 and done.seed == 7
+    assert done.trained_tokens > 0 and done.estimated_finish is None
+    extra = done.model_extra["ft_pipeline"]
+    assert extra["task"] == "support" and extra["registered_model"] == "support" and extra["version"] == "1"
+    assert [_dagster_status(api.home, r) for r in extra["dagster_run_ids"]] == ["SUCCESS", "SUCCESS"]
+
+    events = list(reversed(c.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+    messages = [e.message for e in events]
+    assert messages[0].startswith("Created fine-tuning job") and messages[-1] == "The job has successfully completed"
+    assert any(m.startswith(f"{train}: ") and "usable" in m for m in messages)
+    assert any(m.startswith("ok lora_adapter") for m in messages) and any("registered_model" in m for m in messages)
+    (checked,) = [e.data for e in events if e.data and "kept" in e.data]
+    steps = 2 * -(-checked["kept"] // 8)  # two passes over the usable rows in batches of 8
+    assert checked["rows"] == 48 and 40 < checked["kept"] <= 48
+    losses = [e.data for e in events if e.type == "metrics"]
+    assert losses and losses[-1]["total_steps"] == steps and all(d["train_loss"] > 0 for d in losses[:-1])
+    page = c.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert len(page.data) == 3 and page.has_more
+    assert c.fine_tuning.jobs.list_events(job.id, after=page.data[-1].id, limit=1).data[0].id != page.data[-1].id
+
+    ckpts = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    numbers = [ck.step_number for ck in ckpts]
+    assert numbers[0] == steps and numbers == sorted(numbers, reverse=True) and len(numbers) >= 2, numbers
+    assert all(ck.metrics.step == ck.step_number and ck.metrics.train_loss > 0 for ck in ckpts)
+    assert ckpts[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-{steps}"
+
+    answer = c.chat.completions.create(model=done.fine_tuned_model, max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": "refund order ORD-100001 please"}])
+    assert answer.model == done.fine_tuned_model and answer.system_fingerprint == "support/1"
+    assert done.fine_tuned_model in [m.id for m in c.models.list().data]
+    assert c.fine_tuning.jobs.list(limit=1).data[0].id == job.id
+
+    # deleting the training file erases its rows from the task that trained on it
+    assert c.files.delete(train).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(train)
+    requests = api.home / "finetuning" / "tasks" / "support" / "erasure" / "requests.jsonl"
+    (request,) = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert len(request["rows"]) == 48 and {r["drop"] for r in request["rows"]} == {f"{train}.jsonl"}
+
+
+def test_a_second_job_of_a_task_queues_and_cancel_ends_both_cancelled(api):
+    c = api.client
+    train = _slice(api, "routing_48.jsonl", 48)
+    hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 8}}}
+    first = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="routing", method=hp)
+    _wait(c, first.id, lambda j: j.estimated_finish is not None or j.status in ("failed", "succeeded"))
+    second = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="routing", method=hp)
+    queued = _wait(c, second.id, lambda j: j.status != "validating_files")
+    assert queued.status == "queued" and c.fine_tuning.jobs.retrieve(first.id).status == "running"
+
+    cancelled = c.fine_tuning.jobs.cancel(first.id)
+    assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
+    run_ids = cancelled.model_extra["ft_pipeline"]["dagster_run_ids"]
+    assert _dagster_status(api.home, run_ids[-1]) == "CANCELED"
+    assert c.fine_tuning.jobs.list_events(first.id, limit=1).data[0].message.startswith("Fine-tuning job cancelled")
+    # the queued job took the task's lock when the first let go; cancel it wherever it is
+    assert c.fine_tuning.jobs.cancel(second.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.fine_tuning.jobs.cancel(first.id)
+    assert e.value.body["code"] == "invalid_request"
+
+
+def test_a_file_that_fails_validation_fails_its_job_with_the_reasons(api):
+    c = api.client
+    bad = api.tmp / "no_answers.jsonl"
+    bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"}]}) + "\n"
+                           for i in range(12)))
+    f = c.files.create(file=bad.open("rb"), purpose="fine-tune")  # JSONL that parses: accepted at upload
+    job = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=f.id)
+    done = _wait(c, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"), timeout=300)
+    assert done.status == "failed" and done.error.code == "invalid_training_file"
+    assert done.error.param == "training_file" and "0 usable example(s) of 12" in done.error.message
+    assert "line 1:" in done.error.message and done.model_extra["ft_pipeline"]["dagster_run_ids"] == []
+    last = c.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
+    assert last.level == "error" and last.data["by_reason"] and len(last.data["quarantined"]) == 12
+
+
+def _refused(call, status: int, code: str, param=None):
+    with pytest.raises(openai.APIStatusError) as e:
+        call()
+    assert e.value.status_code == status and e.value.body["code"] == code, e.value.body
+    assert e.value.body["param"] == param and e.value.body["message"]
+    return e.value.body
+
+
+def test_bad_input_is_refused_with_openais_error_and_nothing_is_created(api):
+    c = api.client
+    files, jobs = len(c.files.list().data), len(c.fine_tuning.jobs.list(limit=100).data)
+    big = api.tmp / "big.jsonl"
+    big.write_bytes(DEMO.read_bytes() * 2)
+    _refused(lambda: c.files.create(file=big.open("rb"), purpose="fine-tune"), 413, "file_too_large", "file")
+    latin = api.tmp / "latin1.jsonl"
+    latin.write_bytes("".join(json.dumps({"messages": [{"role": "user", "content": "caf\u00e9 cr\u00e8me"},
+                                                       {"role": "assistant", "content": "d\u00e9j\u00e0"}]},
+                                         ensure_ascii=False) + "\n" for _ in range(12)).encode("latin-1"))
+    body = _refused(lambda: c.files.create(file=latin.open("rb"), purpose="fine-tune"), 400, "invalid_file_format",
+                    "file")
+    assert "UTF-8" in body["message"] or "utf-8" in body["message"]
+    csv = api.tmp / "tickets.jsonl"
+    csv.write_text("text,label\nhello,greeting\n")
+    _refused(lambda: c.files.create(file=csv.open("rb"), purpose="fine-tune"), 400, "invalid_file_format", "file")
+    _refused(lambda: c.files.create(file=("notes.txt", b"hello"), purpose="fine-tune"), 400, "invalid_file_format",
+             "file")
+    _refused(lambda: c.files.create(file=DEMO.open("rb"), purpose="fine-tuning"), 400, "invalid_value", "purpose")
+    assert len(c.files.list().data) == files
+    assert not list((api.home / "finetuning" / "files").glob(".incoming-*"))
+
+    batch = c.files.create(file=("requests.jsonl", b'{"custom_id": "1"}\n'), purpose="batch")
+    good = _slice(api, "ok_20.jsonl", 20)
+    create = c.fine_tuning.jobs.create
+    _refused(lambda: create(model="builtin:tiny", training_file=batch.id), 400, "invalid_file_purpose",
+             "training_file")
+    _refused(lambda: create(model="builtin:tiny", training_file="file-nope"), 404, "file_not_found", "training_file")
+    _refused(lambda: create(model="gpt-4o-mini-2024-07-18", training_file=good), 400, "model_not_available", "model")
+    for name, value in (("n_epochs", 0), ("n_epochs", 2.5), ("batch_size", 1000), ("learning_rate_multiplier", -1),
+                        ("n_epochs", "many")):
+        method = {"type": "supervised", "supervised": {"hyperparameters": {name: value}}}
+        _refused(lambda m=method: create(model="builtin:tiny", training_file=good, method=m), 400, "invalid_value",
+                 f"method.supervised.hyperparameters.{name}")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}), 400, "unknown_parameter",
+        "method.supervised.hyperparameters.beta")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}), 400, "invalid_value",
+        "method.dpo.hyperparameters.beta")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, method={"type": "dpo"}), 400,
+             "unsupported_value", "method.type")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, suffix="Has Spaces"), 400, "invalid_value",
+             "suffix")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, method={"type": "reinforcement"}), 400,
+             "invalid_value", "method.type")
+    assert len(c.fine_tuning.jobs.list(limit=100).data) == jobs
+    _refused(lambda: c.fine_tuning.jobs.retrieve("ftjob-nope"), 404, "not_found")
+    _refused(lambda: c.files.retrieve("file-nope"), 404, "not_found")
+    _refused(lambda: c.chat.completions.create(model="ft:builtin:tiny::ftjob-nope", messages=[
+        {"role": "user", "content": "hi"}]), 404, "model_not_found", "model")
