@@ -147,10 +147,13 @@ def loop(smoke_home):
                        for r in inst.fetch_materializations(dg.AssetKey("traffic_drift"), limit=10).records}
         ns.reviewed_md = {r.partition_key: {k: v.value for k, v in r.asset_materialization.metadata.items()}
                           for r in inst.fetch_materializations(dg.AssetKey("reviewed_traffic"), limit=10).records}
-        history = inst.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("traffic_drift"), "traffic_within_drift_thresholds"), limit=10)
-        ns.checks = {r.partition: r.event.dagster_event.event_specific_data for r in history  # the evaluations
-                     if r.event and r.event.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"}
+        # each day's check evaluation, from the run that materialized that day's partition
+        ns.checks = {}
+        for r in inst.fetch_materializations(dg.AssetKey("traffic_drift"), limit=10).records:
+            (ev,) = [e.dagster_event.event_specific_data
+                     for e in inst.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+                     if e.dagster_event.event_specific_data.check_name == "traffic_within_drift_thresholds"]
+            ns.checks[r.partition_key] = ev
         pipeline_home = PipelineHome(home=str(home), raw_dir=str(raw))
         ns.sensor = raw_drops_sensor(dg.build_sensor_context(instance=inst, resources={"home": pipeline_home}))
         ns.drift_sensor = drift_reevaluation_sensor(dg.build_sensor_context(instance=inst))
