@@ -11,12 +11,12 @@ import logging
 import threading
 
 from ft_pipeline.serving.adapters import Bases
-from ft_pipeline.serving.models import MODEL_ID, ModelNotFound, ModelStore, Served
+from ft_pipeline.serving.models import MODEL_ID, Following, ModelNotFound, ModelStore, Served
 
 log = logging.getLogger("ft_pipeline.serving")
 
 
-class Catalog:
+class Catalog(Following):
     def __init__(self, names: tuple[str, ...] = (), alias: str = "champion", poll_s: float = 5.0, keep: int = 3,
                  client=None, bases: Bases | None = None):
         import mlflow
@@ -96,16 +96,3 @@ class Catalog:
         for store in self.stores().values():
             store.refresh()
 
-    def start(self) -> None:
-        self.refresh()
-        self._thread = threading.Thread(target=self._follow, name="ft-pipeline-follow", daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.refresh()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)

@@ -102,7 +102,31 @@ def _not_found(e) -> bool:
     return getattr(e, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
-class ModelStore:
+class Following:
+    """What follows the registry: `start()` refreshes now (loading what the followed aliases point to), then every
+    `poll_s` seconds in a daemon thread until `stop()`. Subclasses set poll_s, _stop (an Event) and _thread."""
+
+    poll_s: float
+
+    def refresh(self):
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._follow, name="ft-pipeline-follow", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+class ModelStore(Following):
     """The loaded versions of one registered model, and the aliases it follows (the served alias always,
     any other alias from the first request that names it). `load(name, version)` loads a version
     (adapters.Bases.load)."""
@@ -230,21 +254,6 @@ class ModelStore:
                 log.warning("following %s@%s failed (the current version keeps answering): %s",
                             self.name, alias, self.last_error)
         return moves
-
-    def start(self) -> None:
-        """Load what the served alias points to now (if anything), then follow in a background thread."""
-        self.refresh()
-        self._thread = threading.Thread(target=self._follow, name="ft-pipeline-follow", daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.refresh()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def listing(self) -> list[dict]:
         """Every model id this server answers: NAME (the served alias), NAME@ALIAS for each alias, and
