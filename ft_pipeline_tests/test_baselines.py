@@ -184,7 +184,10 @@ def test_the_gate_check_applies_must_beat_prompting(tmp_path, must, tuned_fa, pa
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "evaluation.json").write_text(json.dumps(report))
     config = GateConfig(must_beat_prompting=must, min_gain_over_base=0.05, min_json_valid=0.9, max_retention_kl=None)
-    res = beats_base_and_champion(config=config, home=PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path)))
+    import dagster as dg
+
+    home = PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path))
+    res = beats_base_and_champion(dg.build_asset_check_context(), config=config, home=home)
     assert res.passed is passed
     if not passed:
         assert "does not beat the best prompting baseline, few_shot_5" in res.description

@@ -215,7 +215,10 @@ def _gate(tmp_path, champion_erasure_pending):
               "retention_kl": None, "champion_erasure_pending": champion_erasure_pending}
     (tmp_path / "reports").mkdir(exist_ok=True)
     (tmp_path / "reports" / "evaluation.json").write_text(json.dumps(report))
-    return beats_base_and_champion(config=GateConfig(), home=PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path)))
+    import dagster as dg
+
+    home = PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path))
+    return beats_base_and_champion(dg.build_asset_check_context(), config=GateConfig(), home=home)
 
 
 def test_the_gate_does_not_hold_to_a_champion_trained_on_an_erased_row(tmp_path):

@@ -110,7 +110,10 @@ def _gate(tmp_path, gate_on: str, report_gate_on: str = "free", constrained: boo
     (tmp_path / "reports").mkdir(exist_ok=True)
     (tmp_path / "reports" / "evaluation.json").write_text(json.dumps(report))
     config = GateConfig(gate_on=gate_on, min_gain_over_base=0.05, max_retention_kl=None)
-    return beats_base_and_champion(config=config, home=PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path)))
+    import dagster as dg
+
+    home = PipelineHome(home=str(tmp_path), raw_dir=str(tmp_path))
+    return beats_base_and_champion(dg.build_asset_check_context(), config=config, home=home)
 
 
 def test_the_gate_judges_the_free_answers_unless_gate_on_says_constrained(tmp_path):
