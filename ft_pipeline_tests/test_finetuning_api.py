@@ -30,7 +30,8 @@ def api(tmp_path_factory):
     home = tmp / "home"
     (home / "mlflow").mkdir(parents=True)
     env = {"FT_PIPELINE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-           "FT_PIPELINE_FINETUNING_PRESET": str(FAST), "DAGSTER_HOME": None, "FT_PIPELINE_RAW_DIR": str(tmp / "raw"), "FT_PIPELINE_TASKS": None}
+           "FT_PIPELINE_FINETUNING_PRESET": str(FAST), "DAGSTER_HOME": None, "FT_PIPELINE_RAW_DIR": str(tmp / "raw"),
+           "FT_PIPELINE_TASKS": None}
     old = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

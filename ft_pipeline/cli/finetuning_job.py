@@ -159,9 +159,7 @@ def _run(store: FineTuningStore, job: dict, state: dict) -> int:
 
 def _train(store: FineTuningStore, job: dict, preset: dict, state: dict) -> int:
     job_id, home = job["id"], settings.home()
-    preset_path = store.root / "jobs" / f"{job_id}.yaml"
-    preset_path.parent.mkdir(parents=True, exist_ok=True)
-    preset_path.write_text(yaml.safe_dump(preset, sort_keys=False))
+    preset_path = store.root / "jobs" / f"{job_id}.yaml"  # written once the task's jobs are known
     task = tasks.Task(job["task"], preset=str(preset_path), description=f"fine-tuning job {job_id}")
     tasks.add_job_task(task)  # before the definitions are built: they have the task's graph
     task_home, raw = task.home(home), task.raw_dir(settings.raw_dir())
@@ -182,6 +180,11 @@ def _train(store: FineTuningStore, job: dict, preset: dict, state: dict) -> int:
     from ft_pipeline.defs.partitions import drops_for
 
     ingest, train = (defs.resolve_job_def(job_name(task.name, j)) for j in ("ingest_drop", "train_and_register"))
+    # the preset's ops that are the task's (the base preset's traffic ops are the default task's alone)
+    ops = {n.name for j in (ingest, train) for n in j.graph.node_defs}
+    preset_path.parent.mkdir(parents=True, exist_ok=True)
+    preset_path.write_text(yaml.safe_dump({"ops": {k: v for k, v in preset["ops"].items() if k in ops}},
+                                          sort_keys=False))
     loaded = presets.load(preset_path, [ingest, train])
     console.stage_lines_only()
     log = logging.getLogger("ft_pipeline.stages")
