@@ -48,10 +48,10 @@ def api(tmp_path_factory):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _slice(api, name: str, n: int) -> str:
-    """A fine-tune file of the demo drop's first `n` rows, uploaded; its id."""
+def _slice(api, name: str, n: int, start: int = 0) -> str:
+    """A fine-tune file of `n` rows of the demo drop from row `start`, uploaded; its id."""
     path = api.tmp / name
-    path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[:n]))
+    path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[start:start + n]))
     return api.client.files.create(file=path.open("rb"), purpose="fine-tune").id
 
 
@@ -158,7 +158,8 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
 
 def test_a_second_job_of_a_task_queues_and_cancel_ends_both_cancelled(api):
     c = api.client
-    train = _slice(api, "triage_48.jsonl", 48)
+    # other rows than the first test's: its deleted file's rows are erased from every task of the home
+    train = _slice(api, "triage_48.jsonl", 48, start=48)
     hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 8}}}
     first = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="triage", method=hp)
     _wait(c, first.id, lambda j: j.estimated_finish is not None or j.status in ("failed", "succeeded"))
