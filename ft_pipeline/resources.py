@@ -211,6 +211,5 @@ def default_resources() -> dict:
     return {
         "home": PipelineHome(home=str(h), raw_dir=str(settings.raw_dir())),
         "mlflow_tracking": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri(h),
-                                          artifact_root=str(settings.mlflow_artifact_root(h)),
-                                          registered_model_name=settings.registered_model_name()),
+                                          artifact_root=str(settings.mlflow_artifact_root(h))),
     }

@@ -17,11 +17,6 @@ def raw_dir() -> Path:
     return Path(os.environ.get("FT_PIPELINE_RAW_DIR") or REPO_ROOT / "data" / "raw").expanduser().resolve()
 
 
-def registered_model_name() -> str:
-    """The registered model a run registers (FT_PIPELINE_REGISTERED_MODEL: a fine-tuning job's task sets it)."""
-    return os.environ.get("FT_PIPELINE_REGISTERED_MODEL") or "ft-pipeline-adapter"
-
-
 def mlflow_tracking_uri(h: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(h or home()) / 'mlflow' / 'mlflow.db'}"
 

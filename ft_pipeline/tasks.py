@@ -1,8 +1,9 @@
 """Tasks: one pipeline, several fine-tuning tasks. A task is a name, its drops (`<raw_dir>/<task>/`), its files
 (`<home>/tasks/<task>/`), its preset and its registered model. The default task keeps the flat layout (the drops
 directly in `<raw_dir>`, the files directly in `<home>`) and the registered model `ft-pipeline-adapter`; the
-others are listed in tasks.yaml at the root of the checkout ($FT_PIPELINE_TASKS moves it). Plain Python: the
-Dagster edge builds each task's assets from these (ft_pipeline/defs/tasks.py)."""
+others are listed in tasks.yaml at the root of the checkout ($FT_PIPELINE_TASKS moves it), and the tasks of
+fine-tuning jobs in the home's finetuning/tasks.yaml (written by the job runner, cli/finetuning_job.py). Plain
+Python: the Dagster edge builds each task's assets from these (ft_pipeline/defs/tasks.py)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,37 @@ def tasks_file() -> Path:
     return Path(os.environ.get(TASKS_ENV) or settings.REPO_ROOT / "tasks.yaml").expanduser().resolve()
 
 
+def jobs_tasks_file() -> Path:
+    """The tasks of the home's fine-tuning jobs (a job's `suffix`, or its id): the same format as tasks.yaml."""
+    return settings.home() / "finetuning" / "tasks.yaml"
+
+
+def repo_tasks() -> dict[str, Task]:
+    """The tasks of the tasks file alone (the default task first), without the fine-tuning jobs' tasks."""
+    path = tasks_file()
+    if not path.exists():
+        return {DEFAULT: Task(DEFAULT)}
+    return dict(_load(path, path.stat().st_mtime_ns))
+
+
+def add_job_task(task: Task) -> None:
+    """Record (or update) a fine-tuning job's task in the home's jobs tasks file; TaskError if its name is a
+    task of the tasks file's. The caller holds the home's run lock (one writer at a time)."""
+    import yaml
+
+    check_name(task.name)
+    if task.name in repo_tasks():
+        raise TaskError(f"task {task.name!r} is a task of {tasks_file()}, not a fine-tuning job's")
+    path = jobs_tasks_file()
+    doc = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    entries = doc.get("tasks") or {}
+    entries[task.name] = {k: v for k, v in dataclasses.asdict(task).items() if k != "name" and v}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump({"tasks": entries}, sort_keys=False))
+    tmp.replace(path)
+
+
 @functools.cache
 def _load(path: Path, mtime_ns: int) -> dict[str, Task]:
     import yaml
@@ -120,11 +152,23 @@ def _load(path: Path, mtime_ns: int) -> dict[str, Task]:
 
 def all_tasks() -> dict[str, Task]:
     """Every task, the default first: the tasks file's (its `default:` entry configures the default task), or
-    the default task alone when there is no tasks file."""
-    path = tasks_file()
+    the default task alone when there is no tasks file; then the home's fine-tuning jobs' tasks."""
+    out = repo_tasks()
+    path = jobs_tasks_file()
     if not path.exists():
-        return {DEFAULT: Task(DEFAULT)}
-    return dict(_load(path, path.stat().st_mtime_ns))
+        return out
+    jobs = _load(path, path.stat().st_mtime_ns)
+    for name, task in jobs.items():
+        if name == DEFAULT:
+            continue
+        if name in out:
+            raise TaskError(f"{path}: task {name!r} is also a task of {tasks_file()}: rename one of them")
+        out[name] = task
+    idents, names = [t.ident for t in out.values()], [t.model_name for t in out.values()]
+    if len(set(idents)) != len(idents) or len(set(names)) != len(names):
+        raise TaskError(f"{path}: a fine-tuning job's task has the Dagster name or registered model of a task of "
+                        f"{tasks_file()}")
+    return out
 
 
 def get(name: str | None) -> Task:
@@ -134,5 +178,6 @@ def get(name: str | None) -> Task:
     check_name(name)
     known = all_tasks()
     if name not in known:
-        raise TaskError(f"unknown task {name!r}: {tasks_file()} has {', '.join(sorted(known))}")
+        raise TaskError(f"unknown task {name!r}: {tasks_file()} and {jobs_tasks_file()} have "
+                        f"{', '.join(sorted(known))}")
     return known[name]

@@ -30,7 +30,8 @@ def api(tmp_path_factory):
     home = tmp / "home"
     (home / "mlflow").mkdir(parents=True)
     env = {"FT_PIPELINE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-           "FT_PIPELINE_FINETUNING_PRESET": str(FAST), "DAGSTER_HOME": None, "FT_PIPELINE_RAW_DIR": None}
+           "FT_PIPELINE_FINETUNING_PRESET": str(FAST), "DAGSTER_HOME": None, "FT_PIPELINE_RAW_DIR": str(tmp / "raw"),
+           "FT_PIPELINE_TASKS": None}
     old = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -47,10 +48,10 @@ def api(tmp_path_factory):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _slice(api, name: str, n: int) -> str:
-    """A fine-tune file of the demo drop's first `n` rows, uploaded; its id."""
+def _slice(api, name: str, n: int, start: int = 0) -> str:
+    """A fine-tune file of `n` rows of the demo drop from row `start`, uploaded; its id."""
     path = api.tmp / name
-    path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[:n]))
+    path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[start:start + n]))
     return api.client.files.create(file=path.open("rb"), purpose="fine-tune").id
 
 
@@ -69,6 +70,22 @@ def _dagster_status(home, run_id: str) -> str:
 
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         return instance.get_run_by_id(run_id).status.value
+
+
+def _materialized(home, run_id: str) -> set[str]:
+    """The asset keys a Dagster run materialized."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
+
+
+def _partitions(home, name: str) -> list[str]:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        return instance.get_dynamic_partitions(name)
 
 
 def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
@@ -95,6 +112,14 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     extra = done.model_extra["ft_pipeline"]
     assert extra["task"] == "support" and extra["registered_model"] == "support" and extra["version"] == "1"
     assert [_dagster_status(api.home, r) for r in extra["dagster_run_ids"]] == ["SUCCESS", "SUCCESS"]
+    # the job is the task `support` of the pipeline: its runs materialize its keys, never the default task's
+    keys = set().union(*(_materialized(api.home, r) for r in extra["dagster_run_ids"]))
+    assert {"support/raw_examples", "support/lora_adapter", "support/registered_model"} <= keys
+    assert all(k.startswith("support/") for k in keys), keys
+    assert _partitions(api.home, "drops_support") == [f"{train}.jsonl"] and _partitions(api.home, "drops") == []
+    assert (api.tmp / "raw" / "support" / f"{train}.jsonl").is_file()
+    assert "support" in (api.home / "finetuning" / "tasks.yaml").read_text()
+    assert (api.home / "tasks" / "support" / "data").is_dir() and not (api.home / "finetuning" / "tasks").exists()
 
     events = list(reversed(c.fine_tuning.jobs.list_events(job.id, limit=1000).data))
     messages = [e.message for e in events]
@@ -126,18 +151,19 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     assert c.files.delete(train).deleted
     with pytest.raises(openai.NotFoundError):
         c.files.retrieve(train)
-    requests = api.home / "finetuning" / "tasks" / "support" / "erasure" / "requests.jsonl"
+    requests = api.home / "erasure" / "requests.jsonl"  # the home's: every task's
     (request,) = [json.loads(line) for line in requests.read_text().splitlines()]
     assert len(request["rows"]) == 48 and {r["drop"] for r in request["rows"]} == {f"{train}.jsonl"}
 
 
 def test_a_second_job_of_a_task_queues_and_cancel_ends_both_cancelled(api):
     c = api.client
-    train = _slice(api, "routing_48.jsonl", 48)
+    # other rows than the first test's: its deleted file's rows are erased from every task of the home
+    train = _slice(api, "triage_48.jsonl", 48, start=48)
     hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 8}}}
-    first = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="routing", method=hp)
+    first = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="triage", method=hp)
     _wait(c, first.id, lambda j: j.estimated_finish is not None or j.status in ("failed", "succeeded"))
-    second = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="routing", method=hp)
+    second = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="triage", method=hp)
     queued = _wait(c, second.id, lambda j: j.status != "validating_files")
     assert queued.status == "queued" and c.fine_tuning.jobs.retrieve(first.id).status == "running"
 
@@ -220,6 +246,9 @@ def test_bad_input_is_refused_with_openais_error_and_nothing_is_created(api):
              "unsupported_value", "method.type")
     _refused(lambda: create(model="builtin:tiny", training_file=good, suffix="Has Spaces"), 400, "invalid_value",
              "suffix")
+    body = _refused(lambda: create(model="builtin:tiny", training_file=good, suffix="routing"), 400,
+                    "invalid_value", "suffix")  # a task of tasks.yaml is not a job's
+    assert "routing" in body["message"]
     _refused(lambda: create(model="builtin:tiny", training_file=good, method={"type": "reinforcement"}), 400,
              "invalid_value", "method.type")
     assert len(c.fine_tuning.jobs.list(limit=100).data) == jobs

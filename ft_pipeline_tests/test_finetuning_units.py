@@ -37,6 +37,9 @@ def test_a_request_is_checked_parameter_by_parameter():
              ({**ok, "training_file": "file-batch"}, 400, "training_file", "invalid_file_purpose"),
              ({**ok, "validation_file": "file-gone"}, 404, "validation_file", "file_not_found"),
              ({**ok, "suffix": "x" * 41}, 400, "suffix", "invalid_value"),
+             ({**ok, "suffix": "routing"}, 400, "suffix", "invalid_value"),  # a task of tasks.yaml
+             ({**ok, "suffix": "default"}, 400, "suffix", "invalid_value"),
+             ({**ok, "suffix": "tasks"}, 400, "suffix", "invalid_value"),  # reserved: the home's tasks/
              ({**ok, "seed": -1}, 400, "seed", "invalid_value"),
              ({**ok, "seed": True}, 400, "seed", "invalid_value"),
              ({**ok, "metadata": {"k": 1}}, 400, "metadata", "invalid_value"),

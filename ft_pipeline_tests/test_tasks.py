@@ -120,3 +120,22 @@ def test_the_routing_generator_rewrites_the_committed_drop_byte_for_byte(tmp_pat
     committed = REPO_ROOT / "data" / "raw" / "routing"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir()) == [ROUTING_DROP]
     assert (tmp_path / ROUTING_DROP).read_bytes() == (committed / ROUTING_DROP).read_bytes()
+
+
+def test_a_fine_tuning_jobs_task_is_a_task_beside_the_repos(tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_PIPELINE_HOME", str(tmp_path / "home"))
+    preset = tmp_path / "ftjob-1.yaml"
+    tasks.add_job_task(tasks.Task("support", preset=str(preset), description="fine-tuning job ftjob-1"))
+    assert list(tasks.all_tasks()) == ["default", "routing", "support"]
+    support = tasks.get("support")
+    assert support.model_name == "support" and support.key_prefix == ["support"] and support.preset_path() == preset
+    assert support.home(tmp_path / "home") == tmp_path / "home" / "tasks" / "support"
+    assert list(tasks.repo_tasks()) == ["default", "routing"]
+    for name in ("routing", "default"):
+        with pytest.raises(tasks.TaskError, match="is a task of"):
+            tasks.add_job_task(tasks.Task(name))
+    # a jobs' tasks file naming a task of tasks.yaml (written by hand) is one line, not a second routing
+    tasks.jobs_tasks_file().write_text("tasks:\n  routing: {}\n")
+    with pytest.raises(tasks.TaskError, match="is also a task of") as e:
+        tasks.all_tasks()
+    assert "\n" not in str(e.value)

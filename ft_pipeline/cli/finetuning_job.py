@@ -8,10 +8,12 @@ run of the job's training file (the task's only drop) and train_and_register, wh
 registers the task's model. Each Dagster run is tagged with the job id and recorded on the job before it starts.
 The run's stage lines and training losses become the job's events; its end sets the job's status from the run's.
 
-The task lives in `<home>/finetuning/tasks/<task>/` (its drops in raw/, its data, checkpoints and adapter), on the
-home's one Dagster instance and MLflow store, its gpu-pool steps queued with every other run's. SIGTERM (the
-cancel endpoint) is Ctrl-C: the run stops as `ft-pipeline run` stops (checkpoints kept, slots freed), and is then
-reported cancelled in Dagster."""
+The job's task is a task of the pipeline (ft_pipeline/tasks.py), recorded in `<home>/finetuning/tasks.yaml` with
+the job's preset: its drop the job's training file alone in `<raw_dir>/<task>/`, its files under
+`<home>/tasks/<task>/`, its runs those of `ft-pipeline run --task <task>` (asset keys `<task>/...`, partitions
+`drops_<task>`, its own registered model), on the home's one Dagster instance, MLflow store, run lock and gpu pool.
+SIGTERM (the cancel endpoint) is Ctrl-C: the run stops as `ft-pipeline run` stops (checkpoints kept, slots freed),
+and is then reported cancelled in Dagster."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ft_pipeline import settings
+from ft_pipeline import settings, tasks
 from ft_pipeline.cli.main import _failure_message, prepare_instance_home
 from ft_pipeline.finetuning import jobs as ft_jobs
 from ft_pipeline.finetuning import progress, validation
@@ -148,25 +150,24 @@ def _run(store: FineTuningStore, job: dict, state: dict) -> int:
     store.update_job(job_id, status="queued", method=method, hyperparameters=hp)
     store.add_event(job_id, "Files validated; job queued")
 
-    task_home = store.task_home(job["task"])
-    prepare_instance_home()  # the server's home's Dagster instance, before the home moves to the task's
+    prepare_instance_home()  # the home's Dagster instance (DAGSTER_HOME), as `ft-pipeline run` does
     os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri()
-    with runs.home_lock(task_home, log=lambda line: store.add_event(job_id, line)):
-        return _train(store, job, task_home, preset, state)
+    # the home's run lock: one job (or `ft-pipeline run`) at a time; the later ones stay `queued`
+    with runs.home_lock(settings.home(), log=lambda line: store.add_event(job_id, line)):
+        return _train(store, job, preset, state)
 
 
-def _train(store: FineTuningStore, job: dict, task_home: Path, preset: dict, state: dict) -> int:
-    job_id, raw = job["id"], task_home / "raw"
+def _train(store: FineTuningStore, job: dict, preset: dict, state: dict) -> int:
+    job_id, home = job["id"], settings.home()
+    preset_path = store.root / "jobs" / f"{job_id}.yaml"  # written once the task's jobs are known
+    task = tasks.Task(job["task"], preset=str(preset_path), description=f"fine-tuning job {job_id}")
+    tasks.add_job_task(task)  # before the definitions are built: they have the task's graph
+    task_home, raw = task.home(home), task.raw_dir(settings.raw_dir())
     store.update_job(job_id, status="running")
-    store.add_event(job_id, f"Fine-tuning job started: task {job['task']} in {task_home}")
+    store.add_event(job_id, f"Fine-tuning job started: task {task.name} (drops {raw}, files {task_home})")
     shutil.rmtree(raw, ignore_errors=True)  # the task trains on exactly this job's file
     raw.mkdir(parents=True)
     shutil.copyfile(store.file(job["training_file"])["path"], raw / f"{job['training_file']}.jsonl")
-    os.environ.update(FT_PIPELINE_HOME=str(task_home), FT_PIPELINE_RAW_DIR=str(raw),
-                      FT_PIPELINE_REGISTERED_MODEL=job["task"])
-    preset_path = task_home / "jobs" / f"{job_id}.yaml"
-    preset_path.parent.mkdir(parents=True, exist_ok=True)
-    preset_path.write_text(yaml.safe_dump(preset, sort_keys=False))
 
     import uuid
 
@@ -174,39 +175,45 @@ def _train(store: FineTuningStore, job: dict, task_home: Path, preset: dict, sta
 
     from ft_pipeline.cli import presets
     from ft_pipeline.data.drop_files import drop_key
-    from ft_pipeline.definitions import defs  # built now: its resources read the task's home
-    from ft_pipeline.defs.partitions import drops
+    from ft_pipeline.definitions import defs  # built now: they have the job's task
+    from ft_pipeline.defs.jobs import job_name
+    from ft_pipeline.defs.partitions import drops_for
 
-    ingest, train = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("train_and_register")
-    loaded = presets.load(preset_path, [ingest, train, defs.resolve_job_def("traffic_daily")])
+    ingest, train = (defs.resolve_job_def(job_name(task.name, j)) for j in ("ingest_drop", "train_and_register"))
+    # the preset's ops that are the task's (the base preset's traffic ops are the default task's alone)
+    ops = {n.name for j in (ingest, train) for n in j.graph.node_defs}
+    preset_path.parent.mkdir(parents=True, exist_ok=True)
+    preset_path.write_text(yaml.safe_dump({"ops": {k: v for k, v in preset["ops"].items() if k in ops}},
+                                          sort_keys=False))
+    loaded = presets.load(preset_path, [ingest, train])
     console.stage_lines_only()
     log = logging.getLogger("ft_pipeline.stages")
     events = JobEvents(store, job_id, task_home)
     log.addHandler(events)
     instance = state["instance"] = dg.DagsterInstance.get()
-    for line in runs.reap(instance, task_home):
+    for line in runs.reap(instance, home):
         store.add_event(job_id, f"stale run: {line}", level="warn")
-    drop = drop_key(f"{job['training_file']}.jsonl")
+    drop, drops = drop_key(f"{job['training_file']}.jsonl"), drops_for(task.name)
     if drop not in instance.get_dynamic_partitions(drops.name):
         instance.add_dynamic_partitions(drops.name, [drop])
-    results = {}
-    for name, graph, kw in (("ingest_drop", ingest, {"partition_key": drop}), ("train_and_register", train, {})):
+    for name, graph, kw in ((ingest.name, ingest, {"partition_key": drop}), (train.name, train, {})):
         run_id = state["run_id"] = str(uuid.uuid4())
         store.update_job(job_id, dagster_run_ids=store.job(job_id)["dagster_run_ids"] + [run_id])
         store.add_event(job_id, f"Dagster run {run_id} ({name}) started", data={"dagster_run_id": run_id})
-        res = runs.execute(graph, instance, task_home, log=lambda line: store.add_event(job_id, line),
-                           run_id=run_id, tags={JOB_TAG: job_id, "ft_pipeline/task": job["task"]},
+        res = runs.execute(graph, instance, home, log=lambda line: store.add_event(job_id, line),
+                           run_id=run_id, tags={JOB_TAG: job_id, "ft_pipeline/task": task.name},
                            run_config=presets.run_config(loaded, graph), **kw)
         status = instance.get_run_by_id(run_id).status.value  # what Dagster recorded, not our reading of it
         store.add_event(job_id, f"Dagster run {run_id} ({name}): {status}", data={"dagster_run_id": run_id})
         if not res.success:
             return _fail(store, job_id, "run_failed", f"Dagster run {run_id} ({name}) {status}: "
                                                       f"{_failure_message(res)}")
-        results[name] = res
-    reg = {k: v.value for k, v in results["train_and_register"].asset_materializations_for_node(
-        "registered_model")[0].metadata.items()}
-    lora = {k: v.value for k, v in results["train_and_register"].asset_materializations_for_node(
-        "lora_adapter")[0].metadata.items()}
+
+    def metadata(asset: str) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey([*task.key_prefix, asset]))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    reg, lora = metadata("registered_model"), metadata("lora_adapter")
     ft_model = ft_jobs.fine_tuned_model(job["model"], job["suffix"], job_id)
     # the last checkpoint is the trained model itself, the registered version
     store.add_checkpoint(job_id, int(lora["global_step"]), int(time.time()),

@@ -28,7 +28,10 @@ def add_parser(sub) -> None:
                          "left alone)")
     fg.add_argument("--status", action="store_true",
                     help="list each request, the versions still trained on its rows and their aliases")
-    fg.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
+    fg.add_argument("--task", help="the task whose drops and files hold the rows (tasks.yaml, or a fine-tuning "
+                                   "job's; docs/tasks.md); default: the default task")
+    fg.add_argument("--model", help="registered model name (default: the task's, ft-pipeline-adapter for the "
+                                    "default task)")
 
 
 def _experiment() -> str:
@@ -48,11 +51,15 @@ def _experiment() -> str:
 
 
 def main(args) -> int:
+    from ft_pipeline import tasks
     from ft_pipeline.erasure import requests as erasure
 
     try:
+        task = tasks.get(args.task)
+        args.model = args.model or task.model_name
+        args.raw_dir, args.task_home = task.raw_dir(settings.raw_dir()), task.home(settings.home())
         return _status(args) if args.status else _forget(args)
-    except erasure.ErasureError as e:
+    except (erasure.ErasureError, tasks.TaskError) as e:
         print(f"forget: {e}", file=sys.stderr)
         return 2
 
@@ -84,7 +91,7 @@ def _find(args) -> tuple[list[dict], list[str]]:
     stored = (completions.existing(home, {args.completion_id}) if args.completion_id
               else completions.matching(home, args.text) if args.text else [])
     try:
-        rows = erasure.find_rows(settings.raw_dir(), args.drop, args.line, args.raw_sha256, args.text, unreadable,
+        rows = erasure.find_rows(args.raw_dir, args.drop, args.line, args.raw_sha256, args.text, unreadable,
                                  args.completion_id, whole_drop=args.all_lines and args.line is None)
     except erasure.ErasureError:
         if not stored or args.drop is not None or args.raw_sha256 is not None:
@@ -98,7 +105,7 @@ def _find(args) -> tuple[list[dict], list[str]]:
     ids = set(stored) | {r["completion_id"] for r in rows if r.get("completion_id")}
     seen = {(r["drop"], r["line"]) for r in rows}
     for c in sorted(ids - {args.completion_id}):
-        more = erasure.find_rows(settings.raw_dir(), completion_id=c)
+        more = erasure.find_rows(args.raw_dir, completion_id=c)
         rows += [r for r in more if (r["drop"], r["line"]) not in seen]
         seen |= {(r["drop"], r["line"]) for r in rows}
     return rows, completions.existing(home, ids)
@@ -125,7 +132,7 @@ def _forget(args) -> int:
     # The reviewed_traffic drops are the pipeline's own files: their erased lines are always rewritten.
     redact = rows if args.redact_source else [r for r in rows if completions.is_reviewed_drop(r)]
     if redact:
-        for path in erasure.redact_source(settings.raw_dir(), redact, request):
+        for path in erasure.redact_source(args.raw_dir, redact, request):
             print(f"rewrote the erased line(s) of {path}")
     deleted = completions.delete(home, set(stored))
     erasure.append_request(home, request)
@@ -136,8 +143,9 @@ def _forget(args) -> int:
     exp_id = _experiment()
     run_id = erasure_registry.record_request(request)
     erased = erasure.erased_hashes(home)
-    found = erasure.needles(erasure.erased_records(home, erased))  # before scrub removes those records
-    counts = erasure.scrub(home, erased)
+    # the task's files (the default task's: the home's); the requests are the home's, every task's
+    found = erasure.needles(erasure.erased_records(args.task_home, erased))  # before scrub removes those records
+    counts = erasure.scrub(args.task_home, erased)
     replaced = erasure_registry.scrub_artifacts(exp_id, found)
     tagged = erasure_registry.refresh_tags(args.model, erasure.load_requests(home)) if _has_model(args.model) else []
     pending = [s["version"] for s in tagged if request["id"] in s["contains"]]

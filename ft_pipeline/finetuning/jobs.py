@@ -1,15 +1,18 @@
 """A fine-tuning job request checked as OpenAI checks it (every mistake one RequestError naming its parameter,
 before anything is created), the job as OpenAI returns it, and the preset its run trains with.
 
-A job is a task: named by its `suffix` (jobs with the same suffix are the same task and run one after another,
-the later ones `queued`), or `ftjob-<id>` without one. Its registered model is the task's name; its
-`fine_tuned_model` is `ft:<base>:<suffix>:<job id>` and resolves to the version its run registered."""
+A job is a task of the pipeline (ft_pipeline/tasks.py): named by its `suffix` (jobs with the same suffix are the same
+task; a suffix that names a task of tasks.yaml is refused), or `ftjob-<id>` without one. Its registered model is
+the task's name; its `fine_tuned_model` is `ft:<base>:<suffix>:<job id>` and resolves to the version its run
+registered."""
 
 from __future__ import annotations
 
 import math
 import re
 from typing import Any
+
+from ft_pipeline import tasks
 
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # a task slug: what OpenAI allows, lower-cased (64 -> 40 chars)
 # The hyperparameters OpenAI defines, the methods that take them and their allowed ranges (inclusive).
@@ -71,6 +74,8 @@ def check_create(body: Any, files, models=MODELS) -> dict:
     if suffix is not None and not (isinstance(suffix, str) and SUFFIX.match(suffix)):
         raise _bad("Invalid 'suffix': 1 to 40 lower-case letters, digits and '-', starting with a letter or a digit "
                    f"(it names the job's task and registered model; got {str(suffix)[:50]!r}).", "suffix")
+    if suffix is not None and (taken := _taken(suffix)):
+        raise _bad(f"Invalid 'suffix': {suffix!r} {taken}; choose another suffix.", "suffix")
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**31 - 1):
         raise _bad("Invalid 'seed': expected an integer from 0 to 2147483647.", "seed")
@@ -82,6 +87,15 @@ def check_create(body: Any, files, models=MODELS) -> dict:
     return {"model": model, "training_file": body["training_file"], "validation_file": body.get("validation_file"),
             "suffix": suffix, "seed": 0 if seed is None else seed, "metadata": metadata, "method": method,
             "kind": kind}
+
+
+def _taken(suffix: str) -> str | None:
+    """Why `suffix` cannot name a job's task (it is a task of the tasks file, or a reserved name), else None."""
+    if suffix in tasks.RESERVED:
+        return f"is reserved ({tasks.RESERVED[suffix]})"
+    if suffix in tasks.repo_tasks():
+        return f"is a task of this server's pipeline ({tasks.tasks_file().name}), not a fine-tuning job's"
+    return None
 
 
 def _method(body: dict) -> dict:

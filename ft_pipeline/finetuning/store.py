@@ -65,9 +65,6 @@ class FineTuningStore:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
 
-    def task_home(self, task: str) -> Path:
-        """Where a job's task keeps its drops, data, checkpoints and adapter."""
-        return self.root / "tasks" / task
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db, timeout=30, isolation_level=None)

@@ -125,17 +125,18 @@ class FineTuning:
         return self.store.finish(job_id, "cancelled")  # the runner has set it; a stuck one is marked here
 
     def erase(self, row: dict) -> list[str]:
-        """Erase a deleted file's rows from every task that trained on it (`ft-pipeline forget` in the task's
-        home, the file as its drop); returns the tasks."""
+        """Erase a deleted file's rows from every task that trained on it (`ft-pipeline forget --task`, the file
+        as its drop); returns the tasks."""
         tasks = sorted({j["task"] for j in self.store.jobs_using(row["id"]) if j["status"] not in ACTIVE})
         for task in tasks:
-            home = self.store.task_home(task)
-            if not home.is_dir():
+            if not (self.store.root.parent / "tasks" / task).is_dir():  # the task's files: none, nothing to erase
                 continue
             with tempfile.TemporaryDirectory(dir=self.store.root) as raw:
-                (Path(raw) / f"{row['id']}.jsonl").write_bytes(Path(row["path"]).read_bytes())
-                env = {**os.environ, "FT_PIPELINE_HOME": str(home), "FT_PIPELINE_RAW_DIR": raw}
-                forget = ["forget", "--drop", f"{row['id']}.jsonl", "--all-lines", "--model", task, "--reason",
+                (Path(raw) / task).mkdir()
+                (Path(raw) / task / f"{row['id']}.jsonl").write_bytes(Path(row["path"]).read_bytes())
+                env = {**os.environ, "FT_PIPELINE_HOME": str(self.store.root.parent), "FT_PIPELINE_RAW_DIR": raw,
+                       "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri(self.store.root.parent)}
+                forget = ["forget", "--task", task, "--drop", f"{row['id']}.jsonl", "--all-lines", "--reason",
                           f"file {row['id']} deleted through the API"]
                 done = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *forget], env=env,
                                       capture_output=True, text=True, cwd=settings.REPO_ROOT)
