@@ -112,7 +112,7 @@ def test_near_dup_check_fails_on_a_leaking_split(env):
                                                    victim["messages"][-1]]}
     with open(out / "holdout.jsonl", "a") as f:
         f.write(json.dumps(twin) + "\n")
-    results = list(data.no_near_duplicate_across_split(home=env[2]["home"]))
+    results = list(data.no_near_duplicate_across_split(dg.build_asset_check_context(), home=env[2]["home"]))
     assert [r.passed for r in results] == [False, False]
     assert f"holdout leak.jsonl line 1 ~ train {victim['drop']} line {victim['line']}" in results[0].description
     assert results[0].metadata["pairs"].value == 1

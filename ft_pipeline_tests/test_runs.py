@@ -171,7 +171,7 @@ def test_the_steps_of_pool_gpu_take_its_lock(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs, "POLL_S", 0.05)
     home = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
-    home.adapter_info.parent.mkdir(parents=True)
+    home.adapter_info.parent.mkdir(parents=True, exist_ok=True)
     home.adapter_info.write_text(json.dumps({"training_run_id": "r1"}))
     tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
     results = []

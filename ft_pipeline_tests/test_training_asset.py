@@ -22,7 +22,7 @@ def home(tiny_base, tmp_path):
     from ft_pipeline.model.base_models import content_hash
 
     h = PipelineHome(home=str(tmp_path / "home"), raw_dir=str(tmp_path / "raw"))
-    h.models_dir.mkdir(parents=True)
+    h.models_dir.mkdir(parents=True, exist_ok=True)
     h.base_info.write_text(json.dumps({"spec": "builtin:tiny", "path": str(tiny_base), "source": "builtin",
                                        "revision": None, "content_sha256": content_hash(tiny_base)}))
     recs = [{**r, "drop": "d.jsonl", "line": i + 1, "raw_sha256": f"{i:064x}", "id": f"id{i}"}

@@ -102,6 +102,8 @@ def test_dagster_shows_the_asset_graph(servers, page):
     page.goto(f"{dagster}/asset-groups")
     for group in ("data", "model", "evaluation", "registry"):
         page.get_by_text(group, exact=True).first.wait_for()
+    # the asset list renders only the rows in view: tall enough for every top-level key and the tasks' folders
+    page.set_viewport_size({"width": 1600, "height": 1800})
     page.goto(f"{dagster}/assets")
     for key in ("raw_examples", "cleaned_examples", "train_set", "holdout_set", "base_model", "lora_adapter",
                 "preference_pairs", "preference_adapter", "evaluation_report", "registered_model"):
