@@ -12,7 +12,6 @@ the others printed side by side. The prompt llama.cpp builds is the training pro
 or none, the template's default system prompt, its end-of-turn token: unsloth#976's failure)."""
 
 import json
-import os
 
 import pytest
 
@@ -25,8 +24,8 @@ pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 try:
     import llama_cpp  # noqa: F401
 except ImportError:
-    if os.environ.get("CI"):  # .ci/run builds it (make llamacpp): a missing one is a failure there
-        pytest.fail("llama_cpp is missing: .ci/run builds it with make llamacpp", pytrace=False)
+    # CI does not build it: the source build (~5 min of 2 cores) would take .ci/run past the 40 minutes issue 30
+    # allows (docs/tests.md says how this tier was run and what it gave)
     pytest.skip("llama-cpp-python is not installed (no wheel for this platform): `make llamacpp` builds it from "
                 "source", allow_module_level=True)
 MIN_SAME = 0.9
