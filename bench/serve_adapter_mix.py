@@ -1,6 +1,7 @@
-"""PEFT's mixed-adapter batch against merging per batch: 16 greedy requests over two LoRA adapters on one base, on
-CPU in fp32, as `ft-pipeline serve` generates. The one-off measurement behind serving.adapters' choice
-(docs/serving.md#many-tasks-on-one-server), not a BENCH line:
+"""ft-pipeline serve's mixed-adapter batch (serving.adapters.SharedBase.rows) against PEFT's and against merging
+per batch, and one adapter merged alone: 16 greedy requests over two LoRA adapters on one base, on CPU in fp32.
+The one-off measurement behind serving.adapters' choice (docs/serving.md#many-tasks-on-one-server), not a BENCH
+line:
 
     python bench/serve_adapter_mix.py BASE_DIR ADAPTER_DIR [NEW_TOKENS]
 
@@ -22,6 +23,7 @@ def main(base_dir: Path, adapter_a: Path, n: int) -> None:
 
     from ft_pipeline.evaluation.scoring import chat_prompt_ids, left_padded, pad_id
     from ft_pipeline.model.base_models import load_model_and_tokenizer
+    from ft_pipeline.serving.adapters import SharedBase
 
     adapter_b = Path(tempfile.mkdtemp()) / "b"
     shutil.copytree(adapter_a, adapter_b)
@@ -49,7 +51,13 @@ def main(base_dir: Path, adapter_a: Path, n: int) -> None:
         finally:
             model.unmerge_adapter()
 
-    ways = {"peft_mixed_16": lambda: gen(ids, adapter_names=names),
+    shared = SharedBase(("bench",), model)
+
+    def rows_mixed():
+        with shared.rows(names):
+            return gen(ids)
+
+    ways = {"rows_mixed_16": rows_mixed, "peft_mixed_16": lambda: gen(ids, adapter_names=names),
             "merge_per_batch_2x8": lambda: [merged(a, [r for r, x in zip(ids, names) if x == a]) for a in "ab"],
             "merged_alone_16": lambda: merged("a", ids)}
     gen(ids[:2], adapter_names=["a", "b"])  # warm-up

@@ -61,7 +61,8 @@ def ask(client, model, **kw):
     return out if kw.get("stream") else (out.choices[0].message.content.strip(), out.system_fingerprint)
 
 
-def test_a_mixed_batch_from_threads_answers_each_request_with_its_own_adapter(two):
+def mixed_batch(two):
+    """16 requests alternating the two tasks, sent from threads and collected into one batch."""
     models = [NAME, ROUTING] * 8
     batcher = two.app.state.batcher
     batches_before, window, batcher.window_s = len(batcher.batches), batcher.window_s, 5.0  # all 16 in one batch
@@ -72,8 +73,21 @@ def test_a_mixed_batch_from_threads_answers_each_request_with_its_own_adapter(tw
         batcher.window_s = window
     for model, (text, fingerprint) in zip(models, got):
         assert (text, fingerprint) == (two.want[model], f"{model}/1"), model
-    # the 16 requests were collected together: one generate call per adapter, not one per request
-    assert sorted(batcher.batches[batches_before:]) == [8, 8]
+    return batcher.batches[batches_before:]
+
+
+def test_a_mixed_batch_from_threads_answers_each_request_with_its_own_adapter(two):
+    calls = []
+    shared = two.app.state.store.get(NAME).shared
+    real = shared.rows
+    shared.rows = lambda names: calls.append(list(names)) or real(names)
+    try:
+        assert mixed_batch(two) == [16]
+    finally:
+        del shared.rows
+    # the 16 requests were collected together and ran as one generate call, each row with its own adapter
+    a, b = two.app.state.store.get(NAME).adapter, two.app.state.store.get(ROUTING).adapter
+    assert len(calls) == 1 and sorted(calls[0]) == sorted([a, b] * 8)  # rows in the order they arrived
     # and each task served alone by a server of its own answers the same
     for model in (NAME, ROUTING):
         with ServerThread(create_app(ServeConfig(models=(model,), store="none"))) as url:
@@ -82,6 +96,13 @@ def test_a_mixed_batch_from_threads_answers_each_request_with_its_own_adapter(tw
             other = ROUTING if model == NAME else NAME
             with pytest.raises(openai.NotFoundError, match=f"this server serves '{model}'"):
                 ask(alone, other)
+
+
+def test_adapters_that_cannot_mix_run_one_merged_call_each(two, monkeypatch):
+    shared = two.app.state.store.get(NAME).shared
+    monkeypatch.setattr(type(shared), "mixable", lambda self, names: False)  # as for DoRA or LoRA on embeddings
+    monkeypatch.setattr(shared, "rows", lambda names: pytest.fail("a batch that cannot mix ran mixed"))
+    assert mixed_batch(two) == [16]  # one group; generate_group split it per adapter, and the answers are right
 
 
 def test_both_tasks_are_listed_and_share_one_base(two):

@@ -3,13 +3,17 @@ its files, or its Hub id, and the dtype), wrapped in one PeftModel, and every Lo
 of that PeftModel (`load_adapter(path, adapter_name=...)`), whatever registered model it belongs to.
 
 A batch of one adapter generates with that adapter merged into the base weights (merged until a batch needs
-another: one task served alone always runs merged); a batch that mixes adapters splits into one
-generate call per adapter, each merged in turn (docs/serving.md#many-tasks-on-one-server has the measurement
-against PEFT's mixed-adapter batches, which lost). A version no longer referenced (evicted, and no request
-holds it) frees its adapter; the base goes with its last adapter. A full fine-tune is a model of its own."""
+another: one task served alone always runs merged). A batch that mixes adapters is one generate call on the
+unmerged base, each LoRA layer adding its rows' adapter deltas in two matmuls over every adapter of the batch at
+once (`SharedBase.rows`); docs/serving.md#many-tasks-on-one-server has the measurement against splitting it per
+adapter and against PEFT's own mixed-adapter batches, which both lost. Adapters that are not plain LoRA on
+linear layers (DoRA, LoRA on embeddings) split into one merged call per adapter instead. A version no longer
+referenced (evicted, and no request holds it) frees its adapter; the base goes with its last adapter. A full
+fine-tune is a model of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
@@ -63,6 +67,52 @@ class SharedBase:
             self.model.set_adapter(name)
             self.model.merge_adapter()
         self.merged = name
+
+    def mixable(self, names) -> bool:
+        """Whether a batch over adapters `names` can run as one call (`rows`): plain LoRA on linear layers."""
+        from peft.tuners.lora import Linear, LoraLayer
+
+        for m in self.model.modules():
+            if isinstance(m, LoraLayer) and any(n in m.lora_A or n in m.lora_embedding_A for n in names):
+                if not isinstance(m, Linear) or m.fan_in_fan_out or any(m.use_dora.get(n) for n in names):
+                    return False
+        return True
+
+    @contextlib.contextmanager
+    def rows(self, names: list[str]):
+        """Generate with adapter `names[i]` on row i of the batch (call under lock; `mixable(names)` first): the
+        base weights unmerged and PEFT's adapters off, each LoRA layer's output gets x @ A @ B for its rows'
+        adapters, where A stacks every adapter's lora_A (in x sum of ranks), B their scaled lora_B, and a 0/1 mask
+        between them keeps each row to its own adapter's rank slice. Two small matmuls and a multiply per layer,
+        whatever the number of adapters (PEFT's mixed batch runs a split, two matmuls and an index_add per layer
+        and adapter)."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        order = sorted(set(names))
+        hooks = []
+        with torch.no_grad():
+            self._unmerge()
+            for m in self.model.modules():
+                if not isinstance(m, LoraLayer) or not (have := [n for n in order if n in m.lora_A]):
+                    continue
+                dtype = m.get_base_layer().weight.dtype
+                a = torch.cat([m.lora_A[n].weight for n in have]).T.to(dtype).contiguous()
+                b = torch.cat([m.lora_B[n].weight * m.scaling[n] for n in have], dim=1).T.to(dtype).contiguous()
+                mask = torch.zeros(len(names), 1, a.shape[1], dtype=dtype, device=a.device)
+                start = 0
+                for n in have:
+                    r = m.lora_A[n].weight.shape[0]
+                    mask[[i for i, x in enumerate(names) if x == n], :, start:start + r] = 1
+                    start += r
+                hooks.append(m.register_forward_hook(
+                    lambda mod, args, out, a=a, b=b, mask=mask: out.add_((args[0] @ a).mul_(mask) @ b)))
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     def _unmerge(self) -> None:
         import torch

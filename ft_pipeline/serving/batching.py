@@ -5,16 +5,15 @@ of requests that can share a call.
 Constrained (response_format) and free requests share a call: a GrammarMask masks each constrained row with
 its own matcher, compiled in the request's thread before the job was queued.
 
-A group is one loaded version and one way of choosing tokens (versions of several tasks on one shared base
-model are several groups, each generating with its own adapter merged into the shared weights: serving.adapters):
-every greedy request of a version together;
+A group is one model in memory and one way of choosing tokens (the versions of several tasks on one shared base
+model are one model: a call that mixes their adapters runs each row with its own, serving.adapters):
+every greedy request of a model together;
 sampled requests together when they share temperature and top_p; a request with a `seed` alone, so that its
 answer depends on its seed only and not on what it was batched with. Within a call each row has its own
 completion budget and stop strings, and streams its text as it is generated (see `_Rows`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -53,11 +52,14 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
 
     def group_key(self) -> tuple:
+        shared, tok = getattr(self.served, "shared", None), self.served.tokenizer
+        # versions on one shared base share a call when their tokenizers agree on the vocabulary and the end
+        model = id(self.served) if shared is None else (id(shared), len(tok), tok.eos_token_id)
         if self.temperature == 0:
-            return id(self.served), "greedy"
+            return model, "greedy"
         if self.seed is not None:
-            return id(self.served), "seeded", id(self)
-        return id(self.served), "sample", self.temperature, self.top_p
+            return model, "seeded", id(self)
+        return model, "sample", self.temperature, self.top_p
 
 
 class _MaskStats:
@@ -167,13 +169,24 @@ class _Rows(StoppingCriteria):
 
 
 def generate_group(jobs: list[Job]) -> None:
-    """One `model.generate` call for jobs of one version and one way of choosing tokens."""
-    served = jobs[0].served
-    shared = getattr(served, "shared", None)  # adapters.SharedBase: the group's adapter is merged into its weights
-    with shared.lock if shared is not None else contextlib.nullcontext():
-        if shared is not None:
-            shared.use(served.adapter)
-        _generate(jobs)
+    """One `model.generate` call for jobs of one model and one way of choosing tokens: on a shared base, with the
+    one adapter of the jobs merged into its weights, or each row with its own adapter (adapters.SharedBase.rows);
+    adapters that cannot mix run one merged call each, the merged one first."""
+    shared = getattr(jobs[0].served, "shared", None)
+    if shared is None:
+        return _generate(jobs)
+    names = [j.served.adapter for j in jobs]
+    with shared.lock:
+        if len(set(names)) == 1:
+            shared.use(names[0])
+            return _generate(jobs)
+        if shared.mixable(set(names)):
+            with shared.rows(names):
+                return _generate(jobs)
+    for name in sorted(set(names), key=lambda n: n != shared.merged):
+        with shared.lock:
+            shared.use(name)
+            _generate([j for j in jobs if j.served.adapter == name])
 
 
 def _generate(jobs: list[Job]) -> None:
