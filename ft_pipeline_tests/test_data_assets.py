@@ -92,6 +92,21 @@ def test_split_quarantines_too_long_rows_and_accounts_for_every_row(env):
     assert {(c.asset_key.to_user_string(), c.passed) for c in checks} == {("train_set", True), ("holdout_set", True)}
 
 
+def test_holdout_drops_make_a_drop_the_holdout_without_a_leak_and_an_unknown_one_fails_in_one_line(env):
+    tmp = env[0]
+    first, *rest = sorted(find_drops(tmp / "raw")[0])  # sorts first, merged last: its duplicates of train rows go
+    res = split(env, holdout_drops=[first])
+    assert res.success
+    manifest = json.loads((tmp / "home" / "data" / "split" / "manifest.json").read_text())
+    assert manifest["by_drop"]["holdout"] == {first: manifest["holdout"]} and manifest["holdout"] > 100
+    assert set(manifest["by_drop"]["train"]) == set(rest) and manifest["holdout_drops"] == [first]
+    checks = res.get_asset_check_evaluations()  # no near-duplicate across the split, recomputed from the files
+    assert {(c.asset_key.to_user_string(), c.passed) for c in checks} == {("train_set", True), ("holdout_set", True)}
+    res = split(env, holdout_drops=["nope.jsonl"])
+    failure = next(e for e in res.all_events if e.is_step_failure).step_failure_data.user_failure_data.description
+    assert not res.success and failure.startswith("holdout_drops names 'nope.jsonl', which is not among the drops")
+
+
 def test_split_fails_naming_the_rows_when_told_to(env):
     res = split(env, max_tokens=200, on_too_long="fail")
     assert not res.success

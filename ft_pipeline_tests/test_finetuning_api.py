@@ -1,6 +1,7 @@
 """OpenAI's fine-tuning API on the real server (slow), driven by the official openai client: the demo chat drop
 uploaded, listed, read back; a job on it trained by a real Dagster run on the home's instance (builtin:tiny), polled
-to succeeded, its events and checkpoints read and its fine_tuned_model called on the same server; a second job of
+to succeeded, its validation file its holdout, its events and checkpoints read and its fine_tuned_model called on
+the same server; a DPO job on OpenAI's preference pairs trained SFT then DPO and registered from DPO; a second job of
 the same task queued behind a running one, both cancelled and their Dagster run shown cancelled; a file that
 fails validation failing its job with the quarantine's reasons; every bad input refused with OpenAI's error shape
 and nothing half-created; a deleted file erased from the task that trained on it."""
@@ -13,6 +14,8 @@ from types import SimpleNamespace
 import openai
 import pytest
 
+from ft_pipeline.finetuning import validation
+from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.serving.app import create_app
 from ft_pipeline.serving.config import ServeConfig
 from ft_pipeline.settings import REPO_ROOT
@@ -21,6 +24,7 @@ from ft_pipeline_tests._serving import ServerThread
 pytestmark = pytest.mark.slow
 
 DEMO = REPO_ROOT / "data" / "raw" / "2026-01-support_chat.jsonl"
+PAIRS = REPO_ROOT / "data" / "raw" / "preferences" / "2026-04-preferences.jsonl"  # TRL's format
 FAST = REPO_ROOT / "ft_pipeline_tests" / "finetuning_fast.yaml"
 
 
@@ -53,6 +57,29 @@ def _slice(api, name: str, n: int, start: int = 0) -> str:
     path = api.tmp / name
     path.write_bytes(b"".join(DEMO.read_bytes().splitlines(keepends=True)[start:start + n]))
     return api.client.files.create(file=path.open("rb"), purpose="fine-tune").id
+
+
+def _pairs(api, name: str, n: int, start: int = 0) -> str:
+    """A DPO file of `n` pairs of the demo preference drop from row `start`, in OpenAI's format, uploaded; its id."""
+    rows = [json.loads(x) for x in PAIRS.read_text().splitlines()[start:start + n]]
+    path = api.tmp / name
+    path.write_text("".join(json.dumps({"input": {"messages": r["prompt"]}, "preferred_output": r["chosen"],
+                                        "non_preferred_output": r["rejected"]}) + "\n" for r in rows))
+    return api.client.files.create(file=path.open("rb"), purpose="fine-tune").id
+
+
+def _lines(path) -> list[tuple[str, int]]:
+    """(drop, line) of each row of a JSONL file the pipeline wrote (none when it does not exist)."""
+    return [(r["drop"], r["line"]) for r in read_jsonl(path)] if path.exists() else []
+
+
+def _metadata(home, task: str, asset: str) -> dict:
+    """The metadata of an asset's latest materialization."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey([task, asset]))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def _wait(client, job_id: str, until, timeout: float = 1500):
@@ -96,8 +123,9 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     assert c.files.content(demo.id).content == DEMO.read_bytes()
     assert demo.id in [f.id for f in c.files.list(purpose="fine-tune").data]
 
-    train = _slice(api, "support_48.jsonl", 48)
-    job = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, suffix="support", seed=7,
+    train, valid = _slice(api, "support_48.jsonl", 48), _slice(api, "support_valid_16.jsonl", 16, start=400)
+    job = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, validation_file=valid,
+                                    suffix="support", seed=7,
                                     metadata={"team": "support"},
                                     method={"type": "supervised",
                                             "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}})
@@ -111,13 +139,27 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     assert done.trained_tokens > 0 and done.estimated_finish is None
     extra = done.model_extra["ft_pipeline"]
     assert extra["task"] == "support" and extra["registered_model"] == "support" and extra["version"] == "1"
-    assert [_dagster_status(api.home, r) for r in extra["dagster_run_ids"]] == ["SUCCESS", "SUCCESS"]
+    assert [_dagster_status(api.home, r) for r in extra["dagster_run_ids"]] == ["SUCCESS"] * 3  # 2 drops, train
     # the job is the task `support` of the pipeline: its runs materialize its keys, never the default task's
     keys = set().union(*(_materialized(api.home, r) for r in extra["dagster_run_ids"]))
     assert {"support/raw_examples", "support/lora_adapter", "support/registered_model"} <= keys
     assert all(k.startswith("support/") for k in keys), keys
-    assert _partitions(api.home, "drops_support") == [f"{train}.jsonl"] and _partitions(api.home, "drops") == []
-    assert (api.tmp / "raw" / "support" / f"{train}.jsonl").is_file()
+    assert sorted(_partitions(api.home, "drops_support")) == sorted([f"{train}.jsonl", f"{valid}.jsonl"])
+    assert _partitions(api.home, "drops") == [] and (api.tmp / "raw" / "support" / f"{train}.jsonl").is_file()
+    # the validation file is the holdout: exactly its usable rows (less any the pipeline recorded as removed:
+    # cleaning's quarantine and duplicates, the split's duplicates of train rows and too-long rows), and no train
+    # row is one of its rows
+    data = api.home / "tasks" / "support" / "data"
+    vdrop = f"{valid}.jsonl"
+    usable = {(vdrop, n) for n in range(1, 17)} - {
+        (vdrop, q["line"]) for q in validation.parse(api.tmp / "support_valid_16.jsonl").quarantined}
+    removed = set().union(*(_lines(data / kind / f"{vdrop}.jsonl") for kind in ("quarantine", "duplicates")),
+                          *(_lines(data / "split" / f"{kind}.jsonl") for kind in ("cross_drop_duplicates", "too_long")))
+    holdout = _lines(data / "split" / "holdout.jsonl")
+    assert len(holdout) >= 10 and set(holdout) == usable - removed and len(removed & usable) <= 2, removed
+    assert {d for d, _ in _lines(data / "split" / "train.jsonl")} == {f"{train}.jsonl"}
+    meta = _metadata(api.home, "support", "holdout_set")
+    assert meta["holdout_drops"] == [vdrop] and meta["by_drop"] == {vdrop: len(holdout)}
     assert "support" in (api.home / "finetuning" / "tasks.yaml").read_text()
     assert (api.home / "tasks" / "support" / "data").is_dir() and not (api.home / "finetuning" / "tasks").exists()
 
@@ -126,9 +168,9 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     assert messages[0].startswith("Created fine-tuning job") and messages[-1] == "The job has successfully completed"
     assert any(m.startswith(f"{train}: ") and "usable" in m for m in messages)
     assert any(m.startswith("ok lora_adapter") for m in messages) and any("registered_model" in m for m in messages)
-    (checked,) = [e.data for e in events if e.data and "kept" in e.data]
+    (checked,) = [e.data for e in events if e.data and "kept" in e.data and e.data["rows"] == 48]
     steps = 2 * -(-checked["kept"] // 8)  # two passes over the usable rows in batches of 8
-    assert checked["rows"] == 48 and 40 < checked["kept"] <= 48
+    assert 40 < checked["kept"] <= 48
     losses = [e.data for e in events if e.type == "metrics"]
     assert losses and losses[-1]["total_steps"] == steps and all(d["train_loss"] > 0 for d in losses[:-1])
     page = c.fine_tuning.jobs.list_events(job.id, limit=3)
@@ -154,6 +196,51 @@ def test_upload_job_events_checkpoints_and_fine_tuned_model(api):
     requests = api.home / "erasure" / "requests.jsonl"  # the home's: every task's
     (request,) = [json.loads(line) for line in requests.read_text().splitlines()]
     assert len(request["rows"]) == 48 and {r["drop"] for r in request["rows"]} == {f"{train}.jsonl"}
+
+
+def test_a_dpo_job_trains_sft_then_dpo_and_registers_the_dpo_model(api):
+    c = api.client
+    train, valid = _pairs(api, "prefs_24.jsonl", 24), _pairs(api, "prefs_valid_12.jsonl", 12, start=300)
+    job = c.fine_tuning.jobs.create(model="builtin:tiny", training_file=train, validation_file=valid,
+                                    suffix="support-dpo", method={"type": "dpo", "dpo": {"hyperparameters": {
+                                        "n_epochs": 2, "batch_size": 8, "beta": 0.2}}})
+    done = _wait(c, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    hp = done.method.dpo.hyperparameters
+    assert done.method.type == "dpo" and (hp.n_epochs, hp.batch_size, hp.beta) == (2, 8, 0.2)
+    extra = done.model_extra["ft_pipeline"]
+    assert [_dagster_status(api.home, r) for r in extra["dagster_run_ids"]] == ["SUCCESS"] * 3  # 2 drops, train
+    # SFT on the prompts with their preferred outputs, then DPO from it; the version registered is DPO's
+    lora, pref = (_metadata(api.home, "support-dpo", a) for a in ("lora_adapter", "preference_adapter"))
+    reg = _metadata(api.home, "support-dpo", "registered_model")
+    assert pref["trained"] is True and pref["dpo_config"]["beta"] == 0.2 and reg["training_stage"] == "dpo"
+    events = list(reversed(c.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+    (checked,) = [e.data for e in events if e.data and "kept" in e.data and e.data["rows"] == 24]
+    dpo_steps = 2 * -(-checked["kept"] // 8)
+    assert pref["global_step"] == dpo_steps and pref["pairs"] == checked["kept"]
+    assert done.trained_tokens == lora["train_tokens"] + pref["train_tokens"] and pref["train_tokens"] > 0
+    metrics = [e.data for e in events if e.type == "metrics"]
+    dpo = [d for d in metrics if d["stage"] == "dpo"]
+    assert dpo and dpo[-1]["total_steps"] == dpo_steps and any("reward_margin" in d for d in dpo)
+    assert [d["stage"] for d in metrics] == ["sft"] * (len(metrics) - len(dpo)) + ["dpo"] * len(dpo)
+    ckpts = [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(job.id).data]
+    total = lora["global_step"] + dpo_steps  # DPO's steps counted after SFT's
+    assert ckpts[0] == total and any(lora["global_step"] < n < total for n in ckpts), ckpts
+    # the validation file is the holdout of the split and of the pairs; the training file's pairs are all train
+    data = api.home / "tasks" / "support-dpo" / "data"
+    assert {d for d, _ in _lines(data / "split" / "holdout.jsonl")} == {f"{valid}.jsonl"}
+    assert {d for d, _ in _lines(data / "preference_pairs" / "holdout.jsonl")} == {f"{valid}.jsonl"}
+    assert _lines(data / "preference_pairs" / "train.jsonl") == [(f"{train}.jsonl", n) for n in range(1, 25)]
+    assert (api.tmp / "raw" / "support-dpo" / "preferences" / f"{train}.jsonl").is_file()
+
+    answer = c.chat.completions.create(model=done.fine_tuned_model, max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": "refund order ORD-100001 please"}])
+    assert answer.model == done.fine_tuned_model and answer.system_fingerprint == "support-dpo/1"
+    # deleting its training file erases its pairs and the SFT rows made from them
+    assert c.files.delete(train).deleted
+    requests = [json.loads(line) for line in (api.home / "erasure" / "requests.jsonl").read_text().splitlines()]
+    erased = [{r["drop"] for r in q["rows"]} for q in requests if q["rows"][0]["drop"].endswith(f"{train}.jsonl")]
+    assert erased == [{f"{train}.jsonl"}, {f"preferences/{train}.jsonl"}], erased
 
 
 def test_a_second_job_of_a_task_queues_and_cancel_ends_both_cancelled(api):
@@ -242,8 +329,8 @@ def test_bad_input_is_refused_with_openais_error_and_nothing_is_created(api):
     _refused(lambda: create(model="builtin:tiny", training_file=good, method={
         "type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}), 400, "invalid_value",
         "method.dpo.hyperparameters.beta")
-    _refused(lambda: create(model="builtin:tiny", training_file=good, method={"type": "dpo"}), 400,
-             "unsupported_value", "method.type")
+    _refused(lambda: create(model="builtin:tiny", training_file=good, validation_file=good), 400, "invalid_value",
+             "validation_file")
     _refused(lambda: create(model="builtin:tiny", training_file=good, suffix="Has Spaces"), 400, "invalid_value",
              "suffix")
     body = _refused(lambda: create(model="builtin:tiny", training_file=good, suffix="routing"), 400,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ft_pipeline.finetuning import jobs, progress, validation
+from ft_pipeline.finetuning import job_files, jobs, progress, validation
 from ft_pipeline.finetuning.store import FineTuningStore, NotFound
 
 FILES = {"file-ok": {"purpose": "fine-tune"}, "file-batch": {"purpose": "batch"}}
@@ -50,10 +50,13 @@ def test_a_request_is_checked_parameter_by_parameter():
               400, "method.supervised.hyperparameters.batch_size", "invalid_value"),
              ({**ok, "method": {"type": "supervised"}, "hyperparameters": {}}, 400, "hyperparameters",
               "invalid_value"),
-             ({**ok, "method": {"type": "dpo"}}, 400, "method.type", "unsupported_value")]
+             ({**ok, "validation_file": "file-ok"}, 400, "validation_file", "invalid_value")]
     for body, status, param, code in cases:
         e = _error(body)
         assert (e.status, e.param, e.code) == (status, param, code), (body, e.message)
+    dpo = jobs.check_create({**ok, "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}, _lookup)
+    assert dpo["kind"] == "preference" and dpo["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": 0.2}}}
 
 
 def test_auto_hyperparameters_resolve_against_the_preset():
@@ -69,6 +72,15 @@ def test_auto_hyperparameters_resolve_against_the_preset():
     hp, over = jobs.resolved(given, preset, 41)
     assert over["lora_adapter"] == {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 0.0015}
     assert hp == {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5}
+    # a DPO job's hyperparameters are preference_adapter's (its SFT stage trains as the preset says)
+    pref = {**preset, "preference_adapter": {"config": {"max_steps": 20, "per_device_train_batch_size": 16,
+                                                        "learning_rate": 0.001, "beta": 0.1}}}
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8,
+                                                      "learning_rate_multiplier": "auto", "beta": "auto"}}}
+    hp, over = jobs.resolved(dpo, pref, 20)
+    assert over == {"preference_adapter": {"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 0.001,
+                                           "beta": 0.1}}
+    assert hp == {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0, "beta": 0.1}
 
 
 def test_a_file_is_validated_by_the_data_layer(tmp_path):
@@ -121,3 +133,42 @@ def test_a_server_nobody_asks_to_fine_tune_creates_no_store(tmp_path):
     with pytest.raises(ModelNotFound, match="does not exist"):
         ft.served("ft:builtin:tiny::ftjob-x")
     assert not (tmp_path / "finetuning").exists()
+
+
+def test_a_jobs_files_become_its_tasks_drops(tmp_path):
+    """Supervised: each file a drop, the validation file's the holdout. DPO: each file a preference drop and an SFT
+    drop of its prompts with their preferred outputs, line for line (a row that is no pair stays, for cleaning to
+    quarantine at its line)."""
+    pair = {"input": {"messages": [{"role": "user", "content": "Where is order 7?"}]},
+            "preferred_output": [{"role": "assistant", "content": "In transit."}],
+            "non_preferred_output": [{"role": "assistant", "content": "No idea."}]}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(pair) + "\n\n" + json.dumps({"input": {"messages": []}}) + "\n{oops\n")
+    rows = [json.loads(x) if x.startswith('{"') else x for x in job_files.sft_rows(pairs).decode().split("\n")]
+    assert rows == [{"messages": [*pair["input"]["messages"], *pair["preferred_output"]]}, "",
+                    {"input": {"messages": []}}, "{oops", ""]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}))
+    raw = tmp_path / "raw" / "task"
+    (raw / "stale.jsonl").parent.mkdir(parents=True)
+    (raw / "stale.jsonl").write_text("{}")  # a former job's file: not this job's
+    laid = job_files.lay_out(raw, {"file-t": chat, "file-v": chat}, "supervised", "file-v")
+    assert (laid.sft, laid.holdout, laid.preference) == (["file-t.jsonl", "file-v.jsonl"], ["file-v.jsonl"], [])
+    assert sorted(p.name for p in raw.iterdir()) == ["file-t.jsonl", "file-v.jsonl"]
+    assert (raw / "file-v.jsonl").read_bytes() == chat.read_bytes()
+    laid = job_files.lay_out(raw, {"file-p": pairs}, "dpo")
+    assert (laid.sft, laid.holdout, laid.preference) == (["file-p.jsonl"], [], ["file-p.jsonl"])
+    assert laid.erasable == ["file-p.jsonl", "preferences/file-p.jsonl"]
+    assert (raw / "preferences" / "file-p.jsonl").read_bytes() == pairs.read_bytes()
+    assert (raw / "file-p.jsonl").read_bytes() == job_files.sft_rows(pairs)
+    assert job_files.holdout_drops(None) == []
+
+
+def test_a_dpo_jobs_gate_candidate_is_the_dpo_model_even_when_sft_scores_higher():
+    from ft_pipeline.evaluation.scoring import pick_candidate
+
+    metrics = {"tuned": {"field_accuracy": 0.5}, "dpo": {"field_accuracy": 0.25}, "base": {"field_accuracy": 0.0}}
+    assert pick_candidate(metrics, "field_accuracy")[0] == "tuned"  # best: DPO only when it beats SFT
+    assert pick_candidate(metrics, "field_accuracy", candidate="dpo")[0] == "dpo"
+    assert pick_candidate({"tuned": metrics["tuned"]}, "field_accuracy", candidate="dpo")[0] == "tuned"  # none

@@ -245,6 +245,23 @@ def test_a_prompt_never_has_pairs_on_both_sides_and_sides_do_not_move_when_a_dro
         assert all(side[r["prompt"][0]["content"]] == name for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl"))
 
 
+def test_holdout_drops_are_the_holdout_and_a_prompt_with_train_pairs_leaves_it(tmp_path):
+    """A DPO job's validation file: its pairs are the holdout, every other drop's train, whatever the hash says; a
+    holdout pair whose prompt has a train pair is a duplicate (kind prompt), even when its drop sorts first."""
+    train = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"Wrong {i}."} for i in range(40)]
+    valid = [{"prompt": f"Other question {i}?", "chosen": f"Answer {i}.", "rejected": f"Wrong {i}."}
+             for i in range(10)] + [{"prompt": "Question 3?", "chosen": "Another.", "rejected": "Bad."}]
+    write_drop(tmp_path / "pref" / "b-train.jsonl", train)
+    manifest, out = build(tmp_path, valid, name="a-valid.jsonl", holdout_fraction=0.5, holdout_drops=["a-valid.jsonl"])
+    assert [r["line"] for r in out["holdout"]] == list(range(1, 11)) and {r["drop"] for r in out["holdout"]} == {
+        "a-valid.jsonl"}
+    assert [r["line"] for r in out["train"]] == list(range(1, 41)) and manifest["holdout_drops"] == ["a-valid.jsonl"]
+    [dup] = out["duplicates"]
+    assert (dup["drop"], dup["line"], dup["kind"], dup["duplicate_of"]["line"]) == ("a-valid.jsonl", 11, "prompt", 4)
+    with pytest.raises(DropError, match="holdout_drops names 'c.jsonl'"):
+        build_pairs(tmp_path / "pref", tmp_path / "out", holdout_drops=["c.jsonl"])
+
+
 def test_rows_reconcile_per_drop_and_a_lost_row_raises(tmp_path, monkeypatch):
     rows = [GOOD["trl"], GOOD["trl"], "not json", {"prompt": Q, "chosen": C, "rejected": C}]
     manifest, out = build(tmp_path, rows)

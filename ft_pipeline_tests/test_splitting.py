@@ -158,3 +158,35 @@ def test_holdout_buckets_are_holdout_bucket_of_each_key():
         assert got == [holdout_bucket(k, seed) for k in keys]
         assert 0 <= min(got) and max(got) < 1 and len(set(got)) == len(keys)
     assert holdout_buckets([], 0).tolist() == []
+
+
+def test_holdout_drops_are_the_holdout_and_a_duplicate_of_a_train_row_leaves_the_holdout(tmp_path):
+    """A fine-tuning job's validation file: its drop's rows are the holdout, every other drop's rows train, and a
+    holdout row that duplicates a train row (exactly or near) is removed from the holdout, even when the holdout
+    drop sorts first; streamed and in memory alike."""
+    import json
+
+    from ft_pipeline.data.splitting import HoldoutDropsError, SplitOptions, split_files
+
+    train = [rec("b-train.jsonl", i + 1, question(i)) for i in range(100)]
+    valid = [rec("a-valid.jsonl", i + 1, question(1000 + i)) for i in range(30)]
+    valid += [rec("a-valid.jsonl", 31, question(5)),  # an exact copy of a train row
+              rec("a-valid.jsonl", 32, question(6).replace("What can you do", "What will you do"))]  # a near one
+    drops = {"a-valid.jsonl": valid, "b-train.jsonl": train}
+    out = split_examples(drops, 0.5, 0, near_dup=ND, holdout_drops=["a-valid.jsonl"])
+    assert [r["line"] for r in out.holdout] == list(range(1, 31)) and {r["drop"] for r in out.holdout} == {
+        "a-valid.jsonl"}
+    assert out.train == train  # every train row, none dealt to the holdout by the hash
+    assert sorted((d["line"], d["duplicate_of"]["drop"], d["duplicate_of"]["line"])
+                  for d in out.cross_drop_duplicates) == [(31, "b-train.jsonl", 6), (32, "b-train.jsonl", 7)]
+    assert leaks(out.train, out.holdout, ND) == []
+    paths = {}
+    for name, rows in drops.items():
+        paths[name] = tmp_path / name
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = split_files(paths, tmp_path, SplitOptions(0.5, 0, ND, holdout_drops=("a-valid.jsonl",)))
+    got = {n: [json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("train", "holdout")}
+    assert (got["train"], got["holdout"]) == (out.train, out.holdout)
+    assert manifest["by_drop"]["holdout"] == {"a-valid.jsonl": 30} and manifest["holdout_drops"] == ["a-valid.jsonl"]
+    with pytest.raises(HoldoutDropsError, match="'c.jsonl', which is not among the drops being split"):
+        split_files(paths, tmp_path, SplitOptions(0.5, 0, ND, holdout_drops=("c.jsonl",)))

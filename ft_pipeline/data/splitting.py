@@ -8,7 +8,11 @@ key and the seed alone. Adding a drop whose name sorts after the existing ones (
 therefore never changes which existing example is kept or on which side it is; its near-duplicates of existing
 examples are removed. A row whose answer differs is never a duplicate: one input with different answers is a
 label conflict, kept, quarantined or settled for the latest drop as the `conflicts` knob says
-(data/conflicts.py; with `latest` a new drop does replace an existing example, which is what it is for)."""
+(data/conflicts.py; with `latest` a new drop does replace an existing example, which is what it is for).
+
+With `holdout_drops` (drops named by partition key, e.g. a fine-tuning job's validation file) the hash does not
+deal: the rows of those drops are the holdout and every other drop's rows are train. Those drops are merged after
+the others, so a holdout row that duplicates (exactly or near) a training row is the one removed: nothing leaks."""
 
 from __future__ import annotations
 
@@ -67,6 +71,22 @@ class SplitOptions:
     on_too_long: str = "quarantine"  # or "fail"
     conflicts: str = "keep"  # rows with one input and different answers: keep, quarantine or latest
     output_schema: str = "auto"  # auto (inferred when every train answer is a JSON object), off, or a schema file
+    holdout_drops: tuple[str, ...] | list[str] = ()  # drops whose rows are the holdout (empty: the hash deals)
+
+
+class HoldoutDropsError(ValueError):
+    """`holdout_drops` names a drop that is not among the drops being split."""
+
+
+def merge_order(names, holdout_drops=()) -> list[str]:
+    """The drops in the order the split merges them: by name, the `holdout_drops` after every other drop (so a
+    duplicate across the two sides leaves the holdout); HoldoutDropsError for a name that is none of `names`."""
+    names = sorted(names)
+    if unknown := sorted(set(holdout_drops) - set(names)):
+        raise HoldoutDropsError(f"holdout_drops names {', '.join(map(repr, unknown))}, which "
+                                f"{'is' if len(unknown) == 1 else 'are'} not among the drops being split "
+                                f"({', '.join(names) or 'none'})")
+    return sorted(names, key=lambda n: n in holdout_drops)
 
 
 def holdout_bucket(near_key: str, seed: int) -> float:
@@ -114,13 +134,16 @@ DUPLICATE, TOO_LONG, CONFLICT = -1, -2, -3
 
 
 def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None, *, input_keys: np.ndarray,
-           answer_keys: np.ndarray) -> Assignment:
+           answer_keys: np.ndarray, in_holdout_drop: np.ndarray | None = None) -> Assignment:
     """The split's decisions for examples in merge order (drops by name, rows in file order): too-long rows
     out; label conflicts (one input key, different answer keys) as `opts.conflicts` says; a normalized copy
     (normalized key and answer key) of an earlier kept row out; then a MinHash near-duplicate of the input of
     an earlier kept row with the same answer out (`sig`: the inputs' signatures, or a function of the
-    surviving rows' indices returning them); the rest dealt by `holdout_bucket` of the normalized key. A
-    duplicate always points at a kept row, with its answer (or, `conflict_replaced`, the latest answer)."""
+    surviving rows' indices returning them); the rest dealt by `holdout_bucket` of the normalized key, or with
+    `opts.holdout_drops` by `in_holdout_drop` (True for the rows of those drops, merged last). A duplicate always
+    points at a kept row, with its answer (or, `conflict_replaced`, the latest answer)."""
+    if opts.holdout_drops and in_holdout_drop is None:
+        raise ValueError("holdout_drops is set: assign needs in_holdout_drop, the rows of those drops")
     if not 0 < opts.holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be between 0 and 1, got {opts.holdout_fraction}")
     if opts.conflicts not in conflicts.CONFLICTS:
@@ -166,7 +189,10 @@ def assign(near_keys: list[str], sig, opts: "SplitOptions", too_long=None, *, in
         while side[dup_of[i]] == DUPLICATE:  # its target was removed after it: point at what that one kept
             dup_of[i] = dup_of[dup_of[i]]
     dealt = np.flatnonzero(side == 0)
-    side[dealt] = holdout_buckets([near_keys[i] for i in dealt.tolist()], opts.seed) < opts.holdout_fraction
+    if opts.holdout_drops:
+        side[dealt] = np.asarray(in_holdout_drop, dtype=bool)[dealt]
+    else:
+        side[dealt] = holdout_buckets([near_keys[i] for i in dealt.tolist()], opts.seed) < opts.holdout_fraction
     return Assignment(side, dup_of, method, similarity, found)
 
 
@@ -214,20 +240,25 @@ def _conflict_outputs(a: Assignment, answer_keys: np.ndarray, rec) -> tuple[list
 
 def split_examples(drops: dict[str, list[dict]], holdout_fraction: float, seed: int,
                    near_dup: NearDupParams | None = None, stratify_by: str | None = None,
-                   signatures: dict | None = None, conflicts: str = "keep") -> Split:
+                   signatures: dict | None = None, conflicts: str = "keep", holdout_drops=()) -> Split:
     """`drops` maps drop name to its cleaned records. `near_dup` None: exact and normalized duplicates only.
     `signatures`: drop -> MinHash signatures of its records' inputs computed with `near_dup` (cleaning's),
-    reused. `conflicts`: keep, quarantine or latest (data/conflicts.py)."""
+    reused. `conflicts`: keep, quarantine or latest (data/conflicts.py). `holdout_drops`: the drops whose rows
+    are the holdout (SplitOptions)."""
     from ft_pipeline.data import near_dup as nd
 
-    records = [r for d in sorted(drops) for r in drops[d]]
-    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by, conflicts=conflicts)
+    order = merge_order(drops, holdout_drops)
+    records = [r for d in order for r in drops[d]]
+    opts = SplitOptions(holdout_fraction, seed, near_dup, stratify_by, conflicts=conflicts,
+                        holdout_drops=tuple(holdout_drops))
+    held = np.array([d in opts.holdout_drops for d in order for _ in drops[d]], dtype=bool)
     if signatures and all(d in signatures and len(signatures[d]) == len(drops[d]) for d in drops):
-        sig = np.concatenate([signatures[d] for d in sorted(drops)]) if records else None
+        sig = np.concatenate([signatures[d] for d in order]) if records else None
     else:
         sig = lambda rows: nd.signatures((nd.input_side(records[i]["messages"]) for i in rows), near_dup)  # noqa: E731
     inputs, answers = (as_uint64(k) for k in side_keys_of(records))
-    a = assign([r["near_key"] for r in records], sig, opts, input_keys=inputs, answer_keys=answers)
+    a = assign([r["near_key"] for r in records], sig, opts, input_keys=inputs, answer_keys=answers,
+               in_holdout_drop=held)
     out = Split()
     out.conflicts, quarantined = _conflict_outputs(a, answers, records.__getitem__)
     for i, r in enumerate(records):
@@ -267,14 +298,15 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     (`signatures[drop]`, cleaning's, reused when given), a second pass copies each kept line to train or
     holdout and writes the duplicates, the too-long quarantine and the label conflicts (conflicts.jsonl, and
     with conflicts=quarantine their rows). Token lengths use `tokenizer` (None: not measured). `drop_files`:
-    drop -> the raw file's name, recorded in the manifest for lineage. Returns the manifest.
+    drop -> the raw file's name, recorded in the manifest for lineage. Drops are merged in `merge_order` (the
+    `opts.holdout_drops` last). Returns the manifest.
     Accounting: rows_in = train + holdout + duplicates + too_long + quarantined_conflicts."""
     from ft_pipeline.data import near_dup as nd
     from ft_pipeline.data.formats import sha256_file
     from ft_pipeline.data.token_policy import count_tokens, histogram_png, length_summary, too_long, too_long_entry
 
     given = check_output_schema(opts.output_schema)  # a bad schema file fails here, before any work
-    names = sorted(cleaned)
+    names = merge_order(cleaned, opts.holdout_drops)
     keys, ids, lines, row_drop, strata, tokens, sigs, inputs, answers = [], [], [], [], [], [], [], [], []
     for di, name in enumerate(names):
         batch, start = [], len(keys)
@@ -311,7 +343,8 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
             if tokenizer else np.zeros(len(keys), dtype=bool))
     all_sig = np.concatenate(sigs) if sigs else None
     answers = as_uint64(answers)
-    a = assign(keys, all_sig, opts, over, input_keys=as_uint64(inputs), answer_keys=answers)
+    held = np.isin(np.asarray(row_drop, dtype=np.int64), [names.index(d) for d in opts.holdout_drops])
+    a = assign(keys, all_sig, opts, over, input_keys=as_uint64(inputs), answer_keys=answers, in_holdout_drop=held)
     del inputs
     ref = lambda j: {"id": ids[j], "drop": names[row_drop[j]], "line": lines[j]}  # noqa: E731
     outs = {n: open(out_dir / f"{n}.jsonl.tmp", "wb")
@@ -352,7 +385,8 @@ def split_files(cleaned: dict[str, Path], out_dir: Path, opts: SplitOptions, tok
     write_jsonl(out_dir / "conflicts.jsonl", reports)
     schema_info = write_output_schema(out_dir, opts.output_schema, collect, given)
     (out_dir / "token_lengths.png").write_bytes(histogram_png(counts, opts.max_tokens))
-    manifest = {"seed": opts.seed, "holdout_fraction": opts.holdout_fraction, "drops": drops_meta or {},
+    manifest = {"seed": opts.seed, "holdout_fraction": None if opts.holdout_drops else opts.holdout_fraction,
+                "holdout_drops": list(opts.holdout_drops), "drops": drops_meta or {},
                 "drop_files": drop_files or {},
                 "skipped": skipped or {}, "near_dup": opts.near_dup.to_json() if opts.near_dup else None,
                 "max_tokens": opts.max_tokens, "on_too_long": opts.on_too_long, "conflict_policy": opts.conflicts,

@@ -217,6 +217,11 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
 
 class SplitConfig(NearDupConfig):
     holdout_fraction: float = 0.1
+    """Share of examples dealt to the holdout by their stable hash (not used with holdout_drops)."""
+    holdout_drops: list[str] = []
+    """Drops (partition keys) whose rows are the holdout, every other drop's rows train, instead of the hash's
+    deal: a fine-tuning job's validation file (docs/finetuning.md). A holdout row that duplicates a train row is
+    removed, as any cross-drop duplicate; a name that is no drop of the split fails it."""
     seed: int = 0
     """Changing the seed re-deals every example; keep it fixed so the holdout stays comparable over time."""
     stratify_by: str | None = None
@@ -245,7 +250,8 @@ class SplitConfig(NearDupConfig):
 
     def options(self) -> splitting.SplitOptions:
         return splitting.SplitOptions(self.holdout_fraction, self.seed, self.near_dup_params(), self.stratify_by,
-                                      self.max_tokens, self.on_too_long, self.conflicts, self.output_schema)
+                                      self.max_tokens, self.on_too_long, self.conflicts, self.output_schema,
+                                      tuple(self.holdout_drops))
 
 
 def _cleaned_drops(context: dg.AssetExecutionContext, home: PipelineHome, params: NearDupParams):
@@ -306,7 +312,7 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
     out = home.split_dir
     try:
         manifest = splitting.split_files(cleaned, out, config.options(), tokenizer, signatures, used, skipped, files)
-    except (TooManyTokensError, SchemaFileError) as e:
+    except (TooManyTokensError, SchemaFileError, splitting.HoldoutDropsError) as e:
         raise dg.Failure(description=str(e)) from e
     tokens, found = manifest["token_lengths"], read_jsonl(out / "conflicts.jsonl")
     with mlflow_tracking.start_run(context, "split", "train_set",
@@ -314,7 +320,8 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
         mlflow.log_params({"seed": config.seed, "holdout_fraction": config.holdout_fraction, "drops": ",".join(used),
                            "max_tokens": config.max_tokens, "on_too_long": config.on_too_long,
                            "conflicts": config.conflicts, "output_schema": config.output_schema,
-                           "stratify_by": config.stratify_by or "", **config.near_dup_params().to_json()})
+                           "stratify_by": config.stratify_by or "", "holdout_drops": ",".join(config.holdout_drops),
+                           **config.near_dup_params().to_json()})
         mlflow.log_metrics({"train_examples": manifest["train"], "holdout_examples": manifest["holdout"],
                             "cross_drop_duplicates": manifest["cross_drop_duplicates"],
                             "too_long": manifest["too_long"], "label_conflicts": manifest["conflicts"],
@@ -329,6 +336,7 @@ def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, 
     link = dg.MetadataValue.url(mlflow_tracking.run_url(exp_id, run.info.run_id))
     shared = {"drops": dg.MetadataValue.json(used), "drop_files": dg.MetadataValue.json(files),
               "skipped_drops": dg.MetadataValue.json(skipped),
+              "holdout_drops": dg.MetadataValue.json(list(config.holdout_drops)),
               "rows_in": manifest["rows_in"], "too_long": manifest["too_long"],
               "cross_drop_duplicates": manifest["cross_drop_duplicates"],
               "too_long_file": dg.MetadataValue.path(str(out / "too_long.jsonl")),

@@ -62,6 +62,14 @@ def gate_on(context) -> str:
     return value
 
 
+def gate_candidate(context) -> str:
+    """How the model that goes to the gate is picked (the check's `candidate`, read as gate_metric is)."""
+    value = _gate_config(context).get("candidate") or GateConfig().candidate
+    if (problem := eval_run.KNOBS["candidate"].problem(value)) is not None:  # the check's config is built later
+        raise dg.Failure(f"{GATE_CHECK}.config.candidate: {problem}")
+    return value
+
+
 def _gate_config(context) -> dict:
     ops = (context.run.run_config or {}).get("ops") or {}
     return (ops.get(GATE_CHECK) or {}).get("config") or {}
@@ -176,7 +184,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     judged = cons.gate_metrics({"metrics": {n: r["metrics"] for n, r in results.items()},
                                 "constrained": constrained_entry}, gate_on(context))
     erased = (champ.tags or {}).get("erasure.pending") if champ else None
-    pick, why = evaluation.pick_candidate(judged, gate_metric(context), compare_champion=not erased)
+    pick, why = evaluation.pick_candidate(judged, gate_metric(context), compare_champion=not erased,
+                                          candidate=gate_candidate(context))
     context.log.info("gate candidate: %s (%s)", "DPO" if pick == "dpo" else "SFT", why)
     source = dpo if pick == "dpo" else adapter
     candidate = {"name": pick, "stage": "dpo" if pick == "dpo" else "sft", "why": why,
@@ -259,6 +268,9 @@ class GateConfig(CheckedConfig):
     """Which holdout answers the gate judges (and picks the candidate on): free (the default), or constrained,
     decoded under the split's output schema as a client asking for it gets them (evaluation_report's
     constrained side, on its constrained_examples)."""
+    candidate: str = _GATE.get("candidate", "best")
+    """Which model goes to the gate when DPO trained one: best, the DPO model only if it beats the SFT model and
+    the champion on the gate metric; dpo, the DPO model (what a DPO fine-tuning job registers)."""
 
 
 @dg.asset_check(asset=evaluation_report, blocking=True,
@@ -282,7 +294,7 @@ def beats_base_and_champion(context: dg.AssetCheckExecutionContext, config: Gate
     erased = report.get("champion_erasure_pending")
     # the SFT model ("tuned"), or the DPO model when it beat SFT and champion (a report of eval-v3 has no DPO)
     pick = (report.get("candidate") or {"name": "tuned"})["name"]
-    if (again := pick_candidate(m, config.metric, compare_champion=not erased)[0]) != pick:
+    if (again := pick_candidate(m, config.metric, not erased, config.candidate)[0]) != pick:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description=f"the report picked {pick} for the gate, but on {config.metric} it "
                                                f"would be {again}: re-materialize evaluation_report with this config")

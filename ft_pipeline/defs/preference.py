@@ -45,7 +45,10 @@ class PreferencePairsConfig(CheckedConfig):
     KNOBS = pref_training.KNOBS
     holdout_fraction: float = 0.1
     """Share of prompts whose pairs are held out, by the same stable hash as the SFT split (all pairs of one
-    prompt on one side)."""
+    prompt on one side); not used with holdout_drops."""
+    holdout_drops: list[str] = []
+    """Preference drops (partition keys) whose pairs are the holdout, every other drop's train: a DPO fine-tuning
+    job's validation file. A holdout pair whose prompt has a train pair is removed as a duplicate."""
     seed: int = 0
     redact_pii: bool = True
     encoding: str = "utf-8"
@@ -71,7 +74,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
     erased = erased_hashes(home.root)
     try:
         manifest = build_pairs(preference_dir(home), out, holdout_fraction=config.holdout_fraction, seed=config.seed,
-                               redact_pii=config.redact_pii, encoding=config.encoding, erased=erased)
+                               redact_pii=config.redact_pii, encoding=config.encoding, erased=erased,
+                               holdout_drops=tuple(config.holdout_drops))
     except DropError as e:
         raise dg.Failure(description=str(e)) from e
     drops = {drop_key(n): d for n, d in manifest["drops"].items()}  # records name their drop by partition key
@@ -219,6 +223,7 @@ def _preference_adapter(context: dg.AssetExecutionContext, config: PreferenceCon
     return dg.MaterializeResult(metadata={
         "trained": True, "adapter_dir": dg.MetadataValue.path(str(out_dir)), "model_uri": info.model_uri,
         "pairs": len(pairs), "global_step": res.global_step, "train_loss": res.train_loss,
+        "train_tokens": res.train_tokens,
         "train_runtime_s": round(res.train_runtime_s, 1), "resumed_from": res.resumed_from or "",
         **{k.replace("/", "_"): v for k, v in final.items() if v is not None},
         "dpo_config": dg.MetadataValue.json(opts.to_params()),

@@ -21,6 +21,7 @@ KNOBS = {
     "min_json_valid": knobs.FRACTION, "metric": knobs.Knob(choices=evaluation.GATE_METRICS),
     "max_retention_kl": knobs.NON_NEGATIVE, "few_shot_k": knobs.NON_NEGATIVE, "baseline_examples": knobs.NON_NEGATIVE,
     "constrained_examples": knobs.NON_NEGATIVE, "gate_on": knobs.Knob(choices=cons.GATE_ON),
+    "candidate": knobs.Knob(choices=evaluation.CANDIDATES),
 }
 
 

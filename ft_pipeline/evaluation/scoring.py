@@ -367,11 +367,19 @@ def gate_failures(metrics: dict[str, dict], min_json_valid: float, min_gain_over
     return out
 
 
-def pick_candidate(metrics: dict[str, dict], metric: str, compare_champion: bool = True) -> tuple[str, str]:
-    """Which model goes to the gate, and why: the DPO model only if it beats both the SFT model ("tuned") and
-    the champion on the gate metric; otherwise the SFT model, as without preference tuning."""
+CANDIDATES = ("best", "dpo")  # the gate's `candidate` knob: how pick_candidate chooses
+
+
+def pick_candidate(metrics: dict[str, dict], metric: str, compare_champion: bool = True,
+                   candidate: str = "best") -> tuple[str, str]:
+    """Which model goes to the gate, and why: with `candidate` best, the DPO model only if it beats both the SFT
+    model ("tuned") and the champion on the gate metric, otherwise the SFT model, as without preference tuning;
+    with `candidate` dpo, the DPO model whenever there is one (what a DPO fine-tuning job returns)."""
     if "dpo" not in metrics:
         return "tuned", "no DPO model"
+    if candidate == "dpo":
+        dpo, sft = metrics["dpo"][metric], metrics["tuned"][metric]
+        return "dpo", f"candidate: dpo (DPO {metric} {dpo:.3f}, SFT's {sft:.3f})"
     dpo, sft, champ = (metrics["dpo"][metric], metrics["tuned"][metric],
                        metrics.get("champion") if compare_champion else None)
     if dpo <= sft:

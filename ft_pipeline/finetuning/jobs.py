@@ -51,11 +51,7 @@ def check_create(body: Any, files, models=MODELS) -> dict:
         raise _bad(f"Model {model} is not available for fine-tuning or does not exist. This server fine-tunes: "
                    f"{', '.join(models)}.", "model", "model_not_available")
     method = _method(body)
-    if method["type"] == "dpo":  # checked first, so a DPO request learns of its other mistakes too
-        raise _bad("Invalid 'method.type': 'dpo' jobs are not supported by this server yet; run `ft-pipeline run` "
-                   "with preference drops under data/raw/preferences/ (docs/training.md) for DPO.", "method.type",
-                   "unsupported_value")
-    kind = "chat"
+    kind = "preference" if method["type"] == "dpo" else "chat"  # the rows a file must have (validation.parse)
     used = {}
     for key in ("training_file", "validation_file"):
         if body.get(key) is None:
@@ -70,6 +66,9 @@ def check_create(body: Any, files, models=MODELS) -> dict:
             raise _bad(f"Invalid file '{body[key]}': its purpose is '{f['purpose']}', not 'fine-tune'.", key,
                        "invalid_file_purpose")
         used[key] = f
+    if body.get("validation_file") is not None and body["validation_file"] == body["training_file"]:
+        raise _bad("Invalid 'validation_file': it is the training file; its rows would be the holdout and none "
+                   "would be left to train on. Send another file, or none.", "validation_file")
     suffix = body.get("suffix")
     if suffix is not None and not (isinstance(suffix, str) and SUFFIX.match(suffix)):
         raise _bad("Invalid 'suffix': 1 to 40 lower-case letters, digits and '-', starting with a letter or a digit "

@@ -25,10 +25,13 @@ def metrics(log_history: list[dict], step: int) -> dict:
     return out
 
 
-def found(task_home: Path, since: float) -> list[tuple[int, int, dict]]:
-    """(step, written at, metrics) of every complete checkpoint in the task's home written since `since`."""
+def found(task_home: Path, since: float, dpo: bool = False) -> list[tuple[int, int, dict]]:
+    """(step, written at, metrics) of every complete checkpoint in the task's home written since `since`: SFT's,
+    or with `dpo` DPO's (their folders are `checkpoints/dpo-<key>/`, preference_adapter's)."""
     out = []
     for state_file in Path(task_home).glob("checkpoints/*/checkpoint-*/trainer_state.json"):
+        if state_file.parents[1].name.startswith("dpo-") != dpo:
+            continue
         name = state_file.parent.name.removeprefix("checkpoint-")
         try:
             written, state = state_file.stat().st_mtime, json.loads(state_file.read_text())

@@ -1,7 +1,10 @@
 """Preference-pair drops to train and holdout pairs. Each file of the preference folder is a drop read by
 data/formats.py's readers; every row becomes a canonical pair or a quarantined record with its reason, pairs
 are whitespace-normalized and PII-redacted like SFT rows, deduplicated across drops on (prompt, chosen,
-rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides.
+rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides. With
+`holdout_drops` (a fine-tuning job's validation file) those drops' pairs are the holdout and every other drop's
+train; a holdout pair whose prompt has a train pair is removed as a duplicate (kind `prompt`), so no prompt is on
+both sides then either.
 
 Accounting is exact: for every drop, rows in = kept + quarantined + duplicates + erased (rows an erasure request
 names, erasure/requests.py: kept as their provenance and request id, without their text)."""
@@ -67,15 +70,21 @@ def is_holdout(prompt: list[dict], holdout_fraction: float, seed: int) -> bool:
 
 
 def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1, seed: int = 0,
-                redact_pii: bool = True, encoding: str = "utf-8", erased: dict[str, str] | None = None) -> dict:
+                redact_pii: bool = True, encoding: str = "utf-8", erased: dict[str, str] | None = None,
+                holdout_drops=()) -> dict:
     """Read every preference drop directly in `pref_dir`, write train.jsonl, holdout.jsonl, quarantine.jsonl,
     duplicates.jsonl, erased.jsonl and manifest.json to `out_dir`, and return the manifest. `erased` is
     {raw_sha256: erasure request id}: those rows, and lines `forget --redact-source` rewrote, are counted as
-    erased. No drops (or no folder): all counts zero. A file that is no preference drop raises DropError
-    naming it."""
+    erased. No drops (or no folder): all counts zero. A file that is no preference drop, or a `holdout_drops` name
+    (a partition key) that is no drop, raises DropError naming it."""
     from ft_pipeline.data.erased import mark_erased
+    from ft_pipeline.data.splitting import HoldoutDropsError, merge_order
 
     drops, problems = find_drops(pref_dir)
+    try:  # the holdout drops last: their pairs are checked against every train prompt
+        drops = {k: drops[k] for k in merge_order(drops, holdout_drops)}
+    except HoldoutDropsError as e:
+        problems.append(f"{pref_dir}: {e}")
     if problems:
         raise DropError("; ".join(problems))
     out_dir = Path(out_dir)
@@ -83,7 +92,8 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
     sides: dict[str, list[dict]] = {"train": [], "holdout": []}
     quarantine, duplicates, gone, meta = [], [], [], {}
     seen: dict[str, dict] = {}  # pair_id -> the kept pair's reference
-    for path in drops.values():
+    train_prompts: dict[str, dict] = {}  # with holdout_drops: a train prompt's key -> its first pair's reference
+    for key, path in drops.items():
         parsed = read_drop(path, encoding)
         fmt = detect_format(parsed.rows, path)
         counts = Counter()
@@ -102,10 +112,16 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
             elif (first := seen.get(r["pair_id"])) is not None:
                 duplicates.append(duplicate_entry({**r, "id": r["pair_id"]}, first, "exact", "normalized"))
                 counts["duplicates"] += 1
+            elif holdout_drops and key in holdout_drops and (first := train_prompts.get(near_dup_key(r["prompt"]))):
+                duplicates.append(duplicate_entry({**r, "id": r["pair_id"]}, first, "prompt", "in_train"))
+                counts["duplicates"] += 1
             else:
-                seen[r["pair_id"]] = {"id": r["pair_id"], "drop": r["drop"], "line": r["line"]}
+                ref = seen[r["pair_id"]] = {"id": r["pair_id"], "drop": r["drop"], "line": r["line"]}
                 kept = {**base, "pair_id": r["pair_id"], **{k: r[k] for k in ("prompt", *SIDES)}}
-                sides["holdout" if is_holdout(r["prompt"], holdout_fraction, seed) else "train"].append(kept)
+                held = key in holdout_drops if holdout_drops else is_holdout(r["prompt"], holdout_fraction, seed)
+                if holdout_drops and not held:
+                    train_prompts.setdefault(near_dup_key(r["prompt"]), ref)
+                sides["holdout" if held else "train"].append(kept)
                 counts["kept"] += 1
         meta[path.name] = {"sha256": parsed.sha256, "format": fmt, "rows_in": len(parsed.rows),
                            **{k: counts[k] for k in ("kept", "quarantined", "duplicates", "erased")}}
@@ -114,6 +130,7 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
     for name, records in (*sides.items(), ("quarantine", quarantine), ("duplicates", duplicates), ("erased", gone)):
         write_jsonl(out_dir / f"{name}.jsonl", records)
     manifest = {"drops": meta, "train": len(sides["train"]), "holdout": len(sides["holdout"]),
+                "holdout_drops": list(holdout_drops),
                 "train_sha256": sha256_file(out_dir / "train.jsonl"),
                 "holdout_sha256": sha256_file(out_dir / "holdout.jsonl"),
                 "quarantine_by_reason": dict(sorted(Counter(q["code"] for q in quarantine).items()))}

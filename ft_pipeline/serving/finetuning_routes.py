@@ -28,8 +28,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ft_pipeline import settings
+from ft_pipeline.finetuning import job_files, progress, validation
 from ft_pipeline.finetuning import jobs as ft_jobs
-from ft_pipeline.finetuning import progress, validation
 from ft_pipeline.finetuning.store import ACTIVE, FineTuningStore, NotFound, new_id, pid_alive
 from ft_pipeline.serving.protocol import ApiError
 
@@ -125,26 +125,31 @@ class FineTuning:
         return self.store.finish(job_id, "cancelled")  # the runner has set it; a stuck one is marked here
 
     def erase(self, row: dict) -> list[str]:
-        """Erase a deleted file's rows from every task that trained on it (`ft-pipeline forget --task`, the file
-        as its drop); returns the tasks."""
-        tasks = sorted({j["task"] for j in self.store.jobs_using(row["id"]) if j["status"] not in ACTIVE})
-        for task in tasks:
+        """Erase a deleted file's rows from every task that trained on it (`ft-pipeline forget --task`, each drop
+        its job made of the file: finetuning/job_files.py); returns the tasks."""
+        methods: dict[str, str] = {}
+        for j in self.store.jobs_using(row["id"]):
+            if j["status"] not in ACTIVE and methods.get(j["task"]) != "dpo":
+                methods[j["task"]] = j["method"]["type"]
+        for task, method in sorted(methods.items()):
             if not (self.store.root.parent / "tasks" / task).is_dir():  # the task's files: none, nothing to erase
                 continue
             with tempfile.TemporaryDirectory(dir=self.store.root) as raw:
-                (Path(raw) / task).mkdir()
-                (Path(raw) / task / f"{row['id']}.jsonl").write_bytes(Path(row["path"]).read_bytes())
+                laid = job_files.lay_out(Path(raw) / task, {row["id"]: Path(row["path"])}, method)
                 env = {**os.environ, "FT_PIPELINE_HOME": str(self.store.root.parent), "FT_PIPELINE_RAW_DIR": raw,
                        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri(self.store.root.parent)}
-                forget = ["forget", "--task", task, "--drop", f"{row['id']}.jsonl", "--all-lines", "--reason",
-                          f"file {row['id']} deleted through the API"]
-                done = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *forget], env=env,
-                                      capture_output=True, text=True, cwd=settings.REPO_ROOT)
-            if done.returncode != 0:
-                raise ApiError(500, f"Erasing the rows of {row['id']} from task {task} failed: "
-                                    f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}", type="server_error")
-            log.info("file %s erased from task %s: %s", row["id"], task, done.stdout.strip().splitlines()[:1])
-        return tasks
+                for drop in laid.erasable:
+                    forget = ["forget", "--task", task, "--drop", drop, "--all-lines", "--reason",
+                              f"file {row['id']} deleted through the API"]
+                    done = subprocess.run([sys.executable, "-m", "ft_pipeline.cli", *forget], env=env,
+                                          capture_output=True, text=True, cwd=settings.REPO_ROOT)
+                    if done.returncode != 0:
+                        raise ApiError(500, f"Erasing the rows of {row['id']} from task {task} failed: "
+                                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}",
+                                       type="server_error")
+                    log.info("file %s erased from task %s (%s): %s", row["id"], task, drop,
+                             done.stdout.strip().splitlines()[:1])
+        return sorted(methods)
 
 
 def _file_object(row: dict) -> dict:
