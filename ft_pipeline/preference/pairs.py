@@ -1,7 +1,9 @@
 """Preference-pair drops to train and holdout pairs. Each file of the preference folder is a drop read by
 data/formats.py's readers; every row becomes a canonical pair or a quarantined record with its reason, pairs
 are whitespace-normalized and PII-redacted like SFT rows, deduplicated across drops on (prompt, chosen,
-rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides.
+rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides. A pair
+written from a stored completion (reviewed traffic, traffic/reviewed.py) keeps its `completion_id` and
+`answered_by` (NAME/VERSION) as an SFT row does, into the DPO version's lineage.
 
 Accounting is exact: for every drop, rows in = kept + quarantined + duplicates + erased (rows an erasure request
 names, erasure/requests.py: kept as their provenance and request id, without their text)."""
@@ -13,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ft_pipeline.data.cleaning import (
+    SERVED,
     duplicate_entry,
     example_id,
     iter_canonical,
@@ -66,6 +69,13 @@ def is_holdout(prompt: list[dict], holdout_fraction: float, seed: int) -> bool:
     return holdout_bucket(near_dup_key(prompt), seed) < holdout_fraction
 
 
+def lineage_rows(pairs: list[dict], folder: str) -> list[dict]:
+    """Train pairs as rows of a version's lineage (registry `log_lineage`): `id` is the pair id and `drop` is
+    named under the raw folder's `folder`, as erasure names a preference drop; `completion_id` and
+    `answered_by` stay on a pair made from a stored completion."""
+    return [{**p, "id": p["pair_id"], "drop": f"{folder}/{p['drop']}"} for p in pairs]
+
+
 def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1, seed: int = 0,
                 redact_pii: bool = True, encoding: str = "utf-8", erased: dict[str, str] | None = None) -> dict:
     """Read every preference drop directly in `pref_dir`, write train.jsonl, holdout.jsonl, quarantine.jsonl,
@@ -104,7 +114,8 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
                 counts["duplicates"] += 1
             else:
                 seen[r["pair_id"]] = {"id": r["pair_id"], "drop": r["drop"], "line": r["line"]}
-                kept = {**base, "pair_id": r["pair_id"], **{k: r[k] for k in ("prompt", *SIDES)}}
+                kept = {**base, "pair_id": r["pair_id"], **{k: r[k] for k in SERVED if k in r},
+                        **{k: r[k] for k in ("prompt", *SIDES)}}
                 sides["holdout" if is_holdout(r["prompt"], holdout_fraction, seed) else "train"].append(kept)
                 counts["kept"] += 1
         meta[path.name] = {"sha256": parsed.sha256, "format": fmt, "rows_in": len(parsed.rows),
