@@ -4,7 +4,7 @@ real tokenizer), and marks exactly the assistant answers and their end-of-turn t
 import pytest
 
 from ft_pipeline.model import chat_templates
-from ft_pipeline.model.training import tokenize, training_template
+from ft_pipeline.model.supervision import tokenize, training_template
 
 SYS = {"role": "system", "content": "You extract JSON."}
 U1, A1 = {"role": "user", "content": "My order ORD-123456 is late"}, {"role": "assistant", "content": '{"a": 1}'}

@@ -1,6 +1,7 @@
 """The registry on a real MLflow SQLite store in tmp_path: a retried registration reuses its version, and a
 rollback (promote an older version) moves `champion` while every version stays registered."""
 
+import json
 import os
 
 import mlflow
@@ -87,3 +88,50 @@ def test_trained_on_shows_the_real_aliases(store, capsys):
     assert [(h["version"], h["aliases"]) for h in hits] == [("1", ["champion"]), ("2", [])]
     assert main(["trained-on", "--model", "aliased", "--drop", "d", "--raw-sha256", "abab"]) == 0
     assert '"aliases": ["champion"]' in capsys.readouterr().out
+
+
+@pytest.fixture
+def support_task(tmp_path, monkeypatch):
+    """A tasks file with a task `support` registering the model `tasked`."""
+    (tmp_path / "tasks.yaml").write_text("tasks:\n  support: {registered_model_name: tasked}\n")
+    monkeypatch.setenv("FT_PIPELINE_TASKS", str(tmp_path / "tasks.yaml"))
+    monkeypatch.setenv("FT_PIPELINE_HOME", str(tmp_path / "home"))  # no fine-tuning jobs' tasks
+    return "support"
+
+
+def test_task_names_the_registered_model_of_promote_lineage_and_trained_on(store, support_task, capsys):
+    row = {"drop": "t", "line": 1, "raw_sha256": "cd" * 32, "id": "y"}
+    for _ in range(2):
+        with mlflow.start_run() as run:
+            registry.log_lineage([row])
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+        registry.register(info.model_uri, "tasked", run.info.run_id, {})
+    registry.set_champion("tasked", "1")
+    assert main(["promote", "--task", support_task, "--version", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "tasked: champion 1 -> 2"
+    assert main(["promote", "--task", support_task, "--model", "tasked", "--version", "1"]) == 0  # they agree
+    assert capsys.readouterr().out.strip() == "tasked: champion 2 -> 1"
+    assert main(["lineage", "--task", support_task]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(x)["raw_sha256"] for x in out.out.splitlines()] == [row["raw_sha256"]]
+    assert "1 rows trained tasked version 1" in out.err
+    assert main(["trained-on", "--task", support_task, "--drop", "t", "--line", "1"]) == 0
+    assert [json.loads(x)["version"] for x in capsys.readouterr().out.splitlines()] == ["1", "2"]
+
+
+@pytest.mark.parametrize("cmd", [["promote", "--version", "1"], ["lineage"], ["trained-on", "--drop", "t"],
+                                 ["export", "--out", "OUT"]])
+@pytest.mark.parametrize("flags, says", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--task", "Bad!"], "task name 'Bad!' is not a slug"),
+    (["--task", "support", "--model", "ft-pipeline-adapter"],
+     "--model ft-pipeline-adapter is not task support's registered model (tasked)"),
+])
+def test_a_bad_task_or_one_that_disagrees_with_model_is_one_line_and_exit_2(store, support_task, tmp_path, capsys,
+                                                                              cmd, flags, says):
+    before = versions("tasked")
+    cmd = [str(tmp_path / "out") if a == "OUT" else a for a in cmd]
+    assert main(cmd + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ft-pipeline {cmd[0]}: ") and says in err and len(err.splitlines()) == 1, err
+    assert versions("tasked") == before and not (tmp_path / "out").exists()

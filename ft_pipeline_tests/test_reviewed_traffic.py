@@ -6,6 +6,7 @@ import time
 
 import dagster as dg
 
+from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.resources import PipelineHome
 from ft_pipeline.traffic.capture import record
 from ft_pipeline.traffic.store import CompletionStore, db_path
@@ -105,6 +106,31 @@ def test_the_data_layer_keeps_the_lineage_on_the_raw_row(tmp_path, monkeypatch):
     (row,) = [json.loads(x) for x in mlflow.artifacts.load_text(
         f"runs:/{run.info.run_id}/{versions.LINEAGE_ARTIFACT}").splitlines()]
     assert (row["completion_id"], row["answered_by"], row["line"]) == ("chatcmpl-0005", "ft-pipeline-adapter/2", 1)
+
+
+def test_a_corrections_pairs_keep_their_completion_ids_into_the_dpo_lineage(tmp_path, monkeypatch):
+    """A reviewed-traffic preference drop's pairs (train and holdout) keep `completion_id` and `answered_by`, as
+    its SFT rows do, and the rows the DPO asset logs as lineage name them."""
+    import mlflow
+
+    from ft_pipeline.preference.pairs import build_pairs, lineage_rows
+    from ft_pipeline.registry import versions
+
+    home = reviewed_home(tmp_path, {i: ("corrected", f"Order {i} ships on day {i}.") for i in range(6)})
+    materialize(home)
+    manifest = build_pairs(tmp_path / "raw" / "preferences", tmp_path / "pairs", holdout_fraction=0.5)
+    train, holdout = (read_jsonl(tmp_path / "pairs" / f"{s}.jsonl") for s in ("train", "holdout"))
+    assert (manifest["train"], manifest["holdout"]) == (len(train), len(holdout)) and train
+    assert sorted((p["completion_id"], p["answered_by"]) for p in train + holdout) == \
+        [(f"chatcmpl-{i:04d}", f"ft-pipeline-adapter/{i % 2 + 1}") for i in range(6)]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        versions.log_lineage(lineage_rows(train, "preferences"))
+    rows = [json.loads(x) for x in mlflow.artifacts.load_text(
+        f"runs:/{run.info.run_id}/{versions.LINEAGE_ARTIFACT}").splitlines()]
+    assert [(r["completion_id"], r["answered_by"]) for r in rows] == \
+        [(p["completion_id"], p["answered_by"]) for p in train]
+    assert {r["drop"] for r in rows} == {f"preferences/{DAY}-reviewed_traffic.jsonl"}
 
 
 def test_the_schedule_runs_yesterday_and_run_never_selects_traffic():

@@ -4,7 +4,8 @@ loss, which is what a chat template without (or with a misplaced) {% generation 
 import pytest
 
 from ft_pipeline.model.base_models import CHAT_TEMPLATE, build_tiny_tokenizer
-from ft_pipeline.model.training import SupervisionError, TrainOptions, build_trainer, check_supervision, tokenize
+from ft_pipeline.model.supervision import SupervisionError, check_supervision, tokenize
+from ft_pipeline.model.training import TrainOptions, build_trainer
 
 RECORDS = [{"messages": [{"role": "user", "content": f"refund ORD-{i}"},
                          {"role": "assistant", "content": '{"intent": "refund"}'}]} for i in range(3)]

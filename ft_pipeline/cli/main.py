@@ -269,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="what a request without response_format gets: free text (off, the default, as OpenAI) "
                           "or the served version's registered output schema as a strict json_schema (registered)")
     for p in (lin, who, exp, pro):
-        p.add_argument("--model", default="ft-pipeline-adapter", help="registered model name")
+        p.add_argument("--model", help="registered model name (default: the task's, ft-pipeline-adapter for the "
+                                       "default task)")
+        p.add_argument("--task", help="the task whose registered model this is (tasks.yaml, or a fine-tuning "
+                                      "job's; docs/tasks.md); with --model, the two must agree")
     args = parser.parse_args(argv)
     # MLflow draws a bar for every artifact it reads or writes (forget, lineage and export read several)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -295,10 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         return forget_cli.main(args)
     if args.cmd == "review":
         return review_cli.main(args)
-    if args.cmd in ("lineage", "trained-on"):
-        return lineage_main(args)
-    if args.cmd in ("export", "promote"):
-        return registry_main(args)
+    if args.cmd in ("lineage", "trained-on", "export", "promote"):
+        from ft_pipeline.tasks import TaskError
+
+        try:
+            args.model = registered_model(args.task, args.model)
+        except TaskError as e:
+            print(f"ft-pipeline {args.cmd}: {e}", file=sys.stderr)
+            return 2
+        return lineage_main(args) if args.cmd in ("lineage", "trained-on") else registry_main(args)
     if args.cmd == "serve":
         from ft_pipeline.serving import ServeConfig, serve
 
@@ -308,6 +316,21 @@ def main(argv: list[str] | None = None) -> int:
                                           store_retention_days=args.store_retention_days,
                                           default_response_format=args.default_response_format))
     return prepare_ui()
+
+
+def registered_model(task: str | None, model: str | None) -> str:
+    """The registered model a registry command works on: `model`, else the task's (`task` None: the default
+    task's, ft-pipeline-adapter). TaskError (one line) for a bad or unknown task, or a `model` that is not the
+    task's."""
+    from ft_pipeline import tasks
+
+    if task is None:
+        return model or tasks.DEFAULT_MODEL_NAME
+    t = tasks.get(task)
+    if model is not None and model != t.model_name:
+        raise tasks.TaskError(f"--model {model} is not task {t.name}'s registered model ({t.model_name}): "
+                              "pass one of --task and --model, or both naming the same model")
+    return t.model_name
 
 
 def registry_main(args) -> int:

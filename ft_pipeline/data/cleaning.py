@@ -168,19 +168,17 @@ def served_provenance(data: Any) -> dict:
 
 def iter_canonical(parsed: ParsedDrop, fmt: str, convert: Callable[[Any, str], dict] | None = None) -> Iterator[dict]:
     """One record per input row: its provenance and original text, and either chat `messages` or the reason
-    (`code`, `reason`) it could not be converted. `convert(data, fmt)`, raising RowError, gives other fields in
-    place of `messages` (preference pairs: preference/pair_formats.py)."""
+    (`code`, `reason`) it could not be converted, and for a row written from a stored completion its
+    `served_provenance`. `convert(data, fmt)`, raising RowError, gives other fields in place of `messages`
+    (preference pairs: preference/pair_formats.py)."""
     for row in parsed.rows:
         rec = {"drop": parsed.drop, "line": row.line, "format": fmt,
                "raw_sha256": hashlib.sha256(row.text.encode("utf-8", errors="replace")).hexdigest(), "raw": row.text}
         try:
             if row.error:
                 raise RowError(row.code or "unparseable", row.error)
-            if convert is None:
-                rec["messages"] = to_messages(row.data, fmt)
-                rec.update(served_provenance(row.data))
-            else:
-                rec.update(convert(row.data, fmt))
+            rec.update({"messages": to_messages(row.data, fmt)} if convert is None else convert(row.data, fmt))
+            rec.update(served_provenance(row.data))
         except RowError as e:
             rec.update(code=e.code, reason=str(e))
         yield rec

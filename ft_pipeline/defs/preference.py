@@ -54,7 +54,7 @@ class PreferencePairsConfig(CheckedConfig):
     encoding: str = "utf-8"
 
 
-@dg.asset(group_name="data", code_version="pairs-v1", kinds={"python", "json"}, owners=OWNERS,
+@dg.asset(group_name="data", code_version="pairs-v2", kinds={"python", "json"}, owners=OWNERS,
           check_specs=[dg.AssetCheckSpec("pairs_accounted_for", asset="preference_pairs", blocking=True,
                                          description="for every preference drop: rows in = kept + quarantined + "
                                                      "duplicates + erased")])
@@ -175,6 +175,7 @@ def _preference_adapter(context: dg.AssetExecutionContext, config: PreferenceCon
     import mlflow
 
     from ft_pipeline.model.base_models import content_hash
+    from ft_pipeline.preference.pairs import lineage_rows
     from ft_pipeline.preference.training import train_preference
     from ft_pipeline.registry import versions as registry
     from ft_pipeline.registry.tracking import log_jsonl_dataset
@@ -212,8 +213,7 @@ def _preference_adapter(context: dg.AssetExecutionContext, config: PreferenceCon
         info = registry.log_adapter_model(out_dir, adapter["base"], finetune=adapter["finetune"])
         # Its lineage is the SFT rows it started from plus the pairs: `trained-on` and erasure see both.
         sft_rows = read_jsonl(home.split_dir / "train.jsonl")
-        pair_rows = [{**p, "id": p["pair_id"], "drop": f"{PREFERENCE_FOLDER}/{p['drop']}"} for p in pairs]
-        registry.log_lineage(sft_rows + pair_rows,
+        registry.log_lineage(sft_rows + lineage_rows(pairs, PREFERENCE_FOLDER),
                              json.loads((home.split_dir / "manifest.json").read_text()).get("drop_files"))
     pref = {"trained": True, "training_run_id": run.info.run_id, "experiment_id": exp_id,
             "model_uri": info.model_uri, "model_id": info.model_id, "adapter_dir": str(out_dir),

@@ -8,7 +8,6 @@ run ids, and one of `succeeded | failed | cancelled` at the end. Events are rows
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -197,18 +196,3 @@ def _job_row(row: sqlite3.Row) -> dict:
     for k in _JOB_JSON:
         out[k] = json.loads(out[k]) if out[k] else None
     return out
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own child that exited and was not yet waited for) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -4,7 +4,8 @@ are whitespace-normalized and PII-redacted like SFT rows, deduplicated across dr
 rejected), and split by a stable hash of the prompt alone, so a prompt never has pairs on both sides. With
 `holdout_drops` (a fine-tuning job's validation file) those drops' pairs are the holdout and every other drop's
 train; a holdout pair whose prompt has a train pair is removed as a duplicate (kind `prompt`), so no prompt is on
-both sides then either.
+both sides then either. A pair written from a stored completion (reviewed traffic, traffic/reviewed.py) keeps its
+`completion_id` and `answered_by` (NAME/VERSION) as an SFT row does, into the DPO version's lineage.
 
 Accounting is exact: for every drop, rows in = kept + quarantined + duplicates + erased (rows an erasure request
 names, erasure/requests.py: kept as their provenance and request id, without their text)."""
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from ft_pipeline.data.cleaning import (
+    SERVED,
     duplicate_entry,
     example_id,
     iter_canonical,
@@ -69,6 +71,13 @@ def is_holdout(prompt: list[dict], holdout_fraction: float, seed: int) -> bool:
     return holdout_bucket(near_dup_key(prompt), seed) < holdout_fraction
 
 
+def lineage_rows(pairs: list[dict], folder: str) -> list[dict]:
+    """Train pairs as rows of a version's lineage (registry `log_lineage`): `id` is the pair id and `drop` is
+    named under the raw folder's `folder`, as erasure names a preference drop; `completion_id` and
+    `answered_by` stay on a pair made from a stored completion."""
+    return [{**p, "id": p["pair_id"], "drop": f"{folder}/{p['drop']}"} for p in pairs]
+
+
 def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1, seed: int = 0,
                 redact_pii: bool = True, encoding: str = "utf-8", erased: dict[str, str] | None = None,
                 holdout_drops=()) -> dict:
@@ -117,7 +126,8 @@ def build_pairs(pref_dir: Path, out_dir: Path, *, holdout_fraction: float = 0.1,
                 counts["duplicates"] += 1
             else:
                 ref = seen[r["pair_id"]] = {"id": r["pair_id"], "drop": r["drop"], "line": r["line"]}
-                kept = {**base, "pair_id": r["pair_id"], **{k: r[k] for k in ("prompt", *SIDES)}}
+                kept = {**base, "pair_id": r["pair_id"], **{k: r[k] for k in SERVED if k in r},
+                        **{k: r[k] for k in ("prompt", *SIDES)}}
                 held = key in holdout_drops if holdout_drops else is_holdout(r["prompt"], holdout_fraction, seed)
                 if holdout_drops and not held:
                     train_prompts.setdefault(near_dup_key(r["prompt"]), ref)

@@ -25,35 +25,23 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from ft_pipeline.processes import pid_alive, start_time
+
 HOST, PID, PID_START = "ft_pipeline/host", "ft_pipeline/pid", "ft_pipeline/pid_start"
 POLL_S = 1.0  # between tries for a lock or a slot
 MESSAGE_EVERY_S = 60.0
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def owner_tags() -> dict[str, str]:
-    return {HOST: socket.gethostname(), PID: str(os.getpid()), PID_START: _start_time(os.getpid()) or ""}
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), PID_START: start_time(os.getpid()) or ""}
 
 
 def process_alive(tags: dict) -> bool | None:
-    """Whether the process named by owner tags still runs; None when it ran elsewhere or is not named."""
+    """Whether the process named by owner tags still runs (`processes.pid_alive`, with its start time when the
+    tags have it); None when it ran elsewhere or is not named."""
     if tags.get(HOST) != socket.gethostname() or not tags.get(PID, "").isdigit():
         return None
-    pid = int(tags[PID])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not tags.get(PID_START) or _start_time(pid) in (None, tags[PID_START])
+    return pid_alive(int(tags[PID]), tags.get(PID_START) or None)
 
 
 def sigterm_as_interrupt() -> None:

@@ -30,7 +30,8 @@ from fastapi.responses import Response
 from ft_pipeline import settings
 from ft_pipeline.finetuning import job_files, progress, validation
 from ft_pipeline.finetuning import jobs as ft_jobs
-from ft_pipeline.finetuning.store import ACTIVE, FineTuningStore, NotFound, new_id, pid_alive
+from ft_pipeline.finetuning.store import ACTIVE, FineTuningStore, NotFound, new_id
+from ft_pipeline.processes import pid_alive
 from ft_pipeline.serving.protocol import ApiError
 
 log = logging.getLogger("ft_pipeline.serving")
