@@ -230,8 +230,9 @@ def task_preset(context, op: str) -> dict:
 
 
 def run_config_of(context) -> dict:
-    """What this step's run config sets for its op, `ops.<node>.config`: explicit values only, no defaults (the
-    node is named after the op, suffixed `_2` in a job that holds two tasks' copies of it)."""
+    """What this step's run config sets for its op, `ops.<node>.config`: explicit values only, no defaults. The
+    node is the step's in the run's job, as Dagster reads its config: named after the op, suffixed `_2` where the
+    run holds two tasks' copies of it."""
     op_context = getattr(context, "op_execution_context", context)
     entry = {"ops": (op_context.run.run_config or {}).get("ops") or {}}
     for name in op_context.op_handle.path:
