@@ -3,8 +3,8 @@ config a run uses"): a run with no config, as the automation launches them throu
 takes each field the run does not set from the task's preset; a run config wins field by field, under the op's
 name in the task's job and under its suffixed name in the all-assets job; the default task keeps the config
 classes' defaults (FT_PIPELINE_DEFAULTS, configs/cpu_tiny.yaml here); a task preset a step cannot use fails that
-step in one line. On the real Dagster instance and MLflow store, cleaning the routing drop: its knobs show in the
-cleaning stats, and it needs no model."""
+step in one line. On the real Dagster instance and MLflow store, cleaning the routing drop (its knobs show in the
+cleaning stats, and it needs no model) and running the routing gate check on a written report."""
 
 import json
 import shutil
@@ -14,6 +14,7 @@ import pytest
 
 from ft_pipeline import tasks
 from ft_pipeline.definitions import defs
+from ft_pipeline.defs.evaluation import GATE_CHECK
 from ft_pipeline.resources import MlflowTracking, PipelineHome
 from ft_pipeline.settings import REPO_ROOT
 
@@ -25,8 +26,8 @@ ROUTING_INGEST = [dg.AssetKey(["routing", "raw_examples"]), dg.AssetKey(["routin
 TASK_PRESET = {"conflicts": "quarantine", "near_dup_threshold": 0.9}
 
 
-def _preset(path, **config) -> str:
-    path.write_text(json.dumps({"ops": {"cleaned_examples": {"config": config}}}))  # JSON is YAML
+def _preset(path, op: str = "cleaned_examples", **config) -> str:
+    path.write_text(json.dumps({"ops": {op: {"config": config}}}))  # JSON is YAML
     return str(path)
 
 
@@ -96,6 +97,23 @@ def test_a_run_config_wins_over_the_tasks_preset_field_by_field(env):
     config = {"ops": {"cleaned_examples": {"config": {"near_dup_threshold": 0.95}}}}
     assert _as_the_automation(instance, resources, ROUTING_INGEST, ROUTING_DROP, run_config=config).success
     assert _cleaning_stats(tmp_path, "routing", ROUTING_DROP) == {**TASK_PRESET, "near_dup_threshold": 0.95}
+
+
+def test_the_gate_of_a_run_with_no_config_is_the_tasks(env):
+    """An asset check's config, under its op's name in the preset (evaluation_report_beats_base_and_champion)."""
+    instance, resources, tmp_path = env
+    _preset(tmp_path / "routing.yaml", GATE_CHECK, min_gain_over_base=0.6, max_retention_kl=2.5)
+    reports = tmp_path / "home" / "tasks" / "routing" / "reports"
+    reports.mkdir(parents=True)
+    m = lambda fa: dict(json_valid=1.0, field_accuracy=fa, exact_match=fa, chrf=50.0, rouge_l=fa)  # noqa: E731
+    (reports / "evaluation.json").write_text(json.dumps(
+        {"metrics": {"base": m(0.1), "tuned": m(0.6)}, "champion_version": None, "retention_kl": {"tuned": 0.5}}))
+    check = dg.AssetCheckKey(dg.AssetKey(["routing", "evaluation_report"]), "beats_base_and_champion")
+    job = _all_assets_job(resources).get_subset(asset_selection=set(), asset_check_selection={check})
+    [evaluation] = job.execute_in_process(instance=instance, raise_on_error=False).get_asset_check_evaluations()
+    # +0.50 over the base passes cpu_tiny.yaml's 0.05, not the task's 0.6
+    assert not evaluation.passed and "does not beat the base model's 0.100 by 0.6" in evaluation.description
+    assert evaluation.metadata["max_retention_kl"].value == 2.5  # cpu_tiny.yaml's: off
 
 
 def test_the_default_task_keeps_the_config_classes_defaults(env):
