@@ -34,8 +34,8 @@ class Task:
     preset: str = ""
     """The task's preset (relative to the checkout, or absolute): what `ft-pipeline run --task` runs, and what
     every run of the task's assets uses for a config field its run config does not set (the automation's, the
-    Launchpad's: resources.task_config). Empty: the Dagster config classes' defaults. The default task's
-    automated runs use the config classes' defaults, $FT_PIPELINE_DEFAULTS (config.py), whatever its preset."""
+    Launchpad's: resources.task_config). Empty: the Dagster config classes' defaults. The default task's runs
+    take the config classes' defaults, $FT_PIPELINE_DEFAULTS (config.py), for what their config does not set."""
     registered_model_name: str = ""
     description: str = ""
 

@@ -136,3 +136,13 @@ def test_a_task_preset_the_step_cannot_use_fails_it_in_one_line(env, config, say
     [failure] = result.get_step_failure_events()
     description = failure.step_failure_data.user_failure_data.description
     assert description.startswith(f"{tmp_path / 'routing.yaml'}: {says}") and "\n" not in description, description
+
+
+def test_a_task_preset_that_is_gone_fails_the_tasks_steps_in_one_line(env):
+    instance, resources, tmp_path = env
+    (tmp_path / "routing.yaml").unlink()
+    result = _as_the_automation(instance, resources, ROUTING_INGEST, ROUTING_DROP, raise_on_error=False)
+    [failure] = result.get_step_failure_events()  # raw_examples; cleaned_examples is skipped
+    description = failure.step_failure_data.user_failure_data.description
+    assert description == f"task 'routing': cannot read its preset {tmp_path / 'routing.yaml'}: No such file or " \
+                          "directory"
