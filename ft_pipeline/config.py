@@ -2,8 +2,9 @@
 is built, so a wrong value fails with the knob's name and what it may be, in a preset as in the Launchpad.
 
 Their defaults come from one preset, $FT_PIPELINE_DEFAULTS (default configs/cpu_smollm2.yaml, what `make run`
-runs): a run launched with no config, from the Launchpad or by the automation's retrain on its cron, trains
-what `make run` trains. The tests set it to configs/cpu_tiny.yaml (builtin:tiny)."""
+runs): a run of the default task launched with no config, from the Launchpad or by the automation's retrain on
+its cron, trains what `make run` trains. Another task's step takes its preset's values first
+(resources.task_config). The tests set it to configs/cpu_tiny.yaml (builtin:tiny)."""
 
 import functools
 import os

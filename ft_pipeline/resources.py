@@ -1,12 +1,18 @@
-"""Resources: where files live (PipelineHome) and where runs are tracked (MlflowTracking)."""
+"""Resources: where files live (PipelineHome) and where runs are tracked (MlflowTracking); what a step sees of
+them, and of its config, as its task (for_step, task_config)."""
 
 
 import contextlib
+import os
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
+import pydantic
 
 from ft_pipeline import settings, tasks
+
+C = TypeVar("C", bound=dg.Config)
 
 
 @contextlib.contextmanager
@@ -204,6 +210,67 @@ def for_step(context, home: PipelineHome, mlflow_tracking: "MlflowTracking | Non
     """The resources as the task of this step sees them: (home, mlflow_tracking), or home alone."""
     task = task_of(context)
     return home.for_task(task) if mlflow_tracking is None else (home.for_task(task), mlflow_tracking.for_task(task))
+
+
+def task_preset(context, op: str) -> dict:
+    """`ops.<op>.config` of the preset of this step's task (tasks.yaml): what the step uses for each field its
+    run's config does not set. Empty for the default task: its preset for such runs is the config classes'
+    defaults, $FT_PIPELINE_DEFAULTS (config.py)."""
+    task = tasks.get(task_of(context))
+    if task.is_default:
+        return {}
+    try:
+        entry = task.preset_ops().get(op) or {}
+    except tasks.TaskError as e:
+        raise dg.Failure(description=str(e)) from None
+    config = entry.get("config") if isinstance(entry, dict) else None
+    if not isinstance(config or {}, dict):
+        raise dg.Failure(description=f"{task.preset_path()}: ops.{op}: expected a mapping with a `config:` mapping")
+    return dict(config or {})
+
+
+def run_config_of(context) -> dict:
+    """What this step's run config sets for its op, `ops.<node>.config`: explicit values only, no defaults. The
+    node is the step's in the run's job, as Dagster reads its config: named after the op, suffixed `_2` where the
+    run holds two tasks' copies of it."""
+    op_context = getattr(context, "op_execution_context", context)
+    entry = {"ops": (op_context.run.run_config or {}).get("ops") or {}}
+    for name in op_context.op_handle.path:
+        entry = (entry.get("ops") or {}).get(name) or {}
+    return dict(entry.get("config") or {})
+
+
+def task_config(context, config: C) -> C:
+    """`config` as this step's task configures it: each field the run's config sets (the Launchpad, a job's
+    config, `ft-pipeline run`), else the task's preset's (task_preset), else the config class's default. So a run
+    with no config (the automation's retrain, a materialization from the asset graph) trains a task as its
+    preset says. Built through the config class: the knob checks run, and a bad preset fails the step in one
+    line naming the file and the key. The default task's `config` is returned as it is."""
+    task = tasks.get(task_of(context))
+    if task.is_default:
+        return config
+    op = getattr(context, "op_execution_context", context).op_def.name
+    if not (preset := task_preset(context, op)):
+        return config
+    cls, where = type(config), f"{task.preset_path()}: ops.{op}.config"
+    if unknown := sorted(set(preset) - set(cls.model_fields)):
+        raise dg.Failure(description=f"{where}: unknown key(s) {', '.join(unknown)} (not fields of {cls.__name__})")
+    explicit = {k: getattr(config, k) for k in run_config_of(context) if k in cls.model_fields}
+    try:
+        return cls(**{k: _env_value(where, k, v) for k, v in preset.items() if k not in explicit}, **explicit)
+    except pydantic.ValidationError as e:
+        problems = (f"{where}{''.join(f'.{x}' for x in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                    for err in e.errors())
+        raise dg.Failure(description="; ".join(problems)) from None
+
+
+def _env_value(where: str, key: str, value):
+    """A preset's value, Dagster's `{env: NAME}` read from the environment as run config reads it."""
+    if not (isinstance(value, dict) and list(value) == ["env"]):
+        return value
+    if (found := os.environ.get(str(value["env"]))) is None:
+        raise dg.Failure(description=f"{where}.{key}: environment variable {value['env']} is not set")
+    return found
 
 
 def default_resources() -> dict:

@@ -7,6 +7,7 @@ Python: the Dagster edge builds each task's assets from these (ft_pipeline/defs/
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -31,8 +32,10 @@ class TaskError(ValueError):
 class Task:
     name: str
     preset: str = ""
-    """The task's preset (relative to the checkout, or absolute): what `ft-pipeline run --task` runs and the
-    default run config of its jobs. Empty: the Dagster config classes' defaults."""
+    """The task's preset (relative to the checkout, or absolute): what `ft-pipeline run --task` runs, and what
+    every run of the task's assets uses for a config field its run config does not set (the automation's, the
+    Launchpad's: resources.task_config). Empty: the Dagster config classes' defaults. The default task's runs
+    take the config classes' defaults, $FT_PIPELINE_DEFAULTS (config.py), for what their config does not set."""
     registered_model_name: str = ""
     description: str = ""
 
@@ -66,6 +69,18 @@ class Task:
             return None
         p = Path(self.preset)
         return p if p.is_absolute() else settings.REPO_ROOT / p
+
+    def preset_ops(self) -> dict:
+        """The `ops:` of its preset ({} without one), read again when the file changes; TaskError if it is not a
+        readable preset."""
+        path = self.preset_path()
+        if path is None:
+            return {}
+        try:
+            mtime_ns = path.stat().st_mtime_ns
+        except OSError as e:
+            raise TaskError(f"task {self.name!r}: cannot read its preset {path}: {e.strerror}") from None
+        return copy.deepcopy(_preset_ops(self.name, path, mtime_ns))
 
 
 def check_name(name: str) -> str:
@@ -148,6 +163,20 @@ def _load(path: Path, mtime_ns: int) -> dict[str, Task]:
     if len(set(names)) != len(names):
         raise TaskError(f"{path}: two tasks register the same model name ({sorted(names)})")
     return out
+
+
+@functools.cache
+def _preset_ops(name: str, path: Path, mtime_ns: int) -> dict:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TaskError(f"task {name!r}: {path} is not a readable preset ({e})".replace("\n", " ")) from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict) or not isinstance(doc.get("ops") or {}, dict):
+        raise TaskError(f"task {name!r}: {path}: expected a preset, a mapping with an `ops:` mapping")
+    return doc.get("ops") or {}
 
 
 def all_tasks() -> dict[str, Task]:

@@ -19,7 +19,7 @@ from ft_pipeline.erasure import requests as erasure
 from ft_pipeline.jsonl import count_lines, read_jsonl, write_jsonl
 from ft_pipeline.model import base_models
 from ft_pipeline.model.training import TrainOptions
-from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_key, task_of
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_config, task_key, task_of
 
 OWNERS = ["team:ml-platform"]
 
@@ -95,6 +95,7 @@ def raw_examples(context: dg.AssetExecutionContext, config: RawExamplesConfig, h
                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Every row of one raw drop as a canonical chat record with its provenance (drop, line, raw-row hash)."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     path = home.raw_file(context.partition_key)
     try:
         parsed = formats.read_drop(path, config.encoding)
@@ -154,6 +155,7 @@ def cleaned_examples(context: dg.AssetExecutionContext, config: CleaningConfig, 
                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Cleaned JSONL of one drop (normalized, personal data redacted, deduplicated) plus its quarantine."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     import mlflow
     import numpy as np
 
@@ -301,6 +303,7 @@ _SPLIT_SPEC = dict(deps=[cleaned_examples, dg.AssetKey("base_model")], group_nam
 def train_holdout_split(context: dg.AssetExecutionContext, config: SplitConfig, home: PipelineHome,
                         mlflow_tracking: MlflowTracking):
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     import mlflow
 
     from ft_pipeline.registry.tracking import log_jsonl_dataset

@@ -9,7 +9,7 @@ from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.evaluation import run as eval_run
 from ft_pipeline.evaluation.retention import PROMPTS
 from ft_pipeline.jsonl import read_jsonl
-from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_config, task_preset
 
 OWNERS = ["team:ml-platform"]
 
@@ -72,7 +72,7 @@ def gate_candidate(context) -> str:
 
 def _gate_config(context) -> dict:
     ops = (context.run.run_config or {}).get("ops") or {}
-    return (ops.get(GATE_CHECK) or {}).get("config") or {}
+    return {**task_preset(context, GATE_CHECK), **((ops.get(GATE_CHECK) or {}).get("config") or {})}
 
 
 def _constrained_spec(config: EvaluationConfig, home: PipelineHome, adapter: dict, judged: str):
@@ -148,6 +148,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     one, and the current champion; pair accuracy on the holdout preference pairs; the retention check; which
     model goes to the gate; a markdown report, a per-example diff against the champion and plots."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     import mlflow
 
     from ft_pipeline import settings
@@ -278,6 +279,7 @@ class GateConfig(CheckedConfig):
 def beats_base_and_champion(context: dg.AssetCheckExecutionContext, config: GateConfig,
                             home: PipelineHome) -> dg.AssetCheckResult:
     home = for_step(context, home)
+    config = task_config(context, config)
     from ft_pipeline.evaluation.constrained import gate_metrics
     from ft_pipeline.evaluation.scoring import GATE_METRICS, gate_failures, pick_candidate
 

@@ -15,7 +15,7 @@ from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.model import base_models, training
 from ft_pipeline.model.training import TrainOptions
-from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_config
 
 OWNERS = ["team:ml-platform"]
 _TRAIN_DEFAULTS = TrainOptions(**preset_defaults("lora_adapter"))
@@ -43,6 +43,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home:
                mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The base model as a local directory of safetensors weights and tokenizer, with its content hash."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     import mlflow
 
     from ft_pipeline.runs import control as runs
@@ -171,6 +172,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, home: P
     """A LoRA adapter (or a fully fine-tuned model) trained with TRL's SFTTrainer on the train set, loss on
     assistant tokens only; the holdout set is used for holdout loss / early stopping when configured."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     with home.pool_lock(context):
         return _lora_adapter(context, config, home, mlflow_tracking)
 

@@ -15,7 +15,7 @@ from ft_pipeline.config import CheckedConfig, preset_defaults
 from ft_pipeline.jsonl import read_jsonl
 from ft_pipeline.preference import training as pref_training
 from ft_pipeline.preference.training import PreferenceOptions
-from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step
+from ft_pipeline.resources import MlflowTracking, PipelineHome, for_step, task_config
 
 OWNERS = ["team:ml-platform"]
 _DEFAULTS = PreferenceOptions(**preset_defaults("preference_adapter"))
@@ -63,6 +63,7 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
     """Preference pairs (prompt, chosen, rejected) from every drop in the raw folder's preferences/: validated
     with line numbers, quarantined with reasons, redacted, deduplicated and split by prompt."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     import mlflow
 
     from ft_pipeline.data.drop_files import drop_key
@@ -166,6 +167,7 @@ def preference_adapter(context: dg.AssetExecutionContext, config: PreferenceConf
     """The SFT adapter further trained with TRL's DPOTrainer on the preference pairs (reference: the SFT model),
     or, with no pairs or `enabled: false`, a record of why there is none."""
     home, mlflow_tracking = for_step(context, home, mlflow_tracking)
+    config = task_config(context, config)
     with home.pool_lock(context):
         return _preference_adapter(context, config, home, mlflow_tracking)
 
