@@ -146,3 +146,18 @@ def test_a_task_preset_that_is_gone_fails_the_tasks_steps_in_one_line(env):
     description = failure.step_failure_data.user_failure_data.description
     assert description == f"task 'routing': cannot read its preset {tmp_path / 'routing.yaml'}: No such file or " \
                           "directory"
+
+
+def test_ft_pipeline_run_does_not_redo_what_a_run_with_no_config_did_as_the_preset_says(env):
+    """`ft-pipeline run --task` re-ingests a drop whose last run had other config than its preset: a run with no
+    config (the automation's) took the task's preset, so it is not one, while an explicit other value is."""
+    from ft_pipeline.cli import staleness
+
+    instance, resources, tmp_path = env
+    assert _as_the_automation(instance, resources, ROUTING_INGEST, ROUTING_DROP).success
+    found = {ROUTING_DROP: tmp_path / "raw" / "routing" / ROUTING_DROP}
+    ops = tasks.get("routing").preset_ops()
+    assert staleness.drops_to_ingest(instance, defs, found, ops, task="routing") == {}
+    other = {"cleaned_examples": {"config": {**TASK_PRESET, "conflicts": "latest"}}}
+    assert staleness.drops_to_ingest(instance, defs, found, other, task="routing") == \
+        {ROUTING_DROP: "run config changed"}

@@ -35,10 +35,26 @@ def _latest(instance: dg.DagsterInstance, key: str, partition: str | None = None
     return records[0] if records else None
 
 
-def _config_changed(instance: dg.DagsterInstance, record, op_name: str, preset_ops: dict) -> bool:
+def _config_changed(instance: dg.DagsterInstance, record, op_name: str, preset_ops: dict,
+                    task: str = "default") -> bool:
+    """Whether the step ran with other config than `preset_ops` gives it. A field the run's config left unset came
+    from the task's preset (the config classes' defaults for the default task: resources.task_config), so the
+    automation's runs, which set none, count as the task's preset and not as a change."""
     run = instance.get_run_by_id(record.run_id)
-    used = ((run.run_config or {}).get("ops") or {}).get(op_name, {}) if run else {}
-    return (used or {}).get("config", {}) != (preset_ops.get(op_name) or {}).get("config", {})
+    used = ((((run.run_config or {}).get("ops") or {}).get(op_name) or {}).get("config") or {}) if run else {}
+    want = (preset_ops.get(op_name) or {}).get("config") or {}
+    base = _task_preset(task, op_name)
+    return {**base, **used} != {**base, **want}
+
+
+def _task_preset(task: str, op_name: str) -> dict:
+    """The config a step of `task` takes for the fields its run's config leaves unset."""
+    from ft_pipeline import config, tasks
+
+    t = tasks.get(task)
+    if t.is_default:
+        return config.preset_defaults(op_name)
+    return dict(((t.preset_ops().get(op_name) or {}).get("config")) or {})
 
 
 def _why_stale(resolver, status_enum, key: str, partition: str | None = None) -> str | None:
@@ -79,7 +95,7 @@ def drops_to_ingest(instance: dg.DagsterInstance, defs: dg.Definitions, found: d
         elif (why := _why_stale(resolver, status, _key(task, "raw_examples"), drop)
               or _why_stale(resolver, status, _key(task, "cleaned_examples"), drop)):
             out[drop] = why
-        elif any(_config_changed(instance, _latest(instance, _key(task, k), drop) or raw, k, preset_ops)
+        elif any(_config_changed(instance, _latest(instance, _key(task, k), drop) or raw, k, preset_ops, task)
                  for k in INGEST_ASSETS):
             out[drop] = "run config changed"
     return out
@@ -124,7 +140,7 @@ def train_selection(instance: dg.DagsterInstance, defs: dg.Definitions, job_name
             _pairs_changed(record, task) if key == _key(task, "preference_pairs") else None)
         if reason is None and record is not None:
             checks = [c for c in preset_ops if c.startswith(f"{op_name}_")]  # the op's asset checks' config
-            if any(_config_changed(instance, record, name, preset_ops) for name in (op_name, *checks)):
+            if any(_config_changed(instance, record, name, preset_ops, task) for name in (op_name, *checks)):
                 reason = "run config changed"
         if reason:
             why[key] = reason
