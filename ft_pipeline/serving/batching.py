@@ -52,9 +52,11 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
 
     def group_key(self) -> tuple:
-        shared, tok = getattr(self.served, "shared", None), self.served.tokenizer
-        # versions on one shared base share a call when their tokenizers agree on the vocabulary and the end
-        model = id(self.served) if shared is None else (id(shared), len(tok), tok.eos_token_id)
+        shared = getattr(self.served, "shared", None)
+        model = id(self.served)
+        if shared is not None:  # versions on one shared base share a call when their tokenizers agree on the end
+            tok = self.served.tokenizer
+            model = (id(shared), len(tok), tok.eos_token_id)
         if self.temperature == 0:
             return model, "greedy"
         if self.seed is not None:
